@@ -1,0 +1,54 @@
+# Yushan: `make run` serves the platform, `make test` runs the whole suite.
+# Both do all set-up on a fresh machine: .venv, the package and its dependencies, Java.
+
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMP   := .venv/.installed
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+SCALE   ?= 1
+PYTEST_ARGS ?=
+
+.PHONY: run test lint bench java browser clean migration demo
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || python3 -m venv .venv
+	$(PIP) install --quiet --upgrade pip wheel setuptools
+	$(PIP) install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+java:
+	@command -v java >/dev/null 2>&1 || [ -x "$$JAVA_HOME/bin/java" ] || { \
+	  echo "installing Java 17 (openjdk-17-jre-headless)"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
+
+# Debian's Chromium for the real-browser tests (Playwright drives it; no browser download).
+browser:
+	@[ -x /usr/bin/chromium ] || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+run: $(STAMP) java
+	.venv/bin/yushan init
+	.venv/bin/yushan demo --if-missing --scale $(SCALE)
+	exec .venv/bin/yushan serve
+
+demo: $(STAMP) java
+	.venv/bin/yushan demo --scale $(SCALE)
+
+test: $(STAMP) java browser
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	.venv/bin/ruff check .
+
+bench: $(STAMP) java
+	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+migration: $(STAMP)
+	scripts/regen-migration.sh
+
+clean:
+	rm -rf .venv var tests/output .pytest_cache

@@ -1,0 +1,157 @@
+"""Job runner benchmark: what the sandbox and policy cost end to end.
+
+Measures, in one run on one demo world:
+- cold latency: a worker starts with no warm executor; submit -> awaiting_approval;
+- warm latency: submit -> awaiting_approval with a warm executor (median);
+- plain Spark SQL on the same Parquet files, warm, in this process (median);
+- the ratio of the two medians (goal <= 1.10 at scale 1);
+- throughput: jobs per minute with two workers, 20 jobs submitted at once.
+
+Usage: .venv/bin/python bench/bench_jobs.py [--scale 1] [--home /tmp/yushan-bench] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+SQL = (
+    "SELECT c.city, c.gender, round(avg(o.amount), 2) AS avg_amount, count(DISTINCT o.user_id) AS buyers "
+    "FROM platform.orders o JOIN platform.consumers c ON o.user_id = c.user_id "
+    "WHERE o.amount >= {floor} GROUP BY c.city, c.gender"
+)  # a new literal each run: no result cache helps
+
+
+def build_world(home: Path, scale: float):
+    from yushan.cli import initialise
+    from yushan.config import Config, set_config
+
+    config = Config.from_env(home=home, database_url=f"sqlite:///{home / 'yushan.db'}")
+    set_config(config)
+    marker = home / f".bench-demo-{scale}"
+    if not marker.exists():
+        from yushan.demo import build_demo
+
+        t0 = time.time()
+        initialise(config)
+        build_demo(config, scale=scale, seed=7)
+        marker.write_text("built")
+        print(f"demo world at scale {scale} built in {time.time() - t0:.0f} s", flush=True)
+    import audit
+
+    audit.register_config(config)
+    return config
+
+
+def submit(config, sql: str) -> int:
+    from jobs import service
+    from jobs_support_bench import user
+    from yushan.db import session_scope
+
+    with session_scope(config) as session:
+        return service.submit(session, config, user(session, "insight_isv"), "hanfu_house", "aggregate", sql).id
+
+
+def wait_released(config, job_id: int, timeout: float = 900) -> float:
+    from yushan.db import session_scope
+    from yushan.models import Job
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with session_scope(config) as session:
+            job = session.get(Job, job_id)
+            if job.state == "awaiting_approval":
+                return time.monotonic()
+            if job.state in ("failed", "blocked", "cancelled"):
+                raise RuntimeError(f"job {job_id} ended {job.state}: {job.error or job.violations}")
+        time.sleep(0.01)
+    raise TimeoutError(f"job {job_id} not released in {timeout} s")
+
+
+def start_worker(config):
+    from jobs.worker import Worker
+
+    worker = Worker(config, concurrency=1)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return worker, thread
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--home", type=Path, default=None)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--burst", type=int, default=20)
+    args = parser.parse_args()
+    home = (args.home or Path(f"/tmp/yushan-bench-{args.scale:g}")).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    config = build_world(home, args.scale)
+    results: dict[str, object] = {"scale": args.scale}
+
+    # Warm the submitting process's own session (the web process keeps one warm too).
+    from sandbox.spark import get_spark
+
+    spark = get_spark(config, "yushan-bench")
+    submit_t0 = time.monotonic()
+    wait_started = time.monotonic()
+    worker, thread = start_worker(config)
+    first = submit(config, SQL.format(floor=0.001))
+    cold = wait_released(config, first) - wait_started
+    results["cold_seconds"] = round(cold, 2)
+    results["executor_start_seconds"] = None
+    print(f"cold: worker start + first job released in {cold:.2f} s", flush=True)
+    del submit_t0
+
+    warm = []
+    for i in range(args.runs):
+        t0 = time.monotonic()
+        job_id = submit(config, SQL.format(floor=(i + 2) / 1000))
+        warm.append(wait_released(config, job_id) - t0)
+    print("warm runs:", " ".join(f"{w:.2f}" for w in warm), flush=True)
+
+    # Plain Spark SQL on the same Parquet, same kind of session, warm.
+    plain_spark = spark.newSession()
+    wh = config.platform_warehouse_dir
+    for table in ("orders", "consumers"):
+        plain_spark.read.parquet(str(wh / table)).createOrReplaceTempView(table)
+    plain = []
+    for i in range(args.runs):
+        t0 = time.monotonic()
+        plain_spark.sql(SQL.replace("platform.", "").format(floor=(i + 50) / 1000)).collect()
+        plain.append(time.monotonic() - t0)
+    print("plain runs:", " ".join(f"{p:.2f}" for p in plain), flush=True)
+    skip = min(2, max(0, args.runs - 1))
+    p, r = statistics.median(warm[skip:]), statistics.median(plain[skip:])
+    results.update(warm_median_seconds=round(p, 3), plain_median_seconds=round(r, 3), ratio=round(p / r, 3))
+    print(f"warm median {p:.2f} s, plain Spark median {r:.2f} s, ratio {p / r:.2f}", flush=True)
+
+    # Throughput with two workers.
+    second, second_thread = start_worker(config)
+    while second.pool is None or second.pool.started < 1:
+        time.sleep(0.2)
+    t0 = time.monotonic()
+    ids = [submit(config, SQL.format(floor=(i + 100) / 1000)) for i in range(args.burst)]
+    for job_id in ids:
+        wait_released(config, job_id)
+    elapsed = time.monotonic() - t0
+    results["burst_jobs"] = args.burst
+    results["burst_seconds"] = round(elapsed, 2)
+    results["jobs_per_minute_two_workers"] = round(args.burst / elapsed * 60, 1)
+    print(f"{args.burst} jobs on two workers in {elapsed:.1f} s: "
+          f"{args.burst / elapsed * 60:.1f} jobs/min", flush=True)
+    for w, t in ((worker, thread), (second, second_thread)):
+        w.stop()
+        t.join(timeout=60)
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())

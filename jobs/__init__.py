@@ -1,0 +1,1 @@
+"""Job lifecycle, durable queue, worker, templates and segments."""

@@ -1,0 +1,144 @@
+"""Job states and the one function that moves a job between them.
+
+Every change of state goes through :func:`transition`: a conditional update (the job must
+still be in the state the caller saw, and, for a worker, still be leased to it) plus the
+audit entry, in the caller's transaction. A lost race changes nothing and raises
+:class:`~jobs.errors.StateConflict`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from audit import Actor, record
+from jobs.errors import InvalidState, StateConflict
+from yushan.models import Job, JobState
+
+S = JobState
+
+# Allowed moves. Anything else is a bug or a race, and is refused.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
+    S.RUNNING: frozenset({S.AWAITING_APPROVAL, S.BLOCKED, S.FAILED, S.CANCELLED, S.QUEUED}),
+    S.AWAITING_APPROVAL: frozenset({S.APPROVED, S.REJECTED, S.CANCELLED, S.EXPIRED}),
+    S.APPROVED: frozenset({S.EXPIRED}),
+    S.BLOCKED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+    S.REJECTED: frozenset(),
+    S.EXPIRED: frozenset(),
+}
+# States a job may still leave by cancellation.
+CANCELLABLE = frozenset({S.QUEUED, S.RUNNING, S.AWAITING_APPROVAL})
+
+# The audit action of each move (retries are a move back to queued).
+ACTIONS: dict[JobState, str] = {
+    S.QUEUED: "job.retry",
+    S.RUNNING: "job.start",
+    S.AWAITING_APPROVAL: "job.execute",
+    S.BLOCKED: "job.decision",
+    S.FAILED: "job.fail",
+    S.CANCELLED: "job.cancel",
+    S.APPROVED: "job.approve",
+    S.REJECTED: "job.reject",
+    S.EXPIRED: "job.expire",
+}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def job_objects(job: Job) -> dict[str, Any]:
+    return {"job": job.id, "merchant": job.merchant.slug if job.merchant else job.merchant_id}
+
+
+def transition(
+    session: Session,
+    job: Job,
+    to: JobState,
+    *,
+    actor: Actor,
+    details: dict[str, Any] | None = None,
+    lease_owner: str | None = None,
+    values: dict[str, Any] | None = None,
+    action: str | None = None,
+    where: tuple[Any, ...] = (),
+) -> Job:
+    """Move ``job`` to ``to`` if it is still in the state loaded, and audit the move.
+
+    ``lease_owner`` (workers) also requires the job to be leased to that worker, so that a
+    worker whose lease has expired cannot overwrite what happened since. ``values`` sets
+    further columns in the same update.
+    """
+    current = JobState(job.state)
+    if to not in TRANSITIONS[current]:
+        raise InvalidState(f"job {job.id} is {current.value}; it cannot become {to.value}")
+    changes: dict[str, Any] = {"state": to.value, "updated_at": now(), **(values or {})}
+    if to in (S.AWAITING_APPROVAL, S.BLOCKED, S.FAILED, S.CANCELLED) and "finished_at" not in changes:
+        changes["finished_at"] = now()
+    if to != S.RUNNING:
+        changes.setdefault("lease_owner", None)
+        changes.setdefault("lease_expires_at", None)
+    stmt = update(Job).where(Job.id == job.id, Job.state == current.value)
+    if lease_owner is not None:
+        stmt = stmt.where(Job.lease_owner == lease_owner)
+    if where:
+        stmt = stmt.where(*where)
+    result = session.execute(stmt.values(**changes).execution_options(synchronize_session=False))
+    if result.rowcount != 1:
+        raise StateConflict(f"job {job.id} changed while this request was handled")
+    session.refresh(job)
+    record(
+        session,
+        action or ACTIONS[to],
+        actor=actor,
+        objects=job_objects(job),
+        details={"from": current.value, "to": to.value, **(details or {})},
+    )
+    return job
+
+
+def create(
+    session: Session,
+    *,
+    merchant_id: int,
+    submitter_id: int,
+    kind: str,
+    sql: str,
+    name: str,
+    state: JobState,
+    decision: dict[str, Any],
+    actor: Actor,
+) -> Job:
+    """A new job, born ``queued`` (policy allowed) or ``blocked`` (denied); both audited."""
+    if state not in (S.QUEUED, S.BLOCKED):
+        raise InvalidState(f"a new job cannot start as {state.value}")
+    job = Job(
+        merchant_id=merchant_id,
+        submitted_by=submitter_id,
+        kind=kind,
+        sql=sql,
+        name=name,
+        state=state.value,
+        progress=0.0,
+        decision=decision,
+        violations=decision.get("violations") or [],
+        attempts=0,
+        created_at=now(),
+        finished_at=now() if state == S.BLOCKED else None,
+    )
+    session.add(job)
+    session.flush()
+    session.refresh(job)
+    objects = job_objects(job)
+    record(session, "job.submit", actor=actor, objects=objects,
+           details={"kind": kind, "name": name, "sql": sql, "state": state.value})
+    record(session, "job.decision", actor=actor, objects=objects,
+           details={"decision": decision.get("decision"), "violations": decision.get("violations") or [],
+                    "columns_read": decision.get("columns_read")})
+    return job

@@ -1,0 +1,1 @@
+"""Trusted PySpark job templates."""

@@ -1,0 +1,86 @@
+"""Omnichannel: online (platform orders) vs offline (store sales) spend by member tier.
+
+Members are matched to platform consumers by ``phone_hash``; only matched members count,
+so that both channels describe the same people. Reads platform consumer data: every
+released tier, and every value in it, draws on at least k distinct consumers (P3).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import altair as alt
+
+from jobs.templates import charts
+from jobs.templates.registry import Param, ParamType, Template, sql_date, table_prefix
+from yushan.models import JobKind
+
+
+def build(p: dict[str, Any], merchant: str) -> str:
+    schema = table_prefix(merchant)
+    since = f"CAST({sql_date(p['since'])} AS TIMESTAMP)"
+    until = f"CAST(date_add({sql_date(p['until'])}, 1) AS TIMESTAMP)"
+    return f"""
+WITH matched AS (
+  SELECT m.member_id, m.tier, c.user_id
+  FROM {schema}.members m
+  JOIN platform.consumers c ON c.phone_hash = m.phone_hash
+), online AS (
+  SELECT user_id, sum(amount) AS spend
+  FROM platform.orders
+  WHERE merchant_id = '{merchant}' AND ordered_at >= {since} AND ordered_at < {until}
+  GROUP BY user_id
+), offline AS (
+  SELECT member_id, sum(amount) AS spend
+  FROM {schema}.store_sales
+  WHERE sold_at >= {since} AND sold_at < {until}
+  GROUP BY member_id
+)
+SELECT x.tier,
+  count(DISTINCT x.user_id) AS members,
+  count(online.user_id) AS online_buyers,
+  sum(online.spend) AS online_spend,
+  count(offline.member_id) AS offline_buyers,
+  sum(offline.spend) AS offline_spend
+FROM matched x
+LEFT JOIN online ON online.user_id = x.user_id
+LEFT JOIN offline ON offline.member_id = x.member_id
+GROUP BY x.tier
+ORDER BY x.tier
+""".strip()
+
+
+def chart(columns: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Online and offline spend side by side for each tier."""
+    return charts.spec(
+        alt.Chart(charts.data(rows))
+        .transform_fold(["online_spend", "offline_spend"], as_=["channel", "spend"])
+        .mark_bar().encode(
+            x=alt.X("tier:N", title="tier"),
+            y=alt.Y("spend:Q", title="spend"),
+            color=alt.Color("channel:N", title="channel"),
+            xOffset=alt.XOffset("channel:N"),
+            tooltip=["tier:N", "channel:N", "spend:Q"],
+        )
+    )
+
+
+TEMPLATE = Template(
+    name="omnichannel",
+    title={"en": "Omnichannel spend by tier", "zh": "全渠道消费（按会员等级）"},
+    description={
+        "en": "Online spend (platform orders at your shop) against offline spend (your store "
+              "sales) of the same members, by tier.",
+        "zh": "同一批会员按等级的线上（平台本店订单）与线下（门店销售）消费对比。",
+    },
+    kind=JobKind.AGGREGATE,
+    params=(
+        Param("since", ParamType.DATE, {"en": "From", "zh": "开始日期"}, date(2025, 1, 1)),
+        Param("until", ParamType.DATE, {"en": "Until (inclusive)", "zh": "结束日期（含）"},
+              date(2026, 10, 31)),
+    ),
+    build=build,
+    chart=chart,
+    needs=("members", "store_sales"),
+)

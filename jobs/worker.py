@@ -1,0 +1,307 @@
+"""The worker: takes jobs from the queue and runs them on warm, isolated executors.
+
+One worker process holds an :class:`~sandbox.pool.ExecutorPool` and ``concurrency`` slot
+threads. A slot first waits for a warm executor, then claims a job (so a job is never
+claimed by a worker that cannot start it at once), runs it under its lease with heartbeats,
+and records the outcome in one transaction with its audit entry. The main thread recovers
+jobs of dead workers and sweeps orphaned workspaces.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from audit import record, register_config
+from jobs.errors import StateConflict
+from jobs.lifecycle import transition
+from jobs.queue import (
+    Claimed,
+    LeaseStatus,
+    claim,
+    give_back,
+    heartbeat,
+    reap_expired,
+    worker_actor,
+    worker_identity,
+)
+from jobs.service import sweep_shredded_outputs
+from sandbox.executor import JobOutcome, dataset_to_message
+from sandbox.limits import Limits
+from sandbox.netns import SETTING_KEY, NetworkPlan, announce, plan_network
+from sandbox.output import StoredOutput, remove_output
+from sandbox.pool import Executor, ExecutorFault, ExecutorPool, RunReport, StopReason
+from sandbox.workspace import remove_workspace, sweep_orphans
+from yushan.catalog import readable_datasets
+from yushan.config import Config
+from yushan.db import session_scope
+from yushan.models import Job, JobOutput, JobState, Setting
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1  # queue poll while idle: small, so that a warm job starts at once
+REAP_SECONDS = 5.0
+HEARTBEAT_SECONDS = 2.0  # also how soon a cancel reaches a running job
+
+
+def record_network_plan(config: Config, plan: NetworkPlan) -> None:
+    """Keep the executors' isolation where the admin page reads it (audited on change)."""
+    value = plan.as_setting()
+    with session_scope(config) as session:
+        setting = session.get(Setting, SETTING_KEY)
+        if setting is not None and setting.value == value:
+            return
+        if setting is None:
+            session.add(Setting(key=SETTING_KEY, value=value))
+        else:
+            setting.value = value
+        record(
+            session, "admin.sandbox_network", actor=worker_actor(),
+            objects={"setting": SETTING_KEY}, details=value,
+        )
+
+
+class Worker:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        concurrency: int = 1,
+        pool_size: int | None = None,
+        max_jobs_per_executor: int = 50,
+        once: bool = False,
+    ):
+        self.config = config
+        self.concurrency = max(1, concurrency)
+        self.pool_size = pool_size or max(self.concurrency, config.executor_pool)
+        self.max_jobs_per_executor = max_jobs_per_executor
+        self.once = once
+        self.identity = worker_identity()
+        self.limits = Limits.from_config(config)
+        self.stopping = threading.Event()
+        self.pool: ExecutorPool | None = None
+        self.jobs_done = 0
+        self._busy_slots = 0
+        self._lock = threading.Lock()
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        register_config(self.config)  # the audit writer signs checkpoints with this home's key
+        swept = sweep_orphans(self.config)
+        if swept:
+            log.info("removed %d workspaces left by stopped executors", len(swept))
+        plan = plan_network(self.config)
+        announce(plan)
+        record_network_plan(self.config, plan)
+        self.pool = ExecutorPool(self.config, plan, self.pool_size, self.max_jobs_per_executor)
+        self.pool.start()
+        slots = [
+            threading.Thread(target=self._slot, name=f"slot-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for thread in slots:
+            thread.start()
+        log.info("worker %s running (%d slots)", self.identity, self.concurrency)
+        try:
+            next_reap = 0.0
+            while not self.stopping.is_set():
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + REAP_SECONDS
+                    for job_id, state in reap_expired(self.config).items():
+                        log.warning("job %s: its worker stopped; now %s", job_id, state.value)
+                    with session_scope(self.config) as session:
+                        sweep_shredded_outputs(session, self.config)
+                    sweep_orphans(self.config)  # executors that died with another worker
+                if not any(t.is_alive() for t in slots):
+                    break
+                self.stopping.wait(0.5)
+        finally:
+            self.stopping.set()
+            for thread in slots:
+                thread.join(timeout=30)
+            self.pool.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _slot(self) -> None:
+        assert self.pool is not None
+        while not self.stopping.is_set():
+            executor = self.pool.acquire(timeout=0.5)
+            if executor is None:
+                continue
+            job = claim(self.config, self.identity)
+            if job is None:
+                self.pool.release(executor)
+                if self.once and self._all_idle():
+                    self.stopping.set()
+                    return
+                self.stopping.wait(POLL_SECONDS)
+                continue
+            self._mark_busy()
+            try:
+                faulted = self.execute(job, executor)
+            finally:
+                self._mark_idle()
+            if faulted:
+                executor.kill()
+                sweep_orphans(self.config)  # what the killed executor could not remove
+            self.pool.release(executor, faulted=faulted)
+            self.jobs_done += 1
+
+    def _mark_busy(self) -> None:
+        with self._lock:
+            self._busy_slots += 1
+
+    def _mark_idle(self) -> None:
+        with self._lock:
+            self._busy_slots -= 1
+
+    def _all_idle(self) -> bool:
+        with self._lock:
+            return self._busy_slots == 0
+
+    # -- one job -------------------------------------------------------------------------
+
+    def _request(self, job: Claimed) -> dict:
+        with session_scope(self.config) as session:
+            datasets = readable_datasets(session, self.config, job.merchant)
+            row = session.get(Job, job.id)
+            # Template jobs: the executor may run the template's preparation step.
+            template = {"name": row.template, "params": row.params} if row and row.template else None
+        return {
+            "job_id": job.id,
+            "merchant": job.merchant,
+            "kind": job.kind,
+            "sql": job.sql,
+            "template": template,
+            "datasets": {name: dataset_to_message(info) for name, info in datasets.items()},
+        }
+
+    def execute(self, job: Claimed, executor: Executor) -> bool:
+        """Run one claimed job; record its outcome. Returns True when the executor faulted."""
+        state = {"last_beat": time.monotonic(), "progress": None, "written": None}
+
+        def tick(progress: float | None) -> StopReason | None:
+            if progress is not None:
+                state["progress"] = progress
+            due = time.monotonic() - state["last_beat"] >= HEARTBEAT_SECONDS
+            fresh = state["progress"] is not None and state["progress"] != state["written"]
+            if not due and not (fresh and time.monotonic() - state["last_beat"] >= 0.5):
+                return None
+            state["last_beat"] = time.monotonic()
+            state["written"] = state["progress"]
+            status = heartbeat(self.config, job.id, self.identity, state["progress"])
+            if status is LeaseStatus.CANCELLED:
+                return StopReason.CANCELLED
+            if status is LeaseStatus.LOST:
+                return StopReason.LEASE_LOST
+            if self.stopping.is_set() and not self.once:
+                return StopReason.SHUTDOWN
+            return None
+
+        try:
+            report = executor.run(self._request(job), self.limits, tick)
+        except ExecutorFault as exc:
+            log.error("job %s: executor fault (%s)", job.id, exc)
+            self._give_back(job, "ExecutorCrashed", "the sandbox running this job stopped unexpectedly")
+            return True
+        if report.stopped is not None:
+            self._abandoned(job, report)
+            return True
+        self._record(job, report)
+        return report.faulted
+
+    def _abandoned(self, job: Claimed, report: RunReport) -> None:
+        remove_output(self.config, job.id)
+        if report.stopped is StopReason.SHUTDOWN:
+            self._give_back(job, "WorkerStopped", "the worker running this job was stopped")
+        else:
+            log.info("job %s: stopped (%s)", job.id, report.stopped.value)
+
+    def _give_back(self, job: Claimed, error_class: str, message: str) -> None:
+        with session_scope(self.config) as session:
+            row = session.get(Job, job.id)
+            try:
+                give_back(
+                    session, row, reason=error_class, error_class=error_class,
+                    message=message, owner=self.identity,
+                )
+            except StateConflict:
+                pass
+
+    def _record(self, job: Claimed, report: RunReport) -> None:
+        message = report.message or {}
+        outcome = message.get("outcome")
+        if message.get("workspace"):
+            remove_workspace(message["workspace"])  # normally gone already; belt and braces
+        try:
+            with session_scope(self.config) as session:
+                row = session.get(Job, job.id)
+                if outcome == JobOutcome.RELEASED:
+                    self._released(session, row, message, report)
+                elif outcome == JobOutcome.BLOCKED:
+                    decision = message.get("decision") or {}
+                    transition(
+                        session, row, JobState.BLOCKED, actor=worker_actor(), lease_owner=self.identity,
+                        details={"decision": decision.get("decision"), "stage": "executor"},
+                        values={"decision": decision, "violations": decision.get("violations", [])},
+                    )
+                else:
+                    error = message.get("error") or {"class": "InternalError", "message": "the job failed"}
+                    # The full text (it may quote data) goes to the audit entry only (P8).
+                    transition(
+                        session, row, JobState.FAILED, actor=worker_actor(), lease_owner=self.identity,
+                        details={"error": error, "detail": message.get("detail", ""), "usage": report.usage},
+                        values={"error": error},
+                    )
+        except StateConflict:
+            # Cancelled or taken over meanwhile: what the run produced is not kept.
+            log.info("job %s changed while it ran; its output is discarded", job.id)
+            remove_output(self.config, job.id)
+
+    def _released(self, session, row: Job, message: dict, report: RunReport) -> None:
+        stored = StoredOutput.from_message(message["output"])
+        decision = message.get("decision") or {}
+        released, suppressed = int(message["released_rows"]), int(message["suppressed_rows"])
+        existing = session.scalar(select(JobOutput).where(JobOutput.job_id == row.id))
+        if existing is not None:  # a previous attempt's leftovers
+            session.delete(existing)
+            session.flush()
+        session.add(
+            JobOutput(
+                job_id=row.id,
+                storage_path=stored.storage_path,
+                wrapped_key=stored.wrapped_key,
+                content_hash=stored.content_hash,
+                columns=message.get("columns", []),
+                row_count=released,
+                suppressed_rows=suppressed,
+                byte_size=stored.byte_size,
+                summary={"released_rows": released, "suppressed_rows": suppressed},
+                created_at=datetime.now(UTC),
+            )
+        )
+        transition(
+            session, row, JobState.AWAITING_APPROVAL, actor=worker_actor(), lease_owner=self.identity,
+            details={
+                "released_rows": released,
+                "suppressed_rows": suppressed,
+                "content_hash": stored.content_hash,
+                "columns_read": decision.get("columns_read"),
+                "usage": report.usage,
+                # A template's final query (e.g. lookalike weights): kept in the audit trail.
+                **({"prepared_sql": decision["prepared_sql"]} if decision.get("prepared_sql") else {}),
+            },
+            values={
+                "progress": 1.0,
+                "released_rows": released,
+                "suppressed_rows": suppressed,
+                "decision": decision or row.decision,
+            },
+        )

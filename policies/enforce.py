@@ -1,0 +1,328 @@
+"""P3 enforced inside Spark: the released rows of a job, and how many were suppressed.
+
+The analyzed plan is rewritten through the JVM, never re-parsed from text:
+
+* the entity column of every consumer dataset is carried up to the final aggregation
+  (Projects that dropped it are widened; see :mod:`policies.carry`);
+* the final aggregation also computes ``count(DISTINCT entity)`` per consumer dataset, and
+  per aggregate value ``count(DISTINCT entity) FILTER (WHERE input IS NOT NULL [AND input
+  <> 0])``; all of these share Spark's one distinct-aggregation pass over the entity;
+* a Filter requiring every count >= k sits right above the aggregation (below HAVING's
+  own filter, ORDER BY, LIMIT and windows, so they only ever see released rows), and a
+  Project hides the counts.
+
+The aggregation result is materialised once (it is small) so that the suppressed rows
+can be counted without running the query twice. Segment jobs get the same treatment per
+label. The enforced plan is checked again by the policy before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from policies import functions as fn
+from policies.engine import MAX_SEGMENT_LABELS, Decision, decide
+from policies.segment import platform_token_matcher
+from policies.sparkplan import AnalyzedQuery
+from policies.tree import parse_plan_json
+
+COUNT_PREFIX = "__yushan_k"
+
+
+class EnforcementError(RuntimeError):
+    """The job cannot be released as asked (e.g. too many segment labels). No data values."""
+
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class = error_class
+
+
+@dataclass
+class ExecutionResult:
+    dataframe: DataFrame  # released rows only, the job's own columns only
+    suppressed_rows: int
+    total_rows: int  # rows before suppression (aggregate groups or segment rows)
+
+
+class _Jvm:
+    """Small helpers for building Catalyst objects through py4j."""
+
+    def __init__(self, spark: SparkSession):
+        self.spark = spark
+        self.jvm = spark._jvm
+        self.js = spark._jsparkSession
+        self.expr = self.jvm.org.apache.spark.sql.catalyst.expressions
+        self.agg = self.jvm.org.apache.spark.sql.catalyst.expressions.aggregate
+        self.logical = self.jvm.org.apache.spark.sql.catalyst.plans.logical
+
+    def seq(self, items: list[Any]):
+        jlist = self.jvm.java.util.ArrayList()
+        for item in items:
+            jlist.add(item)
+        return self.jvm.scala.jdk.javaapi.CollectionConverters.asScala(jlist).toList()
+
+    def items(self, seq) -> list[Any]:
+        return [seq.apply(i) for i in range(seq.size())]
+
+    def child(self, node, index: int):
+        return node.children().apply(index)
+
+    def at(self, node, path: tuple[int, ...]):
+        for index in path:
+            node = self.child(node, index)
+        return node
+
+    def none(self):
+        return self.jvm.scala.Option.empty()
+
+    def some(self, value):
+        return self.jvm.scala.Some(value)
+
+    def literal(self, value: int):
+        return self.expr.Literal.create(value, self.jvm.org.apache.spark.sql.types.DataTypes.IntegerType)
+
+    def new_id(self):
+        return self.expr.NamedExpression.newExprId()
+
+    def alias(self, child, name: str, expr_id=None):
+        return self.expr.Alias(child, name, expr_id or self.new_id(), self.seq([]), self.none(), self.seq([]))
+
+    def count_distinct(self, entity, condition=None):
+        count = self.agg.Count(self.seq([entity]))
+        complete = getattr(self.agg, "Complete$").__getattr__("MODULE$")
+        filt = self.some(condition) if condition is not None else self.none()
+        return self.agg.AggregateExpression(count, complete, True, filt, self.new_id())
+
+    def and_all(self, parts: list[Any]):
+        out = parts[0]
+        for part in parts[1:]:
+            out = self.expr.And(out, part)
+        return out
+
+    def attr_by_id(self, plan, expr_id: int):
+        for attr in self.items(plan.output()):
+            if attr.exprId().id() == expr_id:
+                return attr
+        raise EnforcementError("INTERNAL", "an attribute of the plan could not be found")
+
+    def rebuild(self, node, path: tuple[int, ...], target: tuple[int, ...], replacement):
+        """``node`` with the subtree at ``target`` (below ``path``) replaced."""
+        if path == target:
+            return replacement
+        index = target[len(path)]
+        children = self.items(node.children())
+        children[index] = self.rebuild(children[index], path + (index,), target, replacement)
+        return node.withNewChildren(self.seq(children))
+
+    def dataset(self, plan):
+        return self.jvm.org.apache.spark.sql.classic.Dataset.ofRows(self.js, plan)
+
+    def dataframe(self, plan) -> DataFrame:
+        return DataFrame(self.dataset(plan), self.spark)
+
+
+def execute(spark: SparkSession, decision: Decision) -> ExecutionResult:
+    query = decision.query
+    assert query is not None
+    j = _Jvm(spark)
+    if decision.kind == "segment":
+        return _execute_segment(j, decision)
+    if decision.final is None or not decision.consumer_datasets:
+        # No consumer data: nothing to hold to k (P5 allowed row-level output).
+        df = j.dataframe(query.jplan)
+        return ExecutionResult(df, 0, -1)
+    return _execute_aggregate(j, decision)
+
+
+# -- aggregate jobs --------------------------------------------------------------------------
+
+
+def _widen(j: _Jvm, node, path: tuple[int, ...], additions: dict[tuple[int, ...], list[int]]):
+    """Carry entity columns up: add them to the Projects/Aggregates that dropped them."""
+    if not any(p[: len(path)] == path for p in additions):
+        return node
+    children = [
+        _widen(j, c, path + (i,), additions) for i, c in enumerate(j.items(node.children()))
+    ]
+    node = node.withNewChildren(j.seq(children))
+    ids = additions.get(path)
+    if not ids:
+        return node
+    child = children[0]
+    extra = [j.attr_by_id(child, i) for i in ids]
+    if node.nodeName() == "Project":
+        return j.logical.Project(j.seq(j.items(node.projectList()) + extra), child)
+    return j.logical.Aggregate(
+        node.groupingExpressions(), j.seq(j.items(node.aggregateExpressions()) + extra), child,
+        node.hint(),
+    )
+
+
+def _representatives(decision: Decision) -> list[int]:
+    """One entity id per group of entity columns proven equal by inner equi-joins."""
+    carry = decision.carry
+    parent = {i: i for i in carry.entities.values()}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for a, b in carry.equal:
+        if a in parent and b in parent:
+            parent[find(a)] = find(b)
+    return sorted({find(i) for i in carry.entities.values()})
+
+
+def _value_conditions(j: _Jvm, jfinal, decision: Decision) -> list[Any]:
+    """Per aggregate value: which input rows count towards it (non-null, non-zero, FILTER)."""
+    conditions, seen = [], set()
+    aggregates = j.items(jfinal.aggregateExpressions())
+    for index, path, node in decision.final.aggregates:
+        jae = aggregates[index]
+        for step in path:
+            jae = j.child(jae, step)
+        function = node.children[0]
+        parts = []
+        for i, arg in enumerate(function.children):
+            if arg.cls == "Literal" and arg.fields.get("value") is not None:
+                continue
+            jarg = j.child(jae.aggregateFunction(), i)
+            if function.cls == "CountIf":
+                parts.append(jarg)  # only the rows where the predicate holds are counted
+                continue
+            parts.append(j.expr.IsNotNull(jarg))
+            if function.cls in fn.VALUE_AGGREGATES:
+                parts.append(j.expr.Not(j.expr.EqualTo(jarg, j.literal(0))))
+        if jae.filter().isDefined():
+            parts.append(jae.filter().get())
+        if not parts:
+            continue  # every row of the group counts: same as the row count
+        condition = j.and_all(parts)
+        key = condition.canonicalized().toString()
+        if key not in seen:
+            seen.add(key)
+            conditions.append(condition)
+    return conditions
+
+
+def _enforced_aggregate(j: _Jvm, decision: Decision):
+    """(root with the enforced aggregation, the new aggregation, its k condition builder)."""
+    final = decision.final
+    root = decision.query.jplan
+    jfinal = j.at(root, final.path)
+    child = _widen(j, j.child(jfinal, 0), final.path + (0,), decision.carry.additions)
+    entities = [j.attr_by_id(child, i) for i in _representatives(decision)]
+    extras = []
+    for n, entity in enumerate(entities):
+        extras.append(j.alias(j.count_distinct(entity), f"{COUNT_PREFIX}_rows_{n}"))
+    if final.node.cls == "Aggregate":
+        conditions = _value_conditions(j, jfinal, decision)
+        for n, entity in enumerate(entities):
+            for m, condition in enumerate(conditions):
+                extras.append(j.alias(j.count_distinct(entity, condition), f"{COUNT_PREFIX}_v{m}_{n}"))
+        grouping = jfinal.groupingExpressions()
+        outputs = j.items(jfinal.aggregateExpressions())
+        hint = jfinal.hint()
+    else:  # DISTINCT: group by its own output
+        outputs = j.items(jfinal.output())
+        grouping = j.seq(outputs)
+        hint = j.none()
+    new_agg = j.logical.Aggregate(grouping, j.seq(outputs + extras), child, hint)
+    original_output = j.items(jfinal.output())
+    return new_agg, original_output, len(extras)
+
+
+def _k_filter(j: _Jvm, plan, n_counts: int, k: int):
+    """Filter(all counts >= k) over ``plan``, whose last ``n_counts`` outputs are counts."""
+    attrs = j.items(plan.output())
+    counts = attrs[len(attrs) - n_counts:]
+    condition = j.and_all([j.expr.GreaterThanOrEqual(c, j.literal(k)) for c in counts])
+    return j.logical.Filter(condition, plan)
+
+
+def _restore(j: _Jvm, plan, original_output: list[Any]):
+    """Project ``plan``'s first outputs back to the original attributes (names and ids)."""
+    attrs = j.items(plan.output())
+    return j.logical.Project(
+        j.seq([j.alias(attrs[i], a.name(), a.exprId()) for i, a in enumerate(original_output)]),
+        plan,
+    )
+
+
+def _standalone(j: _Jvm, root, plan):
+    """``plan`` runnable on its own: CTE definitions it may refer to come along."""
+    if root.nodeName() == "WithCTE":
+        defs = j.items(root.children())[:-1]
+        return j.logical.WithCTE(plan, j.seq(defs))
+    return plan
+
+
+def enforced_plan(spark: SparkSession, decision: Decision):
+    """The whole enforced plan as one query (no materialisation): for re-checking."""
+    j = _Jvm(spark)
+    new_agg, original_output, n_counts = _enforced_aggregate(j, decision)
+    guarded = _restore(j, _k_filter(j, new_agg, n_counts, decision.k), original_output)
+    return j.rebuild(decision.query.jplan, (), decision.final.path, guarded)
+
+
+def recheck(spark: SparkSession, decision: Decision, plan) -> None:
+    """Safety net: the rewritten plan must pass the same policy."""
+    analyzed = _Jvm(spark).dataset(plan).queryExecution().analyzed()
+    tree = parse_plan_json(analyzed.toJSON())
+    again = decide(AnalyzedQuery(analyzed, tree), decision.kind, decision.merchant,
+                   _datasets_of(decision), platform_token_matcher(spark, decision.merchant))
+    if not again.allowed:
+        raise EnforcementError("POLICY_ENFORCEMENT", "the enforced plan did not pass the policy")
+
+
+def _datasets_of(decision: Decision):
+    return decision.datasets or {}
+
+
+def _execute_aggregate(j: _Jvm, decision: Decision) -> ExecutionResult:
+    root = decision.query.jplan
+    recheck(j.spark, decision, enforced_plan(j.spark, decision))
+    new_agg, original_output, n_counts = _enforced_aggregate(j, decision)
+    # Materialise the aggregation once: its rows are few, and both the suppressed count
+    # and the released rows come from this one run.
+    checkpoint = j.dataset(_standalone(j, root, new_agg)).localCheckpoint(True)
+    cp_plan = checkpoint.logicalPlan()
+    # Both counts in one small job over the materialised aggregation.
+    names = [a.name() for a in j.items(cp_plan.output())][-n_counts:]
+    passes = F.lit(True)
+    for name in names:
+        passes = passes & (F.col(f"`{name}`") >= decision.k)
+    counts = DataFrame(checkpoint, j.spark).agg(
+        F.count(F.lit(1)), F.count(F.when(passes, F.lit(1)))
+    ).first()
+    total, released = int(counts[0]), int(counts[1])
+    passed = _k_filter(j, cp_plan, n_counts, decision.k)
+    guarded = _restore(j, passed, original_output)
+    plan = j.rebuild(root, (), decision.final.path, guarded)
+    return ExecutionResult(j.dataframe(plan), total - released, total)
+
+
+# -- segment jobs ----------------------------------------------------------------------------
+
+
+def _execute_segment(j: _Jvm, decision: Decision) -> ExecutionResult:
+    rows = j.dataframe(decision.query.jplan).distinct().localCheckpoint(eager=True)
+    segment, member = rows.columns
+    sizes = rows.groupBy(segment).agg(F.countDistinct(member).alias("n"))
+    labels = sizes.count()
+    if labels > MAX_SEGMENT_LABELS:
+        raise EnforcementError(
+            "SEGMENT_TOO_MANY_LABELS",
+            f"A segment job may produce at most {MAX_SEGMENT_LABELS} labels; this one "
+            "produced more.",
+        )
+    keep = sizes.filter((F.col("n") >= decision.k) & F.col(segment).isNotNull()).select(segment)
+    released = rows.join(F.broadcast(keep), on=segment, how="left_semi").select(segment, member)
+    total = rows.count()
+    kept = released.count()
+    return ExecutionResult(released, total - kept, total)

@@ -1,0 +1,116 @@
+"""Getting a job's analyzed plan out of Spark without running anything.
+
+The SQL is parsed with the session's own parser; anything that is not one plain query is
+refused before analysis (``spark.sql`` would run commands eagerly). The plan is then
+analysed (commands never executed: ``CommandExecutionMode.SKIP``) and serialised to JSON
+once; all policy reasoning happens in Python on that JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from policies.model import Violation
+from policies.tree import Node, parse_plan_json
+
+# Parsed (unresolved) plan nodes a plain query is made of. Commands, DDL/DML, scripts,
+# TRANSFORM, table-valued functions (read_files, ...) and anything else are refused.
+PARSED_QUERY_NODES = frozenset({
+    "Project", "Filter", "Aggregate", "UnresolvedHaving", "Sort", "GlobalLimit", "LocalLimit",
+    "Offset", "Tail", "Join", "SubqueryAlias", "UnresolvedWith", "UnresolvedRelation", "Union",
+    "Intersect", "Except", "Distinct", "Generate", "WithWindowDefinition", "OneRowRelation",
+    "UnresolvedInlineTable", "LocalRelation", "LateralJoin", "UnresolvedSubqueryColumnAliases",
+    "UnresolvedHint", "RepartitionByExpression", "Window", "Pivot", "Unpivot",
+    "UnresolvedGenerate", "Deduplicate",
+})
+
+FEATURE_NAMES = {
+    "ScriptTransformation": "TRANSFORM ... USING",
+    "UnresolvedTableValuedFunction": "a table-valued function (read_files, range, ...)",
+    "UnresolvedTVFAliases": "a table-valued function (read_files, range, ...)",
+    "CompoundBody": "SQL scripting",
+    "SingleStatement": "SQL scripting",
+}
+
+
+class PlanRefused(Exception):
+    """The SQL is not a single plain query, or Spark could not analyse it."""
+
+    def __init__(self, violation: Violation):
+        super().__init__(violation.message)
+        self.violation = violation
+
+
+@dataclass
+class AnalyzedQuery:
+    """The analyzed plan, in the JVM (for execution) and as a Python tree (for the policy)."""
+
+    jplan: Any
+    tree: Node
+
+
+def _refuse(message: str, suggestion: str, column: str = "(query)") -> PlanRefused:
+    return PlanRefused(Violation("P7", column, (), message, suggestion))
+
+
+def _spark_message(exc: Exception) -> str:
+    """Spark's own message, without the plan dump it appends."""
+    getter = getattr(exc, "getMessage", None)
+    text = getter() if callable(getter) else str(exc)
+    text = str(text).split("\n", 1)[0].strip()
+    return text.removesuffix(";").strip()
+
+
+def _check_parsed(jplan: Any) -> None:
+    stack = [jplan]
+    while stack:
+        node = stack.pop()
+        name = node.getClass().getSimpleName()
+        if name not in PARSED_QUERY_NODES:
+            feature = FEATURE_NAMES.get(name)
+            if feature:
+                raise _refuse(
+                    f"{feature} is not allowed in a job.",
+                    "Submit a single SELECT query over the datasets listed in the catalog.",
+                )
+            raise _refuse(
+                f"Only a single query (SELECT ...) may be submitted; this statement is a "
+                f"{name} (commands, DDL and DML are not allowed).",
+                "Submit one SELECT query; settings, tables and functions are managed by the "
+                "platform.",
+            )
+        children = node.children()
+        for i in range(children.size()):
+            stack.append(children.apply(i))
+
+
+def analyze(spark: SparkSession, sql: str) -> AnalyzedQuery:
+    """Parse, refuse non-queries, analyse; raise :class:`PlanRefused` with a P7 violation."""
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    jsession = spark._jsparkSession
+    state = jsession.sessionState()
+    try:
+        parsed = state.sqlParser().parsePlan(sql)
+    except (PySparkException, Py4JError) as exc:
+        raise _refuse(
+            f"The SQL could not be parsed: {_spark_message(exc)}",
+            "Submit exactly one SELECT statement (no trailing statements).",
+        ) from None
+    _check_parsed(parsed)
+    jvm = spark._jvm
+    skip = jvm.org.apache.spark.sql.execution.CommandExecutionMode.SKIP()
+    try:
+        analyzed = state.executePlan(parsed, skip).analyzed()
+        text = analyzed.toJSON()
+    except (PySparkException, Py4JError) as exc:
+        # Unknown and unreadable tables read exactly alike: Spark's own message.
+        raise _refuse(
+            _spark_message(exc),
+            "Check the dataset and column names against the catalog of this merchant.",
+        ) from None
+    return AnalyzedQuery(jplan=analyzed, tree=parse_plan_json(text))

@@ -1,0 +1,1 @@
+"""Isolated Spark execution: the session factory, hardening, encryption, executors."""

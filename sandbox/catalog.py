@@ -1,0 +1,100 @@
+"""Install a per-job catalog into a SparkSession: exactly the tables one job may read.
+
+The session uses Spark's in-memory catalog (see ``sandbox.spark``). Before each job the
+catalog is made to hold only the job's readable datasets, so that anything else fails to
+resolve exactly like a table that does not exist. One job at a time per session: callers
+hold :data:`CATALOG_LOCK` from install to the end of the job's Spark work.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from yushan.catalog import DatasetInfo
+
+CATALOG_LOCK = threading.RLock()
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _ddl_columns(ds: DatasetInfo) -> str:
+    return ", ".join(f"{_quote(c.name)} {c.data_type}" for c in ds.columns)
+
+
+def install_catalog(
+    spark: SparkSession,
+    datasets: Mapping[str, DatasetInfo],
+    locations: Mapping[str, Path] | None = None,
+) -> None:
+    """Make the session catalog hold exactly ``datasets`` (keyed by full name).
+
+    ``locations`` overrides where a dataset's Parquet files are (decrypted merchant data
+    in a job workspace). A dataset with no readable location is installed over an empty
+    directory: enough to analyse a query, never to read data.
+    """
+    locations = {k.lower(): v for k, v in (locations or {}).items()}
+    wanted: dict[tuple[str, str], tuple[DatasetInfo, str]] = {}
+    for full_name, ds in datasets.items():
+        database, table = full_name.lower().split(".", 1)
+        if ds.encrypted:
+            location = locations.get(full_name.lower())
+        else:
+            location = locations.get(full_name.lower(), ds.storage_path)
+        wanted[(database, table)] = (ds, str(location) if location else "")
+
+    catalog = spark.catalog
+    existing_dbs = {db.name for db in catalog.listDatabases()} - {"default"}
+    wanted_dbs = {db for db, _ in wanted}
+    for db in existing_dbs - wanted_dbs:
+        spark.sql(f"DROP DATABASE IF EXISTS {_quote(db)} CASCADE")
+    # Temporary views and functions never survive between jobs.
+    for tbl in catalog.listTables("default"):
+        if tbl.isTemporary:
+            catalog.dropTempView(tbl.name)
+    for db in wanted_dbs:
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(db)}")
+        current = {t.name: t for t in catalog.listTables(db) if not t.isTemporary}
+        for name in current:
+            if (db, name) not in wanted:
+                spark.sql(f"DROP TABLE IF EXISTS {_quote(db)}.{_quote(name)}")
+    for (db, table), (ds, location) in wanted.items():
+        ident = f"{_quote(db)}.{_quote(table)}"
+        desired = location or _empty_dir(spark)
+        key = f"yushan.location={desired};yushan.schema={_ddl_columns(ds)}"
+        props = _table_comment(spark, ident)
+        if props == key:
+            continue
+        spark.sql(f"DROP TABLE IF EXISTS {ident}")
+        spark.sql(
+            f"CREATE TABLE {ident} ({_ddl_columns(ds)}) USING parquet "
+            f"LOCATION '{_escape(desired)}' COMMENT '{_escape(key)}'"
+        )
+
+
+def _table_comment(spark: SparkSession, ident: str) -> str | None:
+    try:
+        jtable = spark._jsparkSession.sessionState().catalog().getTableMetadata(
+            spark._jsparkSession.sessionState().sqlParser().parseTableIdentifier(
+                ident.replace("`", "")
+            )
+        )
+        comment = jtable.comment()
+        return comment.get() if comment.isDefined() else None
+    except Exception:  # noqa: BLE001 - a missing table simply means "install it"
+        return None
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _empty_dir(spark: SparkSession) -> str:
+    path = Path(spark.conf.get("spark.sql.warehouse.dir").removeprefix("file:")) / "_empty"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)

@@ -1,0 +1,188 @@
+"""Encryption at rest: envelope encryption with AES-256-GCM (``cryptography``).
+
+A random data key per dataset or job output encrypts its files; the platform master key
+(``YUSHAN_HOME/keys/master.key``, owner-only) wraps the data key. Destroying the wrapped key
+destroys the data (crypto-shredding).
+
+File format (streamed, never whole in memory): ``b"YSE1"`` + 8-byte nonce prefix, then
+chunks of ``4-byte big-endian length || ciphertext+tag``. Chunk *i* uses nonce
+``prefix || i (4 bytes)`` and associated data ``header || i || last-flag``, so that
+reordering, dropping or truncating chunks fails authentication.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+MAGIC = b"YSE1"
+CHUNK = 1024 * 1024
+KEY_BYTES = 32
+
+
+class DecryptionError(Exception):
+    """Ciphertext or key is wrong, corrupted or truncated."""
+
+
+def write_secret_file(path: Path, data: bytes) -> None:
+    """Create a file readable by its owner only (mode 0600) holding ``data``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+def load_or_create_key(path: Path) -> bytes:
+    """Read a 32-byte key file, creating it (0600) if it does not exist."""
+    if not path.exists():
+        write_secret_file(path, os.urandom(KEY_BYTES))
+    data = path.read_bytes()
+    if len(data) != KEY_BYTES:
+        raise DecryptionError(f"key file {path} is damaged (expected {KEY_BYTES} bytes)")
+    return data
+
+
+def new_data_key() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
+
+
+def wrap_key(master: bytes, data_key: bytes, context: str) -> bytes:
+    """Encrypt a data key under the master key, bound to ``context`` (e.g. 'dataset:12')."""
+    nonce = os.urandom(12)
+    return nonce + AESGCM(master).encrypt(nonce, data_key, context.encode())
+
+
+def unwrap_key(master: bytes, wrapped: bytes, context: str) -> bytes:
+    try:
+        return AESGCM(master).decrypt(wrapped[:12], wrapped[12:], context.encode())
+    except InvalidTag:
+        raise DecryptionError(f"data key for {context} does not open with this master key") from None
+
+
+def derive_key(master: bytes, purpose: str) -> bytes:
+    """A stable sub-key for ``purpose`` (HKDF-like: HMAC-SHA256 of the purpose)."""
+    return hmac.new(master, b"yushan-derive:" + purpose.encode(), hashlib.sha256).digest()
+
+
+def _aad(header: bytes, index: int, last: bool) -> bytes:
+    return header + struct.pack(">I?", index, last)
+
+
+def encrypt_stream(key: bytes, src: BinaryIO, dst: BinaryIO, chunk_size: int = CHUNK) -> str:
+    """Encrypt ``src`` into ``dst``; return the SHA-256 hex of the plaintext."""
+    aes = AESGCM(key)
+    prefix = os.urandom(8)
+    header = MAGIC + prefix
+    dst.write(header)
+    digest = hashlib.sha256()
+    index = 0
+    current = src.read(chunk_size)
+    while True:
+        following = src.read(chunk_size) if current else b""
+        last = not following
+        digest.update(current)
+        sealed = aes.encrypt(prefix + struct.pack(">I", index), current, _aad(header, index, last))
+        dst.write(struct.pack(">I", len(sealed)))
+        dst.write(sealed)
+        if last:
+            break
+        current = following
+        index += 1
+    return digest.hexdigest()
+
+
+def decrypt_chunks(key: bytes, src: BinaryIO) -> Iterator[bytes]:
+    """Yield the plaintext of ``src`` chunk by chunk, authenticating each."""
+    aes = AESGCM(key)
+    header = src.read(12)
+    if len(header) != 12 or header[:4] != MAGIC:
+        raise DecryptionError("not a Yushan encrypted file")
+    prefix = header[4:]
+    index = 0
+    while True:
+        size_raw = src.read(4)
+        if len(size_raw) != 4:
+            raise DecryptionError("encrypted file is truncated")
+        (size,) = struct.unpack(">I", size_raw)
+        sealed = src.read(size)
+        if len(sealed) != size:
+            raise DecryptionError("encrypted file is truncated")
+        nonce = prefix + struct.pack(">I", index)
+        for last in (False, True):
+            try:
+                plain = aes.decrypt(nonce, sealed, _aad(header, index, last))
+                break
+            except InvalidTag:
+                continue
+        else:
+            raise DecryptionError("encrypted file does not authenticate (wrong key or altered)")
+        yield plain
+        if last:
+            if src.read(1):
+                raise DecryptionError("data after the final chunk")
+            return
+        index += 1
+
+
+def encrypt_file(key: bytes, src_path: Path, dst_path: Path) -> str:
+    dst_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst_path.with_name(dst_path.name + ".partial")
+    with open(src_path, "rb") as src, open(tmp, "wb") as dst:
+        digest = encrypt_stream(key, src, dst)
+    os.replace(tmp, dst_path)
+    return digest
+
+
+def decrypt_file(key: bytes, src_path: Path, dst_path: Path) -> str:
+    """Decrypt into ``dst_path``; return the SHA-256 hex of the plaintext."""
+    digest = hashlib.sha256()
+    dst_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(src_path, "rb") as src, open(dst_path, "wb") as dst:
+        for chunk in decrypt_chunks(key, src):
+            digest.update(chunk)
+            dst.write(chunk)
+    return digest.hexdigest()
+
+
+def decrypt_bytes(key: bytes, src_path: Path) -> bytes:
+    with open(src_path, "rb") as src:
+        return b"".join(decrypt_chunks(key, src))
+
+
+class KeyStore:
+    """The platform master key and what is derived from it."""
+
+    def __init__(self, master_key_path: Path):
+        self.path = master_key_path
+        self._master: bytes | None = None
+
+    @property
+    def master(self) -> bytes:
+        if self._master is None:
+            if not self.path.exists():
+                raise DecryptionError(
+                    f"master key {self.path} is missing; run `yushan init` on this YUSHAN_HOME"
+                )
+            self._master = load_or_create_key(self.path)
+        return self._master
+
+    def new_wrapped_key(self, context: str) -> tuple[bytes, bytes]:
+        """Return ``(data_key, wrapped_data_key)`` for a new object."""
+        key = new_data_key()
+        return key, wrap_key(self.master, key, context)
+
+    def unwrap(self, wrapped: bytes, context: str) -> bytes:
+        return unwrap_key(self.master, wrapped, context)
+
+    def segment_token_key(self, merchant: str) -> bytes:
+        """Per-merchant HMAC key for ``segment_token``; never leaves the platform."""
+        return derive_key(self.master, f"segment-token:{merchant}")

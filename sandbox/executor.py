@@ -1,0 +1,307 @@
+"""An executor: a long-lived process that runs one job at a time, started by a worker.
+
+Started as ``python -m sandbox.executor --read-fd R --write-fd W`` (inside its own network
+namespace when the OS allows), it keeps one warm SparkSession and talks to its worker over
+two pipes (:mod:`sandbox.protocol`). It never touches the metadata database: it gets what a
+job may read from the worker, and answers with an outcome the worker records.
+
+Per job: a private workspace; the job's catalog (only what it may read); the parsed-plan
+guard; the policy check on this catalog (again: defence in depth); merchant data decrypted
+into the workspace only when the query reads it; the enforced run; output limits; the
+released rows encrypted into ``outputs/<job id>/``; the workspace removed in any case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import logging
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from sandbox.protocol import Channel, ChannelClosed
+from yushan.catalog import ColumnInfo, DatasetInfo
+from yushan.config import Config
+
+log = logging.getLogger("sandbox.executor")
+
+
+class JobOutcome:
+    RELEASED = "released"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+
+
+# --- plain data across the pipe ------------------------------------------------------------
+
+
+def config_to_message(config: Config) -> dict[str, Any]:
+    data = dataclasses.asdict(config)
+    data["home"] = str(config.home)
+    return data
+
+
+def config_from_message(data: dict[str, Any]) -> Config:
+    return Config(**{**data, "home": Path(data["home"])})
+
+
+def dataset_to_message(info: DatasetInfo) -> dict[str, Any]:
+    return {
+        **dataclasses.asdict(info),
+        "columns": [dataclasses.asdict(c) for c in info.columns],
+        "storage_path": str(info.storage_path),
+        "wrapped_key": base64.b64encode(info.wrapped_key).decode() if info.wrapped_key else None,
+    }
+
+
+def dataset_from_message(data: dict[str, Any]) -> DatasetInfo:
+    return DatasetInfo(
+        **{
+            **data,
+            "columns": tuple(ColumnInfo(**c) for c in data["columns"]),
+            "storage_path": Path(data["storage_path"]),
+            "wrapped_key": base64.b64decode(data["wrapped_key"]) if data["wrapped_key"] else None,
+        }
+    )
+
+
+# --- one job ---------------------------------------------------------------------------------
+
+
+class _Progress(threading.Thread):
+    """Reports the share of finished tasks of the job's Spark jobs (status tracker)."""
+
+    def __init__(self, spark, group: str, channel: Channel, job_id: int):
+        super().__init__(daemon=True, name=f"progress-{job_id}")
+        self.spark, self.group, self.channel, self.job_id = spark, group, channel, job_id
+        self.stopped = threading.Event()
+        self.last = -1.0
+
+    def run(self) -> None:
+        tracker = self.spark.sparkContext.statusTracker()
+        while not self.stopped.wait(0.3):
+            try:
+                total = done = 0
+                for spark_job in tracker.getJobIdsForGroup(self.group):
+                    info = tracker.getJobInfo(spark_job)
+                    for stage_id in info.stageIds if info else ():
+                        stage = tracker.getStageInfo(stage_id)
+                        if stage:
+                            total += stage.numTasks
+                            done += stage.numCompletedTasks
+                if total:
+                    # Never 1.0 before the output is stored: later stages may still appear.
+                    value = round(min(0.95, done / total), 3)
+                    if value > self.last:
+                        self.last = value
+                        self.channel.send({"type": "progress", "job_id": self.job_id, "progress": value})
+            except ChannelClosed:
+                return
+            except Exception:  # noqa: BLE001 - progress is best effort, never fatal
+                continue
+
+
+def _datasets_read(decision_doc: dict[str, Any], datasets: dict[str, DatasetInfo]) -> set[str]:
+    """Encrypted datasets the query reads; all of them if the decision does not say."""
+    encrypted = {name for name, info in datasets.items() if info.encrypted}
+    columns_read = decision_doc.get("columns_read")
+    if columns_read is None:
+        return encrypted
+    named = {str(c.get("dataset", "")).lower() for c in columns_read}
+    return encrypted & named
+
+
+def _policy_check(spark, keystore, sql: str, kind: str, merchant: str, datasets: dict[str, DatasetInfo]):
+    from policies import check
+    from policies.segment import register_segment_token
+
+    # The merchant's own pseudonym key: tokens differ between merchants.
+    register_segment_token(spark, keystore.segment_token_key(merchant), merchant)
+    return check(spark, sql, kind=kind, merchant=merchant, datasets=datasets)
+
+
+def _template_sql(spark, request: dict[str, Any], sql: str) -> str | None:
+    """Template hook: the final SQL of a template job with a preparation step, else None.
+
+    A trusted template (jobs/templates) may compute part of its final query here, inside
+    the sandbox, with the job's catalog installed (e.g. the lookalike model's weights). The
+    query it returns is guarded and policy-checked again before it runs.
+    """
+    template = request.get("template")
+    if not template:
+        return None
+    from jobs.templates.registry import get_template, prepare_sql
+
+    if get_template(template["name"]).prepare is None:
+        return None
+    return prepare_sql(spark, template["name"], template.get("params"), request["merchant"], sql)
+
+
+def _forget_job_state(spark, group: str) -> None:
+    """Nothing of one job stays in the warm session for the next one."""
+    try:
+        spark.sparkContext.cancelJobGroup(group)
+        spark.catalog.clearCache()
+        for rdd in spark.sparkContext._jsc.getPersistentRDDs().values():
+            rdd.unpersist(True)  # checkpointed aggregates of the enforced run
+    except Exception:  # noqa: BLE001 - best effort; the workspace removal still happens
+        log.warning("could not release the cached state of %s", group)
+
+
+def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """Run one job request; always answer with an outcome message."""
+    import pyarrow.parquet as pq
+
+    from sandbox.catalog import CATALOG_LOCK, install_catalog
+    from sandbox.guard import ForbiddenQuery, assert_single_query
+    from sandbox.limits import Limits, limit_message
+    from sandbox.output import store_output
+    from sandbox.redact import limit_error, redact
+    from sandbox.storage import decrypt_dataset
+    from sandbox.workspace import create_workspace, remove_workspace
+
+    job_id = int(request["job_id"])
+    limits = Limits(**request["limits"])
+    datasets = {k: dataset_from_message(v) for k, v in request["datasets"].items()}
+    sql, kind, merchant = request["sql"], request["kind"], request["merchant"]
+    workspace = create_workspace(config, job_id)
+    group = f"yushan-job-{job_id}"
+    progress = _Progress(spark, group, channel, job_id)
+    answer: dict[str, Any] = {"type": "result", "job_id": job_id, "workspace": str(workspace)}
+    try:
+        with CATALOG_LOCK:
+            assert_single_query(spark, sql)
+            install_catalog(spark, datasets)
+            decision = _policy_check(spark, keystore, sql, kind, merchant, datasets)
+            doc = decision.to_dict()
+            if not decision.allowed:
+                return {**answer, "outcome": JobOutcome.BLOCKED, "decision": doc}
+            needed = _datasets_read(doc, datasets)
+            if needed:
+                # Merchant data exists in the clear only here, only for this job.
+                locations = {
+                    name: decrypt_dataset(keystore, datasets[name], workspace / "data" / str(datasets[name].id))
+                    for name in sorted(needed)
+                }
+                install_catalog(spark, datasets, locations)
+                decision = _policy_check(spark, keystore, sql, kind, merchant, datasets)
+                doc = decision.to_dict()
+                if not decision.allowed:
+                    return {**answer, "outcome": JobOutcome.BLOCKED, "decision": doc}
+            prepared = _template_sql(spark, request, sql)
+            if prepared is not None:  # a template's final query: checked like any job
+                sql = prepared
+                assert_single_query(spark, sql)
+                decision = _policy_check(spark, keystore, sql, kind, merchant, datasets)
+                doc = {**decision.to_dict(), "prepared_sql": sql}
+                if not decision.allowed:
+                    return {**answer, "outcome": JobOutcome.BLOCKED, "decision": doc}
+            spark.sparkContext.setJobGroup(group, f"job {job_id}", interruptOnCancel=True)
+            progress.start()
+            result = decision.execute(spark)
+            # One row beyond the limit is enough to know the limit is exceeded.
+            table = result.dataframe.limit(limits.output_rows + 1).toArrow()
+            suppressed = int(result.suppressed_rows or 0)
+        if table.num_rows > limits.output_rows:
+            err = limit_error("OutputRowsExceeded", limit_message("OutputRowsExceeded", limits.output_rows))
+            return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text}
+        plain = workspace / "result.parquet"
+        pq.write_table(table, plain)
+        size = plain.stat().st_size
+        if size > limits.output_bytes or table.nbytes > limits.output_bytes:
+            err = limit_error("OutputBytesExceeded", limit_message("OutputBytesExceeded", limits.output_bytes))
+            return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text}
+        stored = store_output(config, keystore, job_id, plain)
+        return {
+            **answer,
+            "outcome": JobOutcome.RELEASED,
+            "decision": doc,
+            "output": stored.to_message(),
+            "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
+            "released_rows": table.num_rows,
+            "suppressed_rows": suppressed,
+        }
+    except ForbiddenQuery as exc:
+        return {**answer, "outcome": JobOutcome.FAILED, "error": {"class": "ForbiddenQuery", "message": str(exc)}, "detail": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted outcome (P8)
+        err = redact(exc)
+        return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text}
+    finally:
+        progress.stopped.set()
+        _forget_job_state(spark, group)
+        remove_workspace(workspace)
+
+
+# --- the process -----------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    """End this executor and its JVM as soon as the worker that started it is gone."""
+    import signal
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os.killpg(0, signal.SIGKILL)  # our own process group: us and the JVM
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _quiet_logs() -> None:
+    # PySpark logs failed queries with their full text (values included): keep it out of logs.
+    for name in ("py4j", "pyspark", "SQLQueryContextLogger"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sandbox.executor")
+    parser.add_argument("--read-fd", type=int, required=True)
+    parser.add_argument("--write-fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    channel = Channel(args.read_fd, args.write_fd)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="executor %(process)d %(levelname)s %(message)s")
+    _quiet_logs()
+    _die_with_parent()
+    init = channel.recv()
+    if not init or init.get("type") != "init":
+        return 2
+    config = config_from_message(init["config"])
+
+    from sandbox.crypto import KeyStore
+    from sandbox.spark import get_spark, stop_spark
+    from sandbox.workspace import create_executor_dir, remove_workspace
+
+    scratch = create_executor_dir(config)
+    try:
+        spark = get_spark(config, "yushan-executor", extra={"spark.local.dir": str(scratch)})
+        # Task failures are logged by the JVM with the offending values: nothing is logged.
+        spark.sparkContext.setLogLevel("OFF")
+        spark.sql("SELECT 1").collect()  # warm the JVM before the first job arrives
+        keystore = KeyStore(config.master_key_path)
+        channel.send({"type": "ready", "pid": os.getpid()})
+        while True:
+            message = channel.recv()
+            if message is None or message.get("type") == "stop":
+                break
+            if message.get("type") == "run":
+                channel.send(run_job(spark, config, keystore, message, channel))
+    except ChannelClosed:
+        pass  # the worker has gone; so do we
+    finally:
+        try:
+            stop_spark()
+        finally:
+            remove_workspace(scratch)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

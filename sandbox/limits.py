@@ -1,0 +1,129 @@
+"""Per-job limits, and what a process tree uses (read from /proc by the worker).
+
+The worker watches each executor's whole process tree (Python and its JVM): wall clock,
+CPU seconds and resident memory per job. Output rows and bytes are checked inside the
+executor before anything is written. Each limit fails the job with its own error class.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from yushan.config import Config
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_seconds: float
+    cpu_seconds: float
+    memory_bytes: int
+    output_rows: int
+    output_bytes: int
+
+    @classmethod
+    def from_config(cls, config: Config) -> Limits:
+        # CPU time defaults to twice the wall clock: a job may use both cores all along.
+        cpu = float(config.extra.get("job_cpu_seconds", 2 * config.job_timeout_seconds))
+        return cls(
+            wall_seconds=float(config.job_timeout_seconds),
+            cpu_seconds=cpu,
+            memory_bytes=config.executor_memory_bytes,
+            output_rows=config.max_output_rows,
+            output_bytes=config.max_output_bytes,
+        )
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+# Error classes of the limits, and the sentence each shows the submitter.
+LIMIT_ERRORS: dict[str, str] = {
+    "TimeLimitExceeded": "the job ran longer than the wall-clock limit of {limit:g} s",
+    "CpuLimitExceeded": "the job used more than its CPU-time limit of {limit:g} s",
+    "MemoryLimitExceeded": "the job used more than its memory limit of {limit:g} MiB",
+    "OutputRowsExceeded": "the job's output has more than the limit of {limit:g} rows",
+    "OutputBytesExceeded": "the job's output is larger than the limit of {limit:g} bytes",
+}
+
+
+def limit_message(error_class: str, limit: float) -> str:
+    return LIMIT_ERRORS[error_class].format(limit=limit)
+
+
+@dataclass(frozen=True)
+class Usage:
+    cpu_seconds: float
+    rss_bytes: int
+    processes: int
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command name is in parentheses and may contain spaces: split after it.
+        fields = stat.rsplit(")", 1)[1].split()
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def process_tree(pid: int) -> list[int]:
+    children = _children_map()
+    tree, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        tree.append(current)
+        stack.extend(children.get(current, ()))
+    return tree
+
+
+def tree_usage(pid: int) -> Usage:
+    """CPU seconds (user + system) and resident bytes of ``pid`` and its descendants."""
+    cpu_ticks = 0
+    rss_pages = 0
+    count = 0
+    for member in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+            statm = Path(f"/proc/{member}/statm").read_text().split()
+        except OSError:
+            continue
+        cpu_ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        rss_pages += int(statm[1])
+        count += 1
+    return Usage(cpu_ticks / _TICKS, rss_pages * _PAGE, count)
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie, killed but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def harden_child() -> None:
+    """Run in the executor's child before exec: no core dumps (they would hold data).
+
+    (Not PR_SET_PDEATHSIG: it fires when the *thread* that started the child ends, and
+    executors are started by short-lived threads. The executor watches its parent instead.)
+    """
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -1,0 +1,79 @@
+"""Job outputs at rest: one Parquet file, AES-GCM encrypted under a per-job data key.
+
+The key is wrapped by the master key with context ``output:<job id>``; the content hash is
+the SHA-256 of the plaintext Parquet, checked again when the output is read.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sandbox.crypto import DecryptionError, KeyStore, decrypt_bytes, encrypt_file
+from yushan.config import Config
+
+OUTPUT_FILE = "result.parquet.enc"
+
+
+@dataclass(frozen=True)
+class StoredOutput:
+    storage_path: str  # relative to YUSHAN_HOME
+    wrapped_key: bytes
+    content_hash: str
+    byte_size: int
+
+    def to_message(self) -> dict[str, object]:
+        return {
+            "storage_path": self.storage_path,
+            "wrapped_key": base64.b64encode(self.wrapped_key).decode(),
+            "content_hash": self.content_hash,
+            "byte_size": self.byte_size,
+        }
+
+    @classmethod
+    def from_message(cls, data: dict) -> StoredOutput:
+        return cls(
+            storage_path=data["storage_path"],
+            wrapped_key=base64.b64decode(data["wrapped_key"]),
+            content_hash=data["content_hash"],
+            byte_size=int(data["byte_size"]),
+        )
+
+
+def output_dir(config: Config, job_id: int) -> Path:
+    return config.outputs_dir / str(job_id)
+
+
+def store_output(config: Config, keystore: KeyStore, job_id: int, plaintext: Path) -> StoredOutput:
+    """Encrypt the Parquet file ``plaintext`` (in a workspace) into the job's output dir."""
+    key, wrapped = keystore.new_wrapped_key(f"output:{job_id}")
+    target = output_dir(config, job_id) / OUTPUT_FILE
+    digest = encrypt_file(key, plaintext, target)
+    return StoredOutput(
+        storage_path=str(target.relative_to(config.home)),
+        wrapped_key=wrapped,
+        content_hash=digest,
+        byte_size=plaintext.stat().st_size,
+    )
+
+
+def read_output(
+    config: Config, keystore: KeyStore, job_id: int, storage_path: str, wrapped_key: bytes, content_hash: str
+) -> pa.Table:
+    """Decrypt an output in memory and check it is the one the job produced."""
+    key = keystore.unwrap(wrapped_key, f"output:{job_id}")
+    data = decrypt_bytes(key, config.home / storage_path)
+    if hashlib.sha256(data).hexdigest() != content_hash:
+        raise DecryptionError(f"output of job {job_id} does not match its content hash")
+    return pq.read_table(pa.BufferReader(data))
+
+
+def remove_output(config: Config, job_id: int) -> None:
+    """Delete an output's ciphertext (the caller forgets its wrapped key)."""
+    shutil.rmtree(output_dir(config, job_id), ignore_errors=True)

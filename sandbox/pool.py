@@ -1,0 +1,273 @@
+"""Executors seen from the worker: start (warm, isolated), run a job under limits, recycle.
+
+An :class:`Executor` is one ``python -m sandbox.executor`` process (and the JVM it starts).
+The :class:`ExecutorPool` keeps ``size`` of them started ahead of demand, hands out an
+idle one, and replaces one after ``max_jobs`` jobs or after any fault (limit exceeded,
+crash, cancel), so that the next job still finds a warm executor.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.executor import config_to_message
+from sandbox.limits import Limits, harden_child, limit_message, process_tree, tree_usage
+from sandbox.netns import NetworkPlan, wrap_command
+from sandbox.protocol import Channel, ChannelClosed
+from sandbox.redact import limit_error
+from yushan.config import Config
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT = 180.0  # a cold JVM on a busy two-core machine
+TICK = 0.2
+
+
+class StopReason(enum.StrEnum):
+    """Why the worker stops a job from outside (answer of the ``tick`` callback)."""
+
+    CANCELLED = "cancelled"
+    LEASE_LOST = "lease_lost"
+    SHUTDOWN = "shutdown"
+
+
+class ExecutorFault(Exception):
+    """The executor died or did not answer; the job did not finish."""
+
+
+@dataclass
+class RunReport:
+    """The executor's answer, or the reason the worker ended the job from outside."""
+
+    message: dict[str, Any] | None = None
+    stopped: StopReason | None = None
+    faulted: bool = False
+    usage: dict[str, float] = field(default_factory=dict)
+
+
+class Executor:
+    def __init__(self, config: Config, network: NetworkPlan):
+        self.config = config
+        self.network = network
+        self.proc: subprocess.Popen | None = None
+        self.channel: Channel | None = None
+        self.jobs_run = 0
+        self.started_at = 0.0
+        self.ready_seconds = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> Executor:
+        """Start the process and wait until its SparkSession is warm."""
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        argv = [
+            sys.executable, "-m", "sandbox.executor",
+            "--read-fd", str(to_child_r), "--write-fd", str(from_child_w),
+        ]
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(
+            wrap_command(self.network, argv),
+            pass_fds=(to_child_r, from_child_w),
+            stdin=subprocess.DEVNULL,
+            stdout=sys.stderr.fileno(),
+            preexec_fn=harden_child,
+            start_new_session=True,  # its own process group: one kill ends the JVM too
+        )
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self.channel = Channel(from_child_r, to_child_w)
+        try:
+            self.channel.send({"type": "init", "config": config_to_message(self.config)})
+            deadline = time.monotonic() + START_TIMEOUT
+            while time.monotonic() < deadline:
+                message = self.channel.recv(timeout=1.0)
+                if message and message.get("type") == "ready":
+                    self.ready_seconds = time.monotonic() - self.started_at
+                    log.info("executor %s warm in %.1f s", self.pid, self.ready_seconds)
+                    return self
+                if self.proc.poll() is not None:
+                    break
+        except ChannelClosed:
+            pass
+        self.kill()
+        raise ExecutorFault("the executor did not start")
+
+    def run(
+        self,
+        request: dict[str, Any],
+        limits: Limits,
+        tick: Callable[[float | None], StopReason | None],
+    ) -> RunReport:
+        """Send a job and wait for its outcome, enforcing wall clock, CPU and memory.
+
+        ``tick(progress)`` is called about every 0.2 s (with new progress, if any); when it
+        returns a :class:`StopReason` the executor is killed and the job abandoned.
+        """
+        assert self.channel and self.proc
+        self.jobs_run += 1
+        baseline = tree_usage(self.proc.pid)
+        started = time.monotonic()
+        next_sample = 0.0
+        try:
+            self.channel.send({"type": "run", **request, "limits": limits.as_dict()})
+            while True:
+                message = self.channel.recv(timeout=TICK)
+                progress = None
+                if message and message.get("type") == "result":
+                    return RunReport(message=message, usage=self._usage(baseline, started))
+                if message and message.get("type") == "progress":
+                    progress = float(message["progress"])
+                stop = tick(progress)
+                if stop is not None:
+                    self.kill()
+                    return RunReport(stopped=stop, faulted=True)
+                now = time.monotonic()
+                if now - started > limits.wall_seconds:
+                    return self._over_limit("TimeLimitExceeded", limits.wall_seconds)
+                if now >= next_sample:
+                    next_sample = now + 0.5
+                    usage = tree_usage(self.proc.pid)
+                    if usage.cpu_seconds - baseline.cpu_seconds > limits.cpu_seconds:
+                        return self._over_limit("CpuLimitExceeded", limits.cpu_seconds)
+                    if usage.rss_bytes > limits.memory_bytes:
+                        return self._over_limit("MemoryLimitExceeded", limits.memory_bytes / 2**20)
+                if self.proc.poll() is not None:
+                    raise ExecutorFault("the executor exited during the job")
+        except ChannelClosed:
+            self.kill()
+            raise ExecutorFault("the executor exited during the job") from None
+
+    def _usage(self, baseline, started: float) -> dict[str, float]:
+        now = tree_usage(self.proc.pid) if self.proc else baseline
+        return {
+            "wall_seconds": round(time.monotonic() - started, 3),
+            "cpu_seconds": round(now.cpu_seconds - baseline.cpu_seconds, 3),
+            "rss_bytes": now.rss_bytes,
+        }
+
+    def _over_limit(self, error_class: str, limit: float) -> RunReport:
+        self.kill()
+        err = limit_error(error_class, limit_message(error_class, limit))
+        return RunReport(
+            message={"type": "result", "outcome": "failed", "error": err.public(), "detail": err.full_text},
+            faulted=True,
+        )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Ask the executor to finish; kill it if it does not."""
+        if not self.alive():
+            self.kill()
+            return
+        try:
+            self.channel.send({"type": "stop"})
+            self.proc.wait(timeout=grace)
+        except (ChannelClosed, subprocess.TimeoutExpired):
+            pass
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the executor and everything it started (the JVM included)."""
+        if self.proc is None:
+            return
+        members = process_tree(self.proc.pid) if self.proc.poll() is None else []
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        for pid in members:  # a child that left the process group
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        if self.channel:
+            self.channel.close()
+            self.channel = None
+
+
+class ExecutorPool:
+    """``size`` warm executors; each is replaced after ``max_jobs`` jobs or any fault."""
+
+    def __init__(self, config: Config, network: NetworkPlan, size: int, max_jobs: int = 50):
+        self.config, self.network, self.size, self.max_jobs = config, network, size, max_jobs
+        self._idle: queue.Queue[Executor] = queue.Queue()
+        self._all: set[Executor] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self.started = 0
+
+    def start(self) -> None:
+        for _ in range(self.size):
+            self._spawn_async()
+
+    def _spawn_async(self) -> None:
+        threading.Thread(target=self._spawn, daemon=True, name="executor-start").start()
+
+    def _spawn(self) -> None:
+        while not self._closed.is_set():
+            executor = Executor(self.config, self.network)
+            with self._lock:
+                self._all.add(executor)
+            try:
+                executor.start()
+            except ExecutorFault:
+                with self._lock:
+                    self._all.discard(executor)
+                log.error("an executor failed to start; trying again in 5 s")
+                self._closed.wait(5)
+                continue
+            with self._lock:
+                self.started += 1
+            if self._closed.is_set():
+                executor.stop()
+                return
+            self._idle.put(executor)
+            return
+
+    def acquire(self, timeout: float | None = None) -> Executor | None:
+        """An idle warm executor, or None after ``timeout`` seconds."""
+        try:
+            return self._idle.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def release(self, executor: Executor, faulted: bool = False) -> None:
+        """Return an executor after a job; recycle it after a fault or ``max_jobs`` jobs."""
+        if self._closed.is_set():
+            executor.stop()
+            return
+        if faulted or not executor.alive() or executor.jobs_run >= self.max_jobs:
+            with self._lock:
+                self._all.discard(executor)
+            threading.Thread(target=executor.stop, daemon=True).start()
+            self._spawn_async()
+        else:
+            self._idle.put(executor)
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            executors = list(self._all)
+            self._all.clear()
+        for executor in executors:
+            executor.stop(grace=5)

@@ -1,0 +1,138 @@
+"""The one SparkSession factory. Every Spark user in Yushan gets its session here.
+
+Hardened from the start: no SQL on files, no UI or event logs unless asked, an in-memory
+catalog that only holds what the current job installs, ANSI errors, loopback only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING
+
+from yushan.config import Config, require_java
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+# Settings no caller may override: each closes a way out of the sandbox.
+HARDENED_CONF: dict[str, str] = {
+    # `SELECT * FROM parquet.`/etc``` would read any file the process can read.
+    "spark.sql.runSQLOnFiles": "false",
+    # The catalog holds only the tables the current job may read (installed per job).
+    "spark.sql.catalogImplementation": "in-memory",
+    # No web UI or event log: both show query text, plans and sample values.
+    "spark.eventLog.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    # Runtime errors (overflow, bad casts, division by zero) fail the job instead of
+    # silently producing NULLs; the runner redacts them (P8).
+    "spark.sql.ansi.enabled": "true",
+    # JVM stack traces in Python exceptions may quote data values.
+    "spark.sql.pyspark.jvmStacktrace.enabled": "false",
+    # Loopback only: the driver neither listens on nor advertises a public address.
+    "spark.driver.bindAddress": "127.0.0.1",
+    "spark.driver.host": "127.0.0.1",
+    # Hive support off: no SerDe, no TRANSFORM scripts, no Hive UDFs.
+    "spark.sql.legacy.createHiveTableByDefault": "false",
+    # `${spark.some.setting}` in a query would be replaced by the setting's value.
+    "spark.sql.variable.substitute": "false",
+    # SQL scripting (BEGIN ... END) runs several statements, commands included.
+    "spark.sql.scripting.enabled": "false",
+    # No jars, packages or files pulled in at start-up on a caller's say-so.
+    "spark.jars": "",
+    "spark.jars.packages": "",
+    "spark.files": "",
+    "spark.submit.pyFiles": "",
+    # Driver logs stay on this machine (and are quiet: see harden_session).
+    "spark.driver.log.persistToDfs.enabled": "false",
+}
+
+# Built-in functions removed from every Yushan session: each reaches outside the query
+# (Java reflection, file names) or turns data into an error message (P7, P8).
+REMOVED_FUNCTIONS: tuple[str, ...] = (
+    "reflect",
+    "java_method",
+    "try_reflect",
+    "input_file_name",
+    "input_file_block_start",
+    "input_file_block_length",
+    "raise_error",
+    "assert_true",
+)
+# Table-valued functions that read files.
+REMOVED_TABLE_FUNCTIONS: tuple[str, ...] = ("read_files",)
+
+_lock = threading.Lock()
+_session: SparkSession | None = None
+
+
+def session_conf(config: Config, app_name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The full configuration a Yushan SparkSession is built with."""
+    conf = {
+        "spark.app.name": app_name,
+        "spark.master": config.spark_master,
+        "spark.ui.enabled": "true" if config.spark_ui else "false",
+        "spark.sql.shuffle.partitions": str(config.spark_shuffle_partitions),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.driver.memory": config.spark_driver_memory,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.warehouse.dir": str(config.workspaces_dir / "spark-warehouse"),
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.python.worker.reuse": "true",
+    }
+    conf.update(extra or {})
+    conf.update(HARDENED_CONF)
+    return conf
+
+
+def get_spark(config: Config, app_name: str = "yushan", extra: dict[str, str] | None = None) -> SparkSession:
+    """Return this process's SparkSession, creating it on first use."""
+    global _session
+    with _lock:
+        if _session is not None and _session.sparkContext._jsc is not None:
+            return _session
+        require_java()
+        os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON") or _python())
+        from pyspark.sql import SparkSession
+
+        builder = SparkSession.builder
+        for key, value in session_conf(config, app_name, extra).items():
+            builder = builder.config(key, value)
+        _session = builder.getOrCreate()
+        _session.sparkContext.setLogLevel("ERROR")
+        harden_session(_session)
+        log.info("SparkSession started (master %s)", config.spark_master)
+        return _session
+
+
+def harden_session(spark: SparkSession) -> None:
+    """Remove the built-in functions that reach outside a query from this session.
+
+    A removed function fails to resolve like one that never existed. Spark has no setting
+    for these, so they are dropped from the session's function registries.
+    """
+    jvm = spark._jvm
+    state = spark._jsparkSession.sessionState()
+    ident = jvm.org.apache.spark.sql.catalyst.FunctionIdentifier
+    builtin = (jvm.scala.Some("builtin"), jvm.scala.Some("system"))
+    for name in REMOVED_FUNCTIONS:
+        state.functionRegistry().dropFunction(ident(name, *builtin))
+    for name in REMOVED_TABLE_FUNCTIONS:
+        state.tableFunctionRegistry().dropFunction(ident(name, *builtin))
+
+
+def stop_spark() -> None:
+    global _session
+    with _lock:
+        if _session is not None:
+            _session.stop()
+            _session = None
+
+
+def _python() -> str:
+    import sys
+
+    return sys.executable

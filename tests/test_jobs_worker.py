@@ -1,0 +1,236 @@
+"""Jobs end to end on the demo world: submitted, checked, run by a worker in a warm,
+isolated executor, released encrypted, approved, read back; and everything that can go
+wrong along the way (limits, runtime errors, a killed worker, another merchant's data)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from jobs_support import ALLOW, audit_actions, job_state, user
+
+import audit
+from jobs import lifecycle, service
+from jobs.errors import NotAllowed, NotApproved
+from jobs.queue import reap_expired
+from jobs.worker import Worker
+from sandbox.limits import Limits
+from yushan.db import session_scope
+from yushan.models import Job, JobState
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+JOIN_SQL = (
+    "SELECT c.city, c.gender, round(avg(o.amount), 2) AS avg_amount, count(DISTINCT o.user_id) AS buyers "
+    "FROM platform.orders o JOIN platform.consumers c ON o.user_id = c.user_id "
+    "WHERE o.amount >= {floor} GROUP BY c.city, c.gender"
+)
+OWN_SQL = "SELECT tier, count(*) AS n FROM hanfu_house.members GROUP BY tier"
+FINAL = {"awaiting_approval", "blocked", "failed", "cancelled"}
+
+
+@pytest.fixture(scope="module")
+def worker(demo_config):
+    """One worker with one warm executor for the module, run in a thread."""
+    running = Worker(demo_config, concurrency=1)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    yield running
+    running.stop()
+    thread.join(timeout=60)
+
+
+def submit(config, sql: str, username: str = "insight_isv", merchant: str = "hanfu_house", kind: str = "aggregate") -> int:
+    with session_scope(config) as session:
+        return service.submit(session, config, user(session, username), merchant, kind, sql).id
+
+
+def force_queue(config, sql: str, merchant: str, username: str) -> int:
+    """Queue a job as if the submit-time check had allowed it (defence-in-depth tests)."""
+    with session_scope(config) as session:
+        submitter = user(session, username)
+        from yushan.accounts import get_tenant
+
+        job = lifecycle.create(
+            session, merchant_id=get_tenant(session, merchant).id, submitter_id=submitter.id,
+            kind="aggregate", sql=sql, name="forced", state=JobState.QUEUED, decision=ALLOW,
+            actor=service.actor_for(submitter, "pytest"),
+        )
+        return job.id
+
+
+def wait(config, job_id: int, timeout: float = 240, states=FINAL) -> Job:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = job_state(config, job_id)
+        if job.state in states:
+            return job
+        time.sleep(0.1)
+    pytest.fail(f"job {job_id} still {job_state(config, job_id).state} after {timeout} s")
+
+
+def no_job_workspaces(config, within: float = 0.0) -> bool:
+    deadline = time.monotonic() + within
+    while True:
+        if not any(p.name.startswith("job-") for p in config.workspaces_dir.iterdir()):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
+def test_a_demo_job_is_released_encrypted_and_readable_only_after_approval(demo_config, worker):
+    job_id = submit(demo_config, JOIN_SQL.format(floor=0))
+    job = wait(demo_config, job_id)
+    assert job.state == "awaiting_approval", job.error
+    assert job.progress == 1.0 and job.released_rows > 0 and job.suppressed_rows >= 0
+    with session_scope(demo_config) as session:
+        row = session.get(Job, job_id)
+        doc = service.job_json(row, user(session, "insight_isv"))
+        assert doc["summary"] == {"released_rows": job.released_rows, "suppressed_rows": job.suppressed_rows}
+        output = row.output
+        cipher = (demo_config.home / output.storage_path).read_bytes()
+        assert b"PAR1" not in cipher and len(output.content_hash) == 64
+        with pytest.raises(NotApproved):
+            service.read_result(session, demo_config, user(session, "hanfu_owner"), row)
+        with pytest.raises(NotAllowed):
+            service.approve(session, user(session, "insight_isv"), row)
+        service.approve(session, user(session, "hanfu_owner"), row)
+    with session_scope(demo_config) as session:
+        row = session.get(Job, job_id)
+        table = service.read_result(session, demo_config, user(session, "insight_isv"), row)
+        assert table.num_rows == job.released_rows
+        assert table.column_names == ["city", "gender", "avg_amount", "buyers"]
+        assert min(table.column("buyers").to_pylist()) >= 50  # k held
+        with pytest.raises(NotAllowed):
+            service.read_result(session, demo_config, user(session, "auditor"), row)
+    assert audit_actions(demo_config, job_id) == [
+        "job.submit", "job.decision", "job.start", "job.execute", "job.approve", "job.download",
+    ]
+    assert no_job_workspaces(demo_config)
+
+
+def test_merchant_data_is_decrypted_only_for_its_own_jobs(demo_config, worker):
+    own = wait(demo_config, submit(demo_config, OWN_SQL, username="hanfu_owner"))
+    assert own.state == "awaiting_approval" and own.released_rows == 3
+    # Even with the submit-time check skipped, the executor cannot see another merchant's data.
+    foreign = force_queue(demo_config, OWN_SQL, merchant="tea_garden", username="tea_owner")
+    job = wait(demo_config, foreign)
+    assert job.state in ("blocked", "failed")
+    text = str(job.violations or job.error)
+    assert "hanfu_house.members" in text or "TABLE_OR_VIEW_NOT_FOUND" in text or "not exist" in text
+    assert not (demo_config.outputs_dir / str(foreign)).exists()
+    assert no_job_workspaces(demo_config)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM parquet.`{home}/warehouse/platform/consumers`",
+    "SELECT TRANSFORM(tier) USING 'cat /etc/passwd' AS (x) FROM hanfu_house.members",
+    "SELECT reflect('java.lang.System', 'getenv', 'HOME') AS h",
+])
+def test_file_reads_and_escapes_fail_inside_the_executor(demo_config, worker, sql):
+    job = wait(demo_config, force_queue(demo_config, sql.format(home=demo_config.home), "hanfu_house", "hanfu_owner"))
+    assert job.state in ("blocked", "failed")
+    assert not (demo_config.outputs_dir / str(job.id)).exists()
+
+
+def test_a_runtime_error_shows_its_class_and_the_audit_trail_keeps_the_rest(demo_config, worker):
+    sql = "SELECT tier, sum(CAST(member_id AS INT)) AS s FROM hanfu_house.members GROUP BY tier"
+    job = wait(demo_config, submit(demo_config, sql, username="hanfu_owner"))
+    assert job.state == "failed"
+    assert job.error["class"].startswith("CAST_INVALID_INPUT")
+    assert "HF" not in job.error["message"]
+    with session_scope(demo_config) as session:
+        (entry,) = audit.query(session, job=job.id, action="job.fail")
+    assert "HF" in entry["details"]["detail"]  # the full text, value included, for auditors
+
+
+def test_output_row_limit_fails_the_job_clearly(demo_config, worker):
+    normal = worker.limits
+    worker.limits = dataclasses.replace(normal, output_rows=2)
+    try:
+        job = wait(demo_config, submit(demo_config, OWN_SQL, username="hanfu_owner"))
+    finally:
+        worker.limits = normal
+    assert job.state == "failed" and job.error["class"] == "OutputRowsExceeded"
+    assert "2 rows" in job.error["message"]
+
+
+@pytest.mark.parametrize("limit, error_class", [
+    ({"memory_bytes": 64 * 2**20}, "MemoryLimitExceeded"),
+    ({"wall_seconds": 0.05}, "TimeLimitExceeded"),
+])
+def test_memory_and_wall_clock_limits_stop_the_job_and_recycle_the_executor(demo_config, worker, limit, error_class):
+    normal = worker.limits
+    worker.limits = dataclasses.replace(normal, **limit)
+    try:
+        job = wait(demo_config, submit(demo_config, JOIN_SQL.format(floor=1)))
+    finally:
+        worker.limits = normal
+    assert job.state == "failed" and job.error["class"] == error_class
+    after = wait(demo_config, submit(demo_config, JOIN_SQL.format(floor=2)))
+    assert after.state == "awaiting_approval"  # a fresh executor took over
+    assert no_job_workspaces(demo_config)
+
+
+def test_twenty_submissions_at_once_each_run_exactly_once_with_two_workers(demo_config, worker):
+    second = Worker(demo_config, concurrency=1)
+    thread = threading.Thread(target=second.run, daemon=True)
+    thread.start()
+    try:
+        ids: list[int] = []
+        lock = threading.Lock()
+
+        def one(i: int) -> None:
+            job_id = submit(demo_config, JOIN_SQL.format(floor=i / 100))
+            with lock:
+                ids.append(job_id)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(set(ids)) == 20
+        for job_id in ids:
+            assert wait(demo_config, job_id, timeout=600).state == "awaiting_approval"
+            actions = audit_actions(demo_config, job_id)
+            assert actions.count("job.start") == 1 and actions.count("job.execute") == 1
+    finally:
+        second.stop()
+        thread.join(timeout=60)
+    assert second.jobs_done >= 1 and worker.jobs_done >= 1  # both took a share
+
+
+def test_a_worker_killed_mid_job_loses_nothing(demo_config, worker):
+    worker.stop()  # only the doomed worker may take the job
+    time.sleep(1)
+    env = {**os.environ, "YUSHAN_HOME": str(demo_config.home), "YUSHAN_SPARK_MASTER": "local[2]",
+           "YUSHAN_SHUFFLE_PARTITIONS": "4", "YUSHAN_SPARK_DRIVER_MEMORY": "1g"}
+    doomed = subprocess.Popen([sys.executable, "-c", "from jobs.cli import worker_command; worker_command()"],
+                              env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    try:
+        job_id = submit(demo_config, JOIN_SQL.format(floor=3))
+        wait(demo_config, job_id, states={"running"} | FINAL)
+        os.killpg(doomed.pid, signal.SIGKILL)
+    finally:
+        doomed.wait(timeout=30)
+    assert job_state(demo_config, job_id).state == "running"  # until someone notices
+    assert reap_expired(demo_config) == {job_id: JobState.QUEUED}  # noticed at once: pid gone
+    rescuer = Worker(demo_config, concurrency=1)
+    thread = threading.Thread(target=rescuer.run, daemon=True)
+    thread.start()
+    try:
+        job = wait(demo_config, job_id)
+        assert job.state == "awaiting_approval" and job.attempts == 2
+        assert audit_actions(demo_config, job_id).count("job.retry") == 1
+        assert no_job_workspaces(demo_config, within=15)  # the killed executor's workspace was swept
+    finally:
+        rescuer.stop()
+        thread.join(timeout=60)

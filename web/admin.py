@@ -1,0 +1,75 @@
+"""Admin pages: tenants, users, and platform datasets with column classes, entity and k."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from web.auth import actor_for, audit_record, db, page_user, roles_required
+from yushan.accounts import PLATFORM
+from yushan.models import ColumnClass, Dataset, Role, Tenant, User
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+MAX_K = 1_000_000
+
+
+@bp.get("/")
+@roles_required(Role.ADMIN.value)
+def overview():
+    session = db()
+    tenants = list(session.scalars(select(Tenant).order_by(Tenant.kind, Tenant.slug)))
+    users = list(session.scalars(
+        select(User).options(selectinload(User.tenant)).order_by(User.username)
+    ))
+    datasets = list(session.scalars(
+        select(Dataset)
+        .join(Tenant, Dataset.tenant_id == Tenant.id)
+        .where(Tenant.slug == PLATFORM, Dataset.withdrawn_at.is_(None))
+        .options(selectinload(Dataset.columns))
+        .order_by(Dataset.full_name)
+    ))
+    return render_template("admin.html", tenants=tenants, users=users, datasets=datasets,
+                           classes=[c.value for c in ColumnClass])
+
+
+@bp.post("/datasets/<int:dataset_id>")
+@roles_required(Role.ADMIN.value)
+def update_dataset(dataset_id: int):
+    """Change a platform dataset's k, entity column and column classes (audited)."""
+    session = db()
+    dataset = session.scalar(
+        select(Dataset)
+        .join(Tenant, Dataset.tenant_id == Tenant.id)
+        .where(Dataset.id == dataset_id, Tenant.slug == PLATFORM, Dataset.withdrawn_at.is_(None))
+        .options(selectinload(Dataset.columns))
+    )
+    if dataset is None:
+        abort(404)
+    before = {"k": dataset.k, "entity_column": dataset.entity_column,
+              "classes": {c.name: c.column_class for c in dataset.columns}}
+    names = {c.name for c in dataset.columns}
+    if dataset.is_consumer_data:
+        try:
+            k = int(request.form.get("k", ""))
+        except ValueError:
+            abort(400)
+        entity = request.form.get("entity_column", "")
+        if not 2 <= k <= MAX_K or entity not in names:
+            abort(422)
+        dataset.k, dataset.entity_column = k, entity
+    allowed = {c.value for c in ColumnClass}
+    for column in dataset.columns:
+        chosen = request.form.get(f"class_{column.name}", column.column_class)
+        if chosen not in allowed:
+            abort(422)
+        column.column_class = chosen
+    after = {"k": dataset.k, "entity_column": dataset.entity_column,
+             "classes": {c.name: c.column_class for c in dataset.columns}}
+    audit_record(session, "admin.dataset_update", actor_for(page_user()),
+                 objects={"dataset": dataset.full_name},
+                 details={"before": before, "after": after})
+    session.commit()
+    flash(gettext("Dataset saved."), "info")
+    return redirect(url_for("admin.overview"))

@@ -1,0 +1,356 @@
+"""The JSON API (``/api/v1``) of ``../shared/spec/api.md``: bearer tokens, no cookies.
+
+Every view resolves objects through the caller's visibility (another tenant's job answers
+404 exactly like a missing one), maps refusals to the statuses of the spec, and audits
+what it does in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, jsonify, request
+
+from web.auth import (
+    LoginRefused,
+    actor_for,
+    api_user_required,
+    app_config,
+    audit_record,
+    authenticate,
+    current_api_user,
+    db,
+    issue_token,
+    request_origin,
+    utcnow,
+)
+from web.common import (
+    JOB_ROLES,
+    MAX_JSON_BYTES,
+    RESULT_FORMATS,
+    Refusal,
+    dataset_json,
+    may_decide,
+    parse_job_request,
+    render_result,
+    require_acting_merchant,
+    result_filename,
+    service_refusal,
+    visible_datasets,
+    visible_jobs,
+)
+from web.errors import ApiError
+from yushan.models import Job, Role
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+AUDIT_MAX_LIMIT = 10_000
+
+
+def refuse(refusal: Refusal) -> ApiError:
+    return ApiError(refusal.status, refusal.code, refusal.message)
+
+
+def json_body() -> Any:
+    """The request's JSON body: 413 when too large, 400 when it is not JSON."""
+    if (request.content_length or 0) > MAX_JSON_BYTES:
+        raise ApiError(413, "too_large", f"The body is larger than {MAX_JSON_BYTES // 1024} KB.")
+    raw = request.get_data(cache=True)
+    if len(raw) > MAX_JSON_BYTES:
+        raise ApiError(413, "too_large", f"The body is larger than {MAX_JSON_BYTES // 1024} KB.")
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "bad_json", "The body is not valid JSON.") from None
+
+
+def job_service():
+    from jobs import service
+
+    return service
+
+
+def visible_job(job_id: int) -> Job:
+    """The job when the caller may see it; 404 when missing or not theirs."""
+    job = job_service().get_visible_job(db(), current_api_user(), job_id)
+    if job is None:
+        raise ApiError(404, "not_found", "No such job.")
+    return job
+
+
+def call_service(fn, *args, **kwargs):
+    """Call the jobs service, mapping its refusals to statuses (never its texts)."""
+    try:
+        return fn(*args, **kwargs)
+    except Refusal as refusal:
+        raise refuse(refusal) from None
+    except Exception as exc:
+        refusal = service_refusal(exc)
+        if refusal is None:
+            raise
+        db().rollback()
+        raise refuse(refusal) from None
+
+
+# ---------------------------------------------------------------- tokens
+
+
+@bp.post("/token")
+def token():
+    body = json_body()
+    if not isinstance(body, dict):
+        raise ApiError(400, "bad_request", "The body must be a JSON object.")
+    username, password = body.get("username"), body.get("password")
+    if not isinstance(username, str) or not isinstance(password, str):
+        raise ApiError(400, "bad_request", "'username' and 'password' must be strings.")
+    session = db()
+    try:
+        user = authenticate(session, username, password, channel="api")
+    except LoginRefused as refused:
+        if refused.status == 429:
+            raise ApiError(429, "too_many_requests", "Too many failed log-ins; try again later.",
+                           {"Retry-After": str(refused.retry_after)}) from None
+        raise ApiError(401, "unauthorized", "Wrong user name or password.") from None
+    value, expires_at = issue_token(session, user)
+    audit_record(session, "auth.token", actor_for(user), objects={"user": user.username},
+                 details={"expires_at": expires_at.isoformat()})
+    session.commit()
+    return jsonify({"token": value, "expires_at": expires_at.isoformat(),
+                    "user": {"username": user.username, "role": user.role,
+                             "tenant": user.tenant.slug}})
+
+
+@bp.delete("/token")
+@api_user_required()
+def revoke_token():
+    session = db()
+    record = g.api_token
+    record.revoked_at = utcnow()
+    audit_record(session, "auth.logout", actor_for(record.user),
+                 objects={"user": record.user.username}, details={"channel": "api"})
+    session.commit()
+    return Response(status=204)
+
+
+@bp.get("/me")
+@api_user_required()
+def me():
+    user = current_api_user()
+    return jsonify({"username": user.username, "role": user.role, "tenant": user.tenant.slug,
+                    "merchants": [m.slug for m in _acting(user)]})
+
+
+def _acting(user):
+    from web.common import acting_merchants
+
+    return acting_merchants(db(), user)
+
+
+# ---------------------------------------------------------------- datasets
+
+
+@bp.get("/datasets")
+@api_user_required()
+def datasets():
+    infos = visible_datasets(db(), app_config(), current_api_user())
+    return jsonify({"datasets": [dataset_json(info) for info in infos]})
+
+
+# ---------------------------------------------------------------- jobs
+
+
+@bp.post("/jobs/check")
+@api_user_required(*JOB_ROLES)
+def check_job():
+    user = current_api_user()
+    session = db()
+    try:
+        spec = parse_job_request(json_body(), with_name=False)
+        require_acting_merchant(session, user, spec.merchant)
+    except Refusal as refusal:
+        raise refuse(refusal) from None
+    decision = call_service(job_service().check, session, app_config(), user, spec.merchant,
+                            spec.kind, spec.sql, origin=request_origin())
+    session.commit()
+    return jsonify(decision)
+
+
+@bp.post("/jobs")
+@api_user_required(*JOB_ROLES)
+def submit_job():
+    user = current_api_user()
+    session = db()
+    try:
+        spec = parse_job_request(json_body(), with_name=True)
+        require_acting_merchant(session, user, spec.merchant)
+    except Refusal as refusal:
+        raise refuse(refusal) from None
+    job = call_service(job_service().submit, session, app_config(), user, spec.merchant,
+                       spec.kind, spec.sql, name=spec.name or None, origin=request_origin())
+    session.commit()
+    response = jsonify(job_service().job_json(job, user))
+    response.status_code = 201
+    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    return response
+
+
+@bp.get("/jobs")
+@api_user_required(*JOB_ROLES, Role.AUDITOR)
+def list_jobs():
+    user = current_api_user()
+    state = request.args.get("state")
+    jobs = visible_jobs(db(), user, states=(state,) if state else None,
+                        limit=_int_arg("limit", 100, 1, 1000))
+    return jsonify({"jobs": [job_service().job_json(job, user) for job in jobs]})
+
+
+@bp.get("/jobs/<int:job_id>")
+@api_user_required()
+def get_job(job_id: int):
+    job = visible_job(job_id)
+    return jsonify(job_service().job_json(job, current_api_user()))
+
+
+@bp.post("/jobs/<int:job_id>/cancel")
+@api_user_required(*JOB_ROLES)
+def cancel_job(job_id: int):
+    return _transition(job_id, "cancel")
+
+
+@bp.post("/jobs/<int:job_id>/approve")
+@api_user_required()
+def approve_job(job_id: int):
+    return _transition(job_id, "approve")
+
+
+@bp.post("/jobs/<int:job_id>/reject")
+@api_user_required()
+def reject_job(job_id: int):
+    return _transition(job_id, "reject")
+
+
+def _transition(job_id: int, action: str):
+    user = current_api_user()
+    session = db()
+    job = visible_job(job_id)
+    if action in ("approve", "reject") and not may_decide(user, job):
+        raise ApiError(403, "forbidden", "Only the job's merchant approves or rejects it.")
+    call_service(getattr(job_service(), action), session, user, job, origin=request_origin())
+    session.commit()
+    return jsonify(job_service().job_json(job, user))
+
+
+@bp.get("/jobs/<int:job_id>/result")
+@api_user_required()
+def job_result(job_id: int):
+    user = current_api_user()
+    session = db()
+    fmt = request.args.get("format", "json")
+    if fmt not in RESULT_FORMATS:
+        raise ApiError(422, "invalid_format", "'format' must be one of: json, csv, parquet.")
+    job = visible_job(job_id)
+    # read_result refuses (403, 409) and audits the download in this transaction.
+    table = call_service(job_service().read_result, session, app_config(), user, job,
+                         origin=request_origin())
+    body = render_result(table, fmt)
+    session.commit()
+    response = Response(body, mimetype=RESULT_FORMATS[fmt][1].split(";")[0])
+    response.headers["Content-Type"] = RESULT_FORMATS[fmt][1]
+    response.headers["Content-Disposition"] = (
+        f'attachment; filename="{result_filename(job, fmt)}"'
+    )
+    return response
+
+
+# ---------------------------------------------------------------- audit
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_request", f"'{name}' must be a whole number.") from None
+    if not low <= value <= high:
+        raise ApiError(422, "invalid", f"'{name}' must be between {low} and {high}.")
+    return value
+
+
+def parse_time(raw: str | None, name: str) -> datetime | None:
+    """An ISO-8601 date or time (UTC when no zone is given)."""
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, "bad_request", f"'{name}' must be an ISO-8601 date or time.") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def audit_filters() -> dict[str, Any]:
+    """Filters of ``GET /audit`` as keyword arguments of ``audit.query``."""
+    return {
+        "actor": request.args.get("actor") or None,
+        "action": request.args.get("action") or None,
+        "tenant": request.args.get("tenant") or None,
+        "job": _int_arg("job", 0, 0, 2**62) or None,
+        "since": parse_time(request.args.get("since"), "since"),
+        "until": parse_time(request.args.get("until"), "until"),
+    }
+
+
+@bp.get("/audit")
+@api_user_required(Role.AUDITOR)
+def audit_entries():
+    import audit
+
+    fmt = request.args.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ApiError(422, "invalid_format", "'format' must be json or csv.")
+    filters = audit_filters()
+    limit = _int_arg("limit", 1000, 1, AUDIT_MAX_LIMIT)
+    offset = _int_arg("offset", 0, 0, 2**62)
+    entries = audit.query(db(), **filters, limit=limit, offset=offset)
+    if fmt == "csv":
+        body = audit_csv(entries)
+        response = Response(body, mimetype="text/csv")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        response.headers["Content-Disposition"] = f'attachment; filename="audit-{stamp}.csv"'
+        return response
+    return jsonify({"entries": entries, "limit": limit, "offset": offset})
+
+
+def audit_csv(entries: list[dict[str, Any]]) -> str:
+    """Entries as CSV (the audit package's format), in the order given."""
+    from audit.review import csv_lines
+
+    return "".join(csv_lines(entries))
+
+
+@bp.get("/audit/verify")
+@api_user_required(Role.AUDITOR)
+def audit_verify():
+    import audit
+
+    result = audit.verify(app_config())
+    return jsonify({"ok": bool(result.ok), "entries": int(result.entries),
+                    "first_bad": result.first_bad, "reason": result.reason or ""})
+
+
+# ---------------------------------------------------------------- OpenAPI
+
+
+@bp.get("/openapi.json")
+def openapi():
+    document = current_app.extensions.get("yushan_openapi")
+    if document is None:
+        document = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+        current_app.extensions["yushan_openapi"] = document
+    return jsonify(document)

@@ -1,0 +1,172 @@
+"""The Flask application factory: configuration, security, i18n, blueprints."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+from flask import Flask, g, jsonify, request
+from flask_babel import Babel
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import text
+
+from yushan.config import Config, get_config
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).parent
+# Babel parses "zh_CN" as zh_Hans_CN and looks for that directory name.
+TRANSLATIONS_DIR = WEB_DIR / "translations"
+LOCALES = ("en", "zh_CN")
+LOCALE_COOKIE = "yushan_lang"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+# Scripts and styles only from our own origin: no inline script can run, so an injected
+# value cannot execute even if an escape were missed.
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "connect-src 'self'",
+    "font-src 'self'",
+    "object-src 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+])
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+}
+
+csrf = CSRFProtect()
+
+
+def secure_cookies(config: Config) -> bool:
+    """Secure-only cookies unless the app is served on loopback over plain HTTP.
+
+    ``YUSHAN_COOKIE_SECURE`` (config.extra["cookie_secure"]) overrides either way.
+    """
+    forced = config.extra.get("cookie_secure")
+    if forced is not None:
+        return str(forced).lower() in ("1", "true", "yes", "on")
+    return config.host not in LOOPBACK_HOSTS
+
+
+def compile_translations() -> None:
+    """Compile each ``messages.po`` to ``messages.mo`` when the .mo is missing or older."""
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
+    for po_path in TRANSLATIONS_DIR.glob("*/LC_MESSAGES/messages.po"):
+        mo_path = po_path.with_suffix(".mo")
+        if mo_path.exists() and mo_path.stat().st_mtime >= po_path.stat().st_mtime:
+            continue
+        try:
+            with po_path.open("rb") as src:
+                catalog = read_po(src, locale=po_path.parent.parent.name)
+            with mo_path.open("wb") as out:
+                write_mo(out, catalog)
+        except OSError as exc:  # read-only install: the shipped .mo is used
+            log.warning("cannot compile %s: %s", po_path, exc.strerror)
+
+
+def select_locale() -> str:
+    """Query ``?lang=`` first, then the cookie, then the browser's Accept-Language."""
+    chosen = request.args.get("lang") or request.cookies.get(LOCALE_COOKIE)
+    if chosen in LOCALES:
+        return chosen
+    return request.accept_languages.best_match(LOCALES, default="en") or "en"
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """The Yushan web app and JSON API for ``config`` (default: the environment's)."""
+    from sandbox.crypto import load_or_create_key
+    from web import admin, api, auditor, auth, merchant, pages, provider
+    from web.errors import register_error_handlers
+
+    config = config or get_config()
+    config.keys_dir.mkdir(parents=True, exist_ok=True)
+    app = Flask(__name__, static_folder="static", template_folder="templates")
+    app.config.update(
+        YUSHAN=config,
+        SECRET_KEY=load_or_create_key(config.secret_key_path),
+        SESSION_COOKIE_NAME="yushan_session",
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=secure_cookies(config),
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        REMEMBER_COOKIE_SECURE=secure_cookies(config),
+        PERMANENT_SESSION_LIFETIME=config.token_ttl_seconds,
+        WTF_CSRF_TIME_LIMIT=config.token_ttl_seconds,
+        WTF_CSRF_SSL_STRICT=secure_cookies(config),
+        BABEL_DEFAULT_LOCALE="en",
+        BABEL_TRANSLATION_DIRECTORIES=str(TRANSLATIONS_DIR),
+        JSON_SORT_KEYS=False,
+        MAX_FORM_MEMORY_SIZE=1024 * 1024,
+    )
+    app.json.sort_keys = False
+    compile_translations()
+    Babel(app, locale_selector=select_locale)
+    csrf.init_app(app)
+    auth.init_login(app)
+    register_error_handlers(app)
+    app.teardown_appcontext(auth.close_db)
+
+    # The API authenticates with bearer tokens, never cookies: cross-site requests
+    # cannot carry a token, so CSRF tokens do not apply there.
+    csrf.exempt(api.bp)
+    for blueprint in (auth.bp, pages.bp, provider.bp, merchant.bp, auditor.bp, admin.bp, api.bp):
+        app.register_blueprint(blueprint)
+    app.register_blueprint(importlib.import_module("web.templates_views").bp)  # templates, segments
+    if importlib.util.find_spec("web.uploads") is not None:
+        from web import uploads
+
+        app.register_blueprint(uploads.bp)
+        # Its API views take bearer tokens (no CSRF); its pages keep CSRF protection.
+        for rule in app.url_map.iter_rules():
+            if rule.endpoint.startswith(uploads.bp.name + ".") and rule.rule.startswith("/api/"):
+                csrf.exempt(app.view_functions[rule.endpoint])
+
+    @app.after_request
+    def _security_headers(response):
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if response.headers.get("Cache-Control") is None and not request.path.startswith(
+            "/static/"
+        ):
+            # Pages and API answers may show job metadata: never cache them.
+            response.headers["Cache-Control"] = "no-store"
+        lang = request.args.get("lang")
+        if lang in LOCALES:
+            response.set_cookie(LOCALE_COOKIE, lang, max_age=365 * 86400, httponly=True,
+                                samesite="Lax", secure=secure_cookies(config))
+        return response
+
+    @app.get("/healthz")
+    def healthz():
+        from web.auth import db
+
+        try:
+            db().execute(text("SELECT 1"))
+            ok = True
+        except Exception as exc:  # the class only: the text may name hosts
+            log.error("health check: database unavailable (%s)", type(exc).__name__)
+            ok = False
+        body = {"status": "ok" if ok else "unavailable", "db": "ok" if ok else "unavailable"}
+        return jsonify(body), 200 if ok else 503
+
+    @app.context_processor
+    def _template_globals():
+        return {"current_locale": select_locale(), "locales": LOCALES,
+                "request_path": request.path, "g": g}
+
+    return app

@@ -1,0 +1,157 @@
+"""Merchant pages: authorisations of service providers, and the approvals queue."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext
+from sqlalchemy import select
+from sqlalchemy.orm import selectinload
+
+from web.auth import (
+    actor_for,
+    app_config,
+    audit_record,
+    db,
+    page_user,
+    request_origin,
+    roles_required,
+    utcnow,
+)
+from web.common import Refusal, service_refusal, table_rows, visible_jobs
+from yushan.accounts import active_authorization, get_tenant, grant
+from yushan.models import Authorization, JobState, Role, Tenant, TenantKind
+
+bp = Blueprint("merchant", __name__)
+PREVIEW_ROWS = 10
+
+
+def job_service():
+    from jobs import service
+
+    return service
+
+
+@bp.get("/authorizations")
+@roles_required(Role.MERCHANT.value)
+def authorizations():
+    session = db()
+    user = page_user()
+    active = list(session.scalars(
+        select(Authorization)
+        .options(selectinload(Authorization.provider))
+        .where(Authorization.merchant_id == user.tenant_id, Authorization.revoked_at.is_(None))
+        .order_by(Authorization.granted_at)
+    ))
+    providers = list(session.scalars(
+        select(Tenant).where(Tenant.kind == TenantKind.PROVIDER.value).order_by(Tenant.slug)
+    ))
+    return render_template("authorizations.html", authorizations=active, providers=providers)
+
+
+def _provider(slug: str) -> Tenant:
+    tenant = get_tenant(db(), slug or "")
+    if tenant is None or tenant.kind != TenantKind.PROVIDER.value:
+        abort(404)
+    return tenant
+
+
+@bp.post("/authorizations")
+@roles_required(Role.MERCHANT.value)
+def grant_authorization():
+    """Grant (or change ``view_results`` of) a provider's authorisation."""
+    session = db()
+    user = page_user()
+    provider = _provider(request.form.get("provider", ""))
+    view_results = request.form.get("view_results") in ("1", "on", "true")
+    auth = grant(session, user.tenant, provider, view_results=view_results, by=user)
+    audit_record(session, "authorization.grant", actor_for(user),
+                 objects={"merchant": user.tenant.slug, "provider": provider.slug,
+                          "authorization": auth.id},
+                 details={"view_results": view_results})
+    session.commit()
+    flash(gettext("Authorisation saved."), "info")
+    return redirect(url_for("merchant.authorizations"))
+
+
+@bp.post("/authorizations/<provider_slug>/revoke")
+@roles_required(Role.MERCHANT.value)
+def revoke_authorization(provider_slug: str):
+    session = db()
+    user = page_user()
+    provider = _provider(provider_slug)
+    auth = active_authorization(session, user.tenant_id, provider.id)
+    if auth is None:
+        abort(404)
+    auth.revoked_at = utcnow()
+    audit_record(session, "authorization.revoke", actor_for(user),
+                 objects={"merchant": user.tenant.slug, "provider": provider.slug,
+                          "authorization": auth.id})
+    session.commit()
+    flash(gettext("Authorisation revoked."), "info")
+    return redirect(url_for("merchant.authorizations"))
+
+
+def preview(job) -> tuple[list[str], list[dict]] | None:
+    """The first rows of a quarantined output for its merchant, when the jobs service
+    offers a preview (``service.preview_result``); else None (summary only)."""
+    service = job_service()
+    if not hasattr(service, "preview_result"):
+        return None
+    try:
+        table = service.preview_result(db(), app_config(), page_user(), job, limit=PREVIEW_ROWS)
+    except Exception as exc:
+        if service_refusal(exc) is None:
+            raise
+        db().rollback()
+        return None
+    return table_rows(table, PREVIEW_ROWS)
+
+
+@bp.get("/approvals")
+@roles_required(Role.MERCHANT.value)
+def approvals():
+    session = db()
+    waiting = visible_jobs(session, page_user(), states=(JobState.AWAITING_APPROVAL.value,))
+    items = [
+        {"job": job, "doc": job_service().job_json(job, page_user()), "preview": preview(job)}
+        for job in waiting
+    ]
+    session.commit()  # a preview may have been audited
+    return render_template("approvals.html", items=items)
+
+
+@bp.post("/jobs/<int:job_id>/approve")
+@roles_required(Role.MERCHANT.value)
+def approve(job_id: int):
+    return _decide(job_id, "approve")
+
+
+@bp.post("/jobs/<int:job_id>/reject")
+@roles_required(Role.MERCHANT.value)
+def reject(job_id: int):
+    return _decide(job_id, "reject")
+
+
+def _decide(job_id: int, action: str):
+    session = db()
+    user = page_user()
+    job = job_service().get_visible_job(session, user, job_id)
+    if job is None:
+        abort(404)
+    if job.merchant_id != user.tenant_id:
+        abort(403)
+    try:
+        getattr(job_service(), action)(session, user, job, origin=request_origin())
+    except Exception as exc:
+        refusal = exc if isinstance(exc, Refusal) else service_refusal(exc)
+        if refusal is None:
+            raise
+        session.rollback()
+        abort(refusal.status)
+    session.commit()
+    flash(gettext("Output approved.") if action == "approve" else gettext("Output rejected."),
+          "info")
+    target = request.form.get("next")
+    if target == "job":
+        return redirect(url_for("pages.job", job_id=job_id))
+    return redirect(url_for("merchant.approvals"))

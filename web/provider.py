@@ -1,0 +1,108 @@
+"""The job form: merchant, kind, SQL editor with a dataset browser, inline policy check.
+
+Used by service providers (for the merchants that authorised them) and by merchants (for
+themselves). The Check button posts to ``/jobs/check`` (session + CSRF header) and shows
+the decision and its explanations before anything is submitted.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
+from flask_babel import gettext
+
+from web.auth import app_config, db, page_user, request_origin, roles_required
+from web.common import (
+    JOB_KINDS,
+    JOB_ROLES,
+    MAX_JSON_BYTES,
+    Refusal,
+    acting_merchants,
+    dataset_json,
+    parse_job_request,
+    require_acting_merchant,
+    service_refusal,
+)
+from yushan.catalog import readable_datasets
+
+bp = Blueprint("provider", __name__)
+
+
+def job_service():
+    from jobs import service
+
+    return service
+
+
+def form_context(values: dict[str, str], decision: dict | None = None, status_error: str = ""):
+    session = db()
+    user = page_user()
+    merchants = acting_merchants(session, user)
+    browser = {
+        m.slug: [dataset_json(info) for info in readable_datasets(session, app_config(), m.slug).values()]
+        for m in merchants
+    }
+    return dict(merchants=merchants, kinds=JOB_KINDS, values=values, browser=browser,
+                decision=decision, status_error=status_error)
+
+
+@bp.get("/jobs/new")
+@roles_required(*JOB_ROLES)
+def new_job():
+    merchants = acting_merchants(db(), page_user())
+    values = {
+        "merchant": request.args.get("merchant") or (merchants[0].slug if merchants else ""),
+        "kind": request.args.get("kind") if request.args.get("kind") in JOB_KINDS else "aggregate",
+        "sql": "",
+        "name": "",
+    }
+    return render_template("job_form.html", **form_context(values))
+
+
+@bp.post("/jobs/new")
+@roles_required(*JOB_ROLES)
+def submit_job():
+    session = db()
+    user = page_user()
+    values = {k: request.form.get(k, "") for k in ("merchant", "kind", "sql", "name")}
+    try:
+        spec = parse_job_request(values, with_name=True)
+        require_acting_merchant(session, user, spec.merchant)
+        job = job_service().submit(session, app_config(), user, spec.merchant, spec.kind,
+                                   spec.sql, name=spec.name or None, origin=request_origin())
+    except Exception as exc:
+        refusal = exc if isinstance(exc, Refusal) else service_refusal(exc)
+        if refusal is None:
+            raise
+        session.rollback()
+        return render_template("job_form.html",
+                               **form_context(values, status_error=refusal.message)), refusal.status
+    session.commit()
+    if job.state == "blocked":
+        flash(gettext("The policy blocked this job; see the explanations below."), "error")
+    else:
+        flash(gettext("Job submitted."), "info")
+    return redirect(url_for("pages.job", job_id=job.id))
+
+
+@bp.post("/jobs/check")
+@roles_required(*JOB_ROLES)
+def check():
+    """The dry run behind the Check button: JSON in, the policy decision out."""
+    if (request.content_length or 0) > MAX_JSON_BYTES:
+        abort(413)
+    body = request.get_json(silent=True)
+    session = db()
+    user = page_user()
+    try:
+        spec = parse_job_request(body, with_name=False)
+        require_acting_merchant(session, user, spec.merchant)
+        decision = job_service().check(session, app_config(), user, spec.merchant, spec.kind,
+                                       spec.sql, origin=request_origin())
+    except Exception as exc:
+        refusal = exc if isinstance(exc, Refusal) else service_refusal(exc)
+        if refusal is None:
+            raise
+        session.rollback()
+        return jsonify({"error": {"code": refusal.code, "message": refusal.message}}), refusal.status
+    session.commit()
+    return jsonify(decision)

@@ -1,0 +1,30 @@
+/* Template result charts: fetch the Vega-Lite spec from its JSON endpoint and draw it.
+   No inline script and no eval (CSP): Vega runs its expressions through vega-interpreter. */
+(function () {
+  "use strict";
+
+  function draw(el) {
+    var url = el.getAttribute("data-spec-url");
+    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
+      .then(function (spec) {
+        return vegaEmbed(el, spec, {
+          actions: false,
+          renderer: "canvas",
+          defaultStyle: false,
+          ast: true,
+          expr: vega.expressionInterpreter
+        });
+      })
+      .then(function () { el.setAttribute("data-rendered", "true"); })
+      .catch(function () {
+        el.setAttribute("data-rendered", "error");
+        el.textContent = el.getAttribute("data-error-text") || "The chart is not available.";
+      });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var charts = document.querySelectorAll("[data-spec-url]");
+    for (var i = 0; i < charts.length; i++) { draw(charts[i]); }
+  });
+})();

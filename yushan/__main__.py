@@ -1,0 +1,3 @@
+from yushan.cli import main
+
+main()

@@ -1,0 +1,216 @@
+"""The ``yushan`` command line: an operator's tool acting on one ``YUSHAN_HOME``.
+
+Exit codes: 0 ok, 1 anything else, 2 usage, 3 denied by policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from yushan.config import Config, ConfigError, get_config, set_config
+
+log = logging.getLogger("yushan")
+
+
+class YushanGroup(click.Group):
+    """Turn configuration errors into one clear line and exit code 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=YushanGroup)
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="YUSHAN_HOME",
+              help="Where Yushan keeps everything (default ./var).")
+@click.option("-v", "--verbose", is_flag=True, help="Log more.")
+def main(home: Path | None, verbose: bool) -> None:
+    """Yushan: a sandboxed data-computation platform (data clean room) on Spark."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    set_config(Config.from_env(home=home) if home else Config.from_env())
+
+
+def initialise(config: Config) -> None:
+    """Create the home, keys (owner-only) and the database schema. Idempotent."""
+    import audit
+    from sandbox.crypto import load_or_create_key
+    from yushan.accounts import ensure_platform
+    from yushan.db import migrate, session_scope
+
+    config.check_home_writable()
+    os.chmod(config.home, 0o700)
+    for path in (config.warehouse_dir, config.merchant_data_dir, config.outputs_dir,
+                 config.workspaces_dir, config.keys_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.keys_dir, 0o700)
+    load_or_create_key(config.secret_key_path)
+    load_or_create_key(config.master_key_path)
+    audit.init_keys(config)
+    migrate(config)
+    with session_scope(config) as session:
+        created: list = []
+        ensure_platform(session, created)
+        if created:  # the first initialisation of this home
+            audit.record(session, "system.init", actor=audit.Actor.system("cli"),
+                         objects={"home": str(config.home)}, details={})
+
+
+@main.command()
+def init() -> None:
+    """Create YUSHAN_HOME, generate keys and migrate the database."""
+    config = get_config()
+    initialise(config)
+    click.echo(f"initialised {config.home} (database {_safe_url(config.database_url)})")
+
+
+@main.command()
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Size relative to the spec (0.01 for fast tests, 10 for ten times larger).")
+@click.option("--seed", type=int, default=7, show_default=True, help="Random seed.")
+@click.option("--if-missing", is_flag=True, help="Do nothing when the demo world exists.")
+def demo(scale: float, seed: int, if_missing: bool) -> None:
+    """Build the demo world (platform and merchant datasets, demo accounts)."""
+    from yushan.demo import build_demo, demo_exists
+
+    config = get_config()
+    if scale <= 0:
+        raise click.UsageError("--scale must be greater than 0")
+    initialise(config)
+    if if_missing and demo_exists(config):
+        click.echo("demo world present; not rebuilt")
+        return
+    started = time.monotonic()
+
+    def progress(step: str, fraction: float) -> None:
+        click.echo(f"[{fraction * 100:5.1f}%] {step}  ({time.monotonic() - started:.1f}s)", err=True)
+
+    counts = build_demo(config, scale=scale, seed=seed, progress=progress)
+    elapsed = time.monotonic() - started
+    for name, rows in sorted(counts.items()):
+        click.echo(f"{name:28s} {rows:>12,d} rows")
+    click.echo(f"demo world built in {elapsed:.1f}s (scale {scale}, seed {seed})")
+
+
+@main.command()
+@click.option("--workers", type=int, default=None,
+              help="Job worker processes to run beside the web app (default YUSHAN_WORKERS).")
+def serve(workers: int | None) -> None:
+    """Serve the web app and API, with job worker processes."""
+    from waitress import create_server
+
+    from web import create_app
+
+    config = get_config()
+    initialise(config)
+    app = create_app(config)
+    count = config.workers if workers is None else workers
+    supervisor = WorkerSupervisor(count)
+    supervisor.start()
+    server = create_server(app, host=config.host, port=config.port, threads=8,
+                           ident="yushan", clear_untrusted_proxy_headers=True,
+                           # uploads are limited by YUSHAN_MAX_UPLOAD_BYTES, not by waitress
+                           max_request_body_size=config.max_upload_bytes + 1024 * 1024)
+
+    def stop(_signum, _frame):
+        supervisor.stop()
+        server.close()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    click.echo(f"Yushan serving on http://{config.host}:{config.port} with {count} worker(s)")
+    try:
+        server.run()
+    finally:
+        supervisor.stop()
+
+
+class WorkerSupervisor:
+    """Keeps ``count`` ``yushan worker`` processes alive next to the web server."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.procs: list[subprocess.Popen] = []
+        self._stopping = False
+
+    def _spawn(self) -> subprocess.Popen:
+        exe = Path(sys.executable).with_name("yushan")
+        cmd = [str(exe), "worker"] if exe.exists() else [sys.executable, "-m", "yushan", "worker"]
+        return subprocess.Popen(cmd, env=os.environ.copy())
+
+    def start(self) -> None:
+        import threading
+
+        self.procs = [self._spawn() for _ in range(self.count)]
+        threading.Thread(target=self._watch, daemon=True, name="worker-supervisor").start()
+
+    def _watch(self) -> None:
+        while not self._stopping:
+            time.sleep(5)
+            for i, proc in enumerate(self.procs):
+                if proc.poll() is not None and not self._stopping:
+                    log.warning("worker %s exited with %s; starting another", proc.pid, proc.returncode)
+                    self.procs[i] = self._spawn()
+
+    def stop(self) -> None:
+        self._stopping = True
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - only for display
+        return "<unparsable>"
+
+
+def _register_optional_commands() -> None:
+    """Commands that live with the part of the platform they belong to."""
+    import importlib
+
+    for module, attr, name in (
+        ("jobs.cli", "worker_command", "worker"),
+        ("jobs.cli", "submit_command", "submit"),
+        ("jobs.cli", "approve_command", "approve"),
+        ("jobs.cli", "download_command", "download"),
+        ("policies.cli", "check_command", "check"),
+        ("audit.cli", "audit_cli", "audit"),
+        ("onboarding.cli", "upload_command", "upload"),
+        ("onboarding.cli", "withdraw_command", "withdraw"),
+    ):
+        try:
+            command = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError):
+            continue
+        main.add_command(command, name)
+
+
+_register_optional_commands()
+
+
+if __name__ == "__main__":
+    main()

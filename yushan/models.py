@@ -1,0 +1,339 @@
+"""Metadata database: SQLAlchemy 2 typed models.
+
+Schema changes go through Alembic (``yushan/migrations``); see ``make migration``.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Deterministic constraint names: Alembic needs them on SQLite batch migrations.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class TenantKind(enum.StrEnum):
+    PLATFORM = "platform"
+    MERCHANT = "merchant"
+    PROVIDER = "provider"
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    AUDITOR = "auditor"
+    MERCHANT = "merchant"
+    PROVIDER = "provider"
+
+
+class ColumnClass(enum.StrEnum):
+    IDENTIFIER = "identifier"
+    PRIVATE = "private"
+    QUASI = "quasi"
+    PUBLIC = "public"
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    AWAITING_APPROVAL = "awaiting_approval"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+class JobKind(enum.StrEnum):
+    AGGREGATE = "aggregate"
+    SEGMENT = "segment"
+
+
+TZDateTime = DateTime(timezone=True)
+
+
+class Tenant(Base):
+    """The platform, a merchant, or a service provider organisation."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+    users: Mapped[list[User]] = relationship(back_populates="tenant")
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(16))
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    is_demo: Mapped[bool] = mapped_column(Boolean, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    locale: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+    tenant: Mapped[Tenant] = relationship(back_populates="users")
+
+
+class ApiToken(Base):
+    """A bearer token; only its SHA-256 is stored."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(TZDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    last_used_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+
+    user: Mapped[User] = relationship()
+
+
+class Authorization(Base):
+    """A merchant authorises a service provider to run jobs on its behalf."""
+
+    __tablename__ = "authorizations"
+    __table_args__ = (
+        Index(
+            "uq_authorizations_active",
+            "merchant_id",
+            "provider_id",
+            unique=True,
+            sqlite_where=text("revoked_at IS NULL"),
+            postgresql_where=text("revoked_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    merchant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    provider_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    view_results: Mapped[bool] = mapped_column(Boolean, default=False)
+    granted_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    granted_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+
+    merchant: Mapped[Tenant] = relationship(foreign_keys=[merchant_id])
+    provider: Mapped[Tenant] = relationship(foreign_keys=[provider_id])
+
+
+class Dataset(Base):
+    """A platform dataset (Parquet in the warehouse) or a merchant upload (encrypted)."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (
+        Index(
+            "uq_datasets_active_name",
+            "full_name",
+            unique=True,
+            sqlite_where=text("withdrawn_at IS NULL"),
+            postgresql_where=text("withdrawn_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    full_name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    # True when rows describe consumers: then entity_column and k are set (policy P3).
+    is_consumer_data: Mapped[bool] = mapped_column(Boolean, default=False)
+    entity_column: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    k: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Platform datasets shared with merchants may be read by their jobs.
+    shared: Mapped[bool] = mapped_column(Boolean, default=True)
+    member_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    # Where the files are, relative to YUSHAN_HOME.
+    storage_path: Mapped[str] = mapped_column(String(500))
+    encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    row_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    byte_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+
+    tenant: Mapped[Tenant] = relationship()
+    columns: Mapped[list[DatasetColumn]] = relationship(
+        back_populates="dataset",
+        order_by="DatasetColumn.position",
+        cascade="all, delete-orphan",
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.withdrawn_at is None
+
+
+class DatasetColumn(Base):
+    __tablename__ = "dataset_columns"
+    __table_args__ = (UniqueConstraint("dataset_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(128))
+    data_type: Mapped[str] = mapped_column(String(64))
+    column_class: Mapped[str] = mapped_column(String(16), default=ColumnClass.PUBLIC.value)
+    description: Mapped[str] = mapped_column(Text, default="")
+
+    dataset: Mapped[Dataset] = relationship(back_populates="columns")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    merchant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    submitted_by: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    sql: Mapped[str] = mapped_column(Text, default="")
+    template: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    state: Mapped[str] = mapped_column(String(32), default=JobState.QUEUED.value)
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    # The policy decision as data: {"decision", "violations": [...], "columns_read": ...}.
+    decision: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    violations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    # Redacted for the submitter: {"class", "message"}; the full text is in the audit trail.
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    released_rows: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    suppressed_rows: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+
+    merchant: Mapped[Tenant] = relationship()
+    submitter: Mapped[User] = relationship()
+    output: Mapped[JobOutput | None] = relationship(back_populates="job", uselist=False)
+
+
+class JobOutput(Base):
+    """A job's released rows, encrypted at rest, quarantined until approved."""
+
+    __tablename__ = "job_outputs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    storage_path: Mapped[str] = mapped_column(String(500))
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    columns: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    row_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    suppressed_rows: Mapped[int] = mapped_column(BigInteger, default=0)
+    byte_size: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Per-segment sizes for segment jobs, and other summary figures.
+    summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    decided_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    platform_reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    platform_reviewed_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+
+    job: Mapped[Job] = relationship(back_populates="output")
+
+
+class Setting(Base):
+    """Platform-wide switches the admin sets (e.g. platform review of segments)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AuditEntry(Base):
+    """One entry of the tamper-evident audit trail (hash-chained; see ``audit/``)."""
+
+    __tablename__ = "audit_entries"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, unique=True)
+    ts: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    tenant: Mapped[str] = mapped_column(String(64), index=True)
+    origin: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    objects: Mapped[str] = mapped_column(Text)
+    details: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    """An Ed25519 signature over the chain head at ``seq``."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, index=True)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+
+
+class AuditHead(Base):
+    """A single row that serialises appends to the chain (row lock / conditional update)."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    head_hash: Mapped[str] = mapped_column(String(64))
