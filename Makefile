@@ -27,7 +27,7 @@ browser:
 	@[ -x /usr/bin/chromium ] || { \
 	  echo "installing Debian's chromium for the browser tests"; \
 	  $(SUDO) apt-get update -qq && \
-	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei; }
 
 run: $(STAMP) java
 	.venv/bin/yushan init

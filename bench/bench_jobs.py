@@ -49,8 +49,9 @@ def build_world(home: Path, scale: float):
 
 
 def submit(config, sql: str) -> int:
-    from jobs import service
     from jobs_support_bench import user
+
+    from jobs import service
     from yushan.db import session_scope
 
     with session_scope(config) as session:
@@ -69,7 +70,7 @@ def wait_released(config, job_id: int, timeout: float = 900) -> float:
                 return time.monotonic()
             if job.state in ("failed", "blocked", "cancelled"):
                 raise RuntimeError(f"job {job_id} ended {job.state}: {job.error or job.violations}")
-        time.sleep(0.01)
+        time.sleep(0.05)  # an API client polls too (every 0.25 s in the acceptance checks)
     raise TimeoutError(f"job {job_id} not released in {timeout} s")
 
 
@@ -98,15 +99,12 @@ def main() -> int:
     from sandbox.spark import get_spark
 
     spark = get_spark(config, "yushan-bench")
-    submit_t0 = time.monotonic()
     wait_started = time.monotonic()
     worker, thread = start_worker(config)
     first = submit(config, SQL.format(floor=0.001))
     cold = wait_released(config, first) - wait_started
     results["cold_seconds"] = round(cold, 2)
-    results["executor_start_seconds"] = None
     print(f"cold: worker start + first job released in {cold:.2f} s", flush=True)
-    del submit_t0
 
     warm = []
     for i in range(args.runs):

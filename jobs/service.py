@@ -244,6 +244,23 @@ def read_result(session: Session, config: Config, user: User, job: Job, *, origi
     return table
 
 
+def preview_result(session: Session, config: Config, user: User, job: Job, limit: int = 10,
+                   *, origin: str | None = None) -> pa.Table:
+    """The first rows of an output awaiting approval, for its merchant to decide (audited)."""
+    if not _is_merchant_user(user, job):
+        raise NotAllowed("only the job's merchant may preview its output")
+    output = job.output
+    if job.state != JobState.AWAITING_APPROVAL.value or output is None or output.wrapped_key is None:
+        raise InvalidState("only an output awaiting approval can be previewed")
+    table = read_output(config, KeyStore(config.master_key_path), job.id, output.storage_path,
+                        output.wrapped_key, output.content_hash).slice(0, max(0, int(limit)))
+    record(
+        session, "job.preview", actor=actor_for(user, origin), objects=lifecycle.job_objects(job),
+        details={"rows": table.num_rows, "content_hash": output.content_hash},
+    )
+    return table
+
+
 def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:
     """The API's job document. Never rows; errors are redacted already (P8)."""
     summary = {"released_rows": job.released_rows, "suppressed_rows": job.suppressed_rows}

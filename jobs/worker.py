@@ -295,6 +295,7 @@ class Worker:
                 "content_hash": stored.content_hash,
                 "columns_read": decision.get("columns_read"),
                 "usage": report.usage,
+                "timings": message.get("timings"),
                 # A template's final query (e.g. lookalike weights): kept in the audit trail.
                 **({"prepared_sql": decision["prepared_sql"]} if decision.get("prepared_sql") else {}),
             },

@@ -18,10 +18,11 @@ label. The enforced plan is checked again by the policy before anything runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+import time
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from policies import functions as fn
@@ -41,11 +42,45 @@ class EnforcementError(RuntimeError):
         self.error_class = error_class
 
 
-@dataclass
 class ExecutionResult:
-    dataframe: DataFrame  # released rows only, the job's own columns only
-    suppressed_rows: int
-    total_rows: int  # rows before suppression (aggregate groups or segment rows)
+    """Released rows (lazy), and how many rows the k-threshold suppressed.
+
+    ``suppressed_rows`` is known once ``dataframe`` has been materialised (one action):
+    it is then observed inside that same Spark job. ``total_rows`` likewise.
+    """
+
+    def __init__(self, dataframe: DataFrame, suppressed: int | None = None,
+                 total: int | None = None, observation: Any = None):
+        self.dataframe = dataframe  # released rows only, the job's own columns only
+        self._suppressed = suppressed
+        self._total = total
+        self._observation = observation
+
+    def _observed(self) -> None:
+        if self._suppressed is None and self._observation is not None:
+            future = self._observation.future()
+            if not future.isCompleted():
+                # The metrics arrive with the listener event of the first action.
+                deadline = time.monotonic() + 60
+                while not future.isCompleted():
+                    if time.monotonic() > deadline:
+                        raise EnforcementError(
+                            "INTERNAL", "the suppressed row count is known only after the "
+                            "result has been materialised")
+                    time.sleep(0.01)
+            row = self._observation.getAsJava()
+            self._total = int(row.get("total"))
+            self._suppressed = int(row.get("suppressed"))
+
+    @property
+    def suppressed_rows(self) -> int:
+        self._observed()
+        return int(self._suppressed or 0)
+
+    @property
+    def total_rows(self) -> int:
+        self._observed()
+        return int(self._total if self._total is not None else -1)
 
 
 class _Jvm:
@@ -163,9 +198,20 @@ def _widen(j: _Jvm, node, path: tuple[int, ...], additions: dict[tuple[int, ...]
 
 
 def _representatives(decision: Decision) -> list[int]:
-    """One entity id per group of entity columns proven equal by inner equi-joins."""
+    """One entity id per group of entity columns proven equal by inner equi-joins.
+
+    An entity the query already counts distinct is preferred: Spark then computes the
+    query's count and ours in one distinct-aggregation pass.
+    """
     carry = decision.carry
     parent = {i: i for i in carry.entities.values()}
+    counted = {
+        arg.expr_id
+        for _, _, node in decision.final.aggregates
+        if node.fields.get("isDistinct") is True
+        for arg in node.children[0].children
+        if arg.cls == "AttributeReference"
+    }
 
     def find(x: int) -> int:
         while parent[x] != x:
@@ -174,7 +220,10 @@ def _representatives(decision: Decision) -> list[int]:
 
     for a, b in carry.equal:
         if a in parent and b in parent:
-            parent[find(a)] = find(b)
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                # keep the counted one as the root of the merged group
+                parent[rb if ra in counted else ra] = ra if ra in counted else rb
     return sorted({find(i) for i in carry.entities.values()})
 
 
@@ -270,9 +319,10 @@ def enforced_plan(spark: SparkSession, decision: Decision):
     return j.rebuild(decision.query.jplan, (), decision.final.path, guarded)
 
 
-def recheck(spark: SparkSession, decision: Decision, plan) -> None:
+def recheck(spark: SparkSession, decision: Decision, plan, analyzed=None) -> None:
     """Safety net: the rewritten plan must pass the same policy."""
-    analyzed = _Jvm(spark).dataset(plan).queryExecution().analyzed()
+    if analyzed is None:
+        analyzed = _Jvm(spark).dataset(plan).queryExecution().analyzed()
     tree = parse_plan_json(analyzed.toJSON())
     again = decide(AnalyzedQuery(analyzed, tree), decision.kind, decision.merchant,
                    _datasets_of(decision), platform_token_matcher(spark, decision.merchant))
@@ -284,19 +334,41 @@ def _datasets_of(decision: Decision):
     return decision.datasets or {}
 
 
+_observations = itertools.count()
+
+# Above the final aggregation these stop reading rows early: the suppressed rows could
+# then not all be seen while the released ones stream, so the aggregation is materialised.
+_EARLY_STOP = frozenset({"GlobalLimit", "LocalLimit", "Tail", "Offset"})
+
+
 def _execute_aggregate(j: _Jvm, decision: Decision) -> ExecutionResult:
     root = decision.query.jplan
-    recheck(j.spark, decision, enforced_plan(j.spark, decision))
     new_agg, original_output, n_counts = _enforced_aggregate(j, decision)
-    # Materialise the aggregation once: its rows are few, and both the suppressed count
-    # and the released rows come from this one run.
-    checkpoint = j.dataset(_standalone(j, root, new_agg)).localCheckpoint(True)
-    cp_plan = checkpoint.logicalPlan()
-    # Both counts in one small job over the materialised aggregation.
-    names = [a.name() for a in j.items(cp_plan.output())][-n_counts:]
+    names = [a.name() for a in j.items(new_agg.output())][-n_counts:]
     passes = F.lit(True)
     for name in names:
         passes = passes & (F.col(f"`{name}`") >= decision.k)
+    if not any(n.cls in _EARLY_STOP for n in decision.final.above):
+        # One Spark job: the rows pass a metrics collector (total, short) on their way
+        # from the aggregation to the k filter.
+        observation = Observation(f"yushan_k_{next(_observations)}")
+        observed = j.dataframe(_standalone(j, root, new_agg)).observe(
+            observation,
+            F.count(F.lit(1)).alias("total"),
+            F.count(F.when(~passes, F.lit(1))).alias("suppressed"),
+        )
+        collector = observed._jdf.logicalPlan()
+        collector = collector.withNewChildren(j.seq([new_agg]))
+        guarded = _restore(j, _k_filter(j, collector, n_counts, decision.k), original_output)
+        plan = j.rebuild(root, (), decision.final.path, guarded)
+        released = j.dataset(plan)
+        recheck(j.spark, decision, plan, released.queryExecution().analyzed())
+        return ExecutionResult(DataFrame(released, j.spark), observation=observation._jo)
+    # Materialise the aggregation once: its rows are few, and both the suppressed count
+    # and the released rows come from this one run.
+    recheck(j.spark, decision, enforced_plan(j.spark, decision))
+    checkpoint = j.dataset(_standalone(j, root, new_agg)).localCheckpoint(True)
+    cp_plan = checkpoint.logicalPlan()
     counts = DataFrame(checkpoint, j.spark).agg(
         F.count(F.lit(1)), F.count(F.when(passes, F.lit(1)))
     ).first()

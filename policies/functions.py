@@ -13,18 +13,21 @@ PLAN_NODES = frozenset({
     "Window", "Generate", "WithCTE", "CTERelationDef", "CTERelationRef", "OneRowRelation",
     "LocalRelation", "Intersect", "Except", "Expand", "View", "RepartitionByExpression",
     "Repartition", "ResolvedHint", "Range",
+    # Only ever added by the platform (no SQL produces it): the enforced plan's counter.
+    "CollectMetrics",
 })
 
 # Nodes that only pass rows through (or drop some), keeping the child's attributes.
 PASS_THROUGH = frozenset({
     "Filter", "SubqueryAlias", "Sort", "GlobalLimit", "LocalLimit", "Offset", "Tail", "View",
-    "RepartitionByExpression", "Repartition", "ResolvedHint",
+    "RepartitionByExpression", "Repartition", "ResolvedHint", "CollectMetrics",
 })
 
 # Nodes allowed above the final aggregation: they only shape the released rows.
 POST_PROCESSING = frozenset({
     "Project", "Filter", "Sort", "GlobalLimit", "LocalLimit", "Offset", "Tail", "Window",
     "SubqueryAlias", "Distinct", "View", "RepartitionByExpression", "Repartition", "ResolvedHint",
+    "CollectMetrics",
 })
 
 # Allowed aggregates: result reveals no individual's value (the contract's allow-list).

@@ -8,6 +8,7 @@ once; all policy reasoning happens in Python on that JSON.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ PARSED_QUERY_NODES = frozenset({
     "UnresolvedInlineTable", "LocalRelation", "LateralJoin", "UnresolvedSubqueryColumnAliases",
     "UnresolvedHint", "RepartitionByExpression", "Window", "Pivot", "Unpivot",
     "UnresolvedGenerate", "Deduplicate",
+    "CTE",  # the definitions line of UnresolvedWith in the tree string
 })
 
 FEATURE_NAMES = {
@@ -33,6 +35,7 @@ FEATURE_NAMES = {
     "UnresolvedTVFAliases": "a table-valued function (read_files, range, ...)",
     "CompoundBody": "SQL scripting",
     "SingleStatement": "SQL scripting",
+    "Sample": "TABLESAMPLE",
 }
 
 
@@ -64,27 +67,41 @@ def _spark_message(exc: Exception) -> str:
     return text.removesuffix(";").strip()
 
 
+_NODE_LINE = re.compile(r"^[\s:|+\-]*'?([A-Za-z_$][A-Za-z0-9_$]*)")
+
+
+def _parsed_node_names(jplan: Any) -> list[str]:
+    """Class names of every node of the parsed plan, in one JVM call.
+
+    Each node is one line of Spark's tree string, starting with its name. Text from the
+    query (a multi-line string literal) can only add lines, never hide a node, so at
+    worst it causes a refusal.
+    """
+    names = []
+    for line in str(jplan.treeString()).splitlines():
+        match = _NODE_LINE.match(line)
+        if match:
+            names.append(match.group(1))
+    top = jplan.getClass().getSimpleName()
+    return [top, *names]
+
+
 def _check_parsed(jplan: Any) -> None:
-    stack = [jplan]
-    while stack:
-        node = stack.pop()
-        name = node.getClass().getSimpleName()
-        if name not in PARSED_QUERY_NODES:
-            feature = FEATURE_NAMES.get(name)
-            if feature:
-                raise _refuse(
-                    f"{feature} is not allowed in a job.",
-                    "Submit a single SELECT query over the datasets listed in the catalog.",
-                )
+    for name in _parsed_node_names(jplan):
+        if name in PARSED_QUERY_NODES:
+            continue
+        feature = FEATURE_NAMES.get(name)
+        if feature:
             raise _refuse(
-                f"Only a single query (SELECT ...) may be submitted; this statement is a "
-                f"{name} (commands, DDL and DML are not allowed).",
-                "Submit one SELECT query; settings, tables and functions are managed by the "
-                "platform.",
+                f"{feature} is not allowed in a job.",
+                "Submit a single SELECT query over the datasets listed in the catalog.",
             )
-        children = node.children()
-        for i in range(children.size()):
-            stack.append(children.apply(i))
+        raise _refuse(
+            f"Only a single query (SELECT ...) may be submitted; this statement is a "
+            f"{name} (commands, DDL and DML are not allowed).",
+            "Submit one SELECT query; settings, tables and functions are managed by the "
+            "platform.",
+        )
 
 
 def analyze(spark: SparkSession, sql: str) -> AnalyzedQuery:

@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -172,12 +173,24 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
     group = f"yushan-job-{job_id}"
     progress = _Progress(spark, group, channel, job_id)
     answer: dict[str, Any] = {"type": "result", "job_id": job_id, "workspace": str(workspace)}
+    timings: dict[str, float] = {}
+    answer["timings"] = timings
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = round(now - clock[0], 4)
+        clock[0] = now
+
     try:
         with CATALOG_LOCK:
             assert_single_query(spark, sql)
+            lap("guard")
             install_catalog(spark, datasets)
+            lap("catalog")
             decision = _policy_check(spark, keystore, sql, kind, merchant, datasets)
             doc = decision.to_dict()
+            lap("check")
             if not decision.allowed:
                 return {**answer, "outcome": JobOutcome.BLOCKED, "decision": doc}
             needed = _datasets_read(doc, datasets)
@@ -203,9 +216,11 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
             spark.sparkContext.setJobGroup(group, f"job {job_id}", interruptOnCancel=True)
             progress.start()
             result = decision.execute(spark)
+            lap("execute")
             # One row beyond the limit is enough to know the limit is exceeded.
             table = result.dataframe.limit(limits.output_rows + 1).toArrow()
             suppressed = int(result.suppressed_rows or 0)
+            lap("collect")
         if table.num_rows > limits.output_rows:
             err = limit_error("OutputRowsExceeded", limit_message("OutputRowsExceeded", limits.output_rows))
             return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text}
@@ -216,6 +231,7 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
             err = limit_error("OutputBytesExceeded", limit_message("OutputBytesExceeded", limits.output_bytes))
             return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text}
         stored = store_output(config, keystore, job_id, plain)
+        lap("store")
         return {
             **answer,
             "outcome": JobOutcome.RELEASED,

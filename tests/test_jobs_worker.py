@@ -20,7 +20,6 @@ from jobs import lifecycle, service
 from jobs.errors import NotAllowed, NotApproved
 from jobs.queue import reap_expired
 from jobs.worker import Worker
-from sandbox.limits import Limits
 from yushan.db import session_scope
 from yushan.models import Job, JobState
 

@@ -62,12 +62,14 @@ def submit(config, template: str, params: dict, username: str = "insight_isv") -
 
 
 def wait(config, job_id: int, timeout: float = 600) -> str:
+    """The job's final state; its violations and error come along in a failure's message."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with session_scope(config) as session:
-            state = session.get(Job, job_id).state
+            job = session.get(Job, job_id)
+            state, why = job.state, (job.violations, job.error)
         if state in FINAL:
-            return state
+            return state if state == "awaiting_approval" else f"{state}: {why}"
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} did not finish")
 

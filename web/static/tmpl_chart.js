@@ -12,6 +12,8 @@
           actions: false,
           renderer: "canvas",
           defaultStyle: false,
+          // vega-tooltip would inject a <style> element; its rules are in tmpl_chart.css.
+          tooltip: { disableDefaultStyle: true },
           ast: true,
           expr: vega.expressionInterpreter
         });

@@ -1,0 +1,135 @@
+"""Policy benchmarks: check latency on the demo catalog, and the cost of P3 enforcement.
+
+    .venv/bin/python bench/bench_policy.py [--home DIR] [--scale 1] [--runs 5]
+
+* latency: ``policies.check`` on queries with 0..10 joins (warm session), p50/p99.
+  Goal: p50 < 50 ms, p99 < 200 ms.
+* enforcement: the same join+aggregate run plain (``spark.sql(...).collect()``) and
+  enforced (``check`` + ``execute`` + collect), alternating, same session and data.
+  Goal: enforced <= 1.15x plain.
+
+The demo world is built in ``--home`` on first use (scale 1 takes a few minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+SQL = ("SELECT c.city, c.gender, round(avg(o.amount), 2) AS avg_amount, count(DISTINCT o.user_id) AS buyers "
+       "FROM platform.orders o JOIN platform.consumers c ON o.user_id = c.user_id "
+       "WHERE o.amount >= {floor} GROUP BY c.city, c.gender")
+
+
+def join_query(joins: int) -> str:
+    """An aggregate over orders with ``joins`` joins (consumers and items, alternately)."""
+    parts = ["FROM platform.orders o"]
+    for n in range(joins):
+        if n % 2 == 0:
+            parts.append(f"JOIN platform.consumers c{n} ON o.user_id = c{n}.user_id")
+        else:
+            parts.append(f"JOIN platform.items i{n} ON o.item_id = i{n}.item_id")
+    key = "c0.city" if joins else "o.channel"
+    return (f"SELECT {key} AS k, count(DISTINCT o.user_id) AS buyers, round(avg(o.amount), 2) AS a "
+            f"{' '.join(parts)} WHERE o.amount > 1 GROUP BY {key} ORDER BY buyers DESC")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--home", type=Path, default=Path("/tmp/yushan-policy-bench"))
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per variant (enforcement)")
+    parser.add_argument("--latency-runs", type=int, default=20, help="timed checks per query")
+    parser.add_argument("--master", default="local[2]")
+    args = parser.parse_args()
+
+    from policies import check
+    from policies.segment import register_segment_token
+    from sandbox.catalog import install_catalog
+    from sandbox.crypto import KeyStore
+    from sandbox.spark import get_spark
+    from yushan.catalog import readable_datasets
+    from yushan.cli import initialise
+    from yushan.config import Config
+    from yushan.db import session_factory
+    from yushan.demo import build_demo, demo_exists
+
+    home = args.home.resolve()
+    config = Config.from_env(home=home, database_url=f"sqlite:///{home / 'yushan.db'}",
+                             spark_master=args.master, spark_shuffle_partitions=8)
+    spark = get_spark(config, "yushan-bench-policy")
+    if not demo_exists(config):
+        print(f"building the demo world at scale {args.scale} in {home} ...", flush=True)
+        initialise(config)
+        build_demo(config, scale=args.scale, seed=7, spark=spark)
+    session = session_factory(config)()
+    datasets = readable_datasets(session, config, "hanfu_house")
+    session.close()
+    install_catalog(spark, datasets)
+    register_segment_token(spark, KeyStore(config.master_key_path).segment_token_key("hanfu_house"),
+                           "hanfu_house")
+
+    # -- check latency -------------------------------------------------------------------
+    for _ in range(3):  # warm the JVM's analyzer and py4j
+        for joins in (0, 5, 10):
+            check(spark, join_query(joins), "aggregate", "hanfu_house", datasets)
+    latencies: dict[int, list[float]] = {}
+    for _ in range(args.latency_runs):
+        for joins in range(11):
+            start = time.perf_counter()
+            decision = check(spark, join_query(joins), "aggregate", "hanfu_house", datasets)
+            latencies.setdefault(joins, []).append((time.perf_counter() - start) * 1000)
+            assert decision.allowed, decision.to_dict()
+    every = [v for vs in latencies.values() for v in vs]
+    report = {
+        "check_latency_ms": {
+            "p50": round(statistics.median(every), 1),
+            "p99": round(percentile(every, 0.99), 1),
+            "by_joins_p50": {j: round(statistics.median(v), 1) for j, v in latencies.items()},
+            "checks": len(every),
+        }
+    }
+    print(json.dumps(report, indent=1), flush=True)
+
+    # -- cost of enforcement ---------------------------------------------------------------
+    def plain(i: int) -> float:
+        start = time.perf_counter()
+        spark.sql(SQL.format(floor=i / 1000)).collect()
+        return time.perf_counter() - start
+
+    def enforced(i: int) -> tuple[float, int]:
+        start = time.perf_counter()
+        decision = check(spark, SQL.format(floor=i / 1000), "aggregate", "hanfu_house", datasets)
+        result = decision.execute(spark)
+        result.dataframe.collect()
+        return time.perf_counter() - start, result.suppressed_rows
+
+    plain(0), enforced(0)  # warm-up
+    plain_times, enforced_times, suppressed = [], [], 0
+    for i in range(1, args.runs + 1):
+        plain_times.append(plain(i))
+        seconds, suppressed = enforced(i)
+        enforced_times.append(seconds)
+    p, e = statistics.median(plain_times), statistics.median(enforced_times)
+    report["enforcement"] = {
+        "scale": args.scale,
+        "plain_median_s": round(p, 3),
+        "enforced_median_s": round(e, 3),
+        "ratio": round(e / p, 3),
+        "suppressed_rows": suppressed,
+        "runs": args.runs,
+    }
+    print(json.dumps(report["enforcement"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
