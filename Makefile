@@ -24,8 +24,8 @@ java:
 
 # Debian's Chromium for the real-browser tests (Playwright drives it; no browser download).
 browser:
-	@[ -x /usr/bin/chromium ] || { \
-	  echo "installing Debian's chromium for the browser tests"; \
+	@dpkg -s chromium fonts-wqy-microhei >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium (and a CJK font) for the browser tests"; \
 	  $(SUDO) apt-get update -qq && \
 	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-wqy-microhei; }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 
 import click
 
@@ -36,3 +37,160 @@ def worker_command(once: bool, concurrency: int, max_jobs_per_executor: int) -> 
     signal.signal(signal.SIGINT, _stop)
     worker.run()
     click.echo(f"worker stopped after {worker.jobs_done} job(s)")
+
+
+# --- operator commands: the same actions as the API, audited with origin "cli" ----------
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_DENIED = 0, 1, 2, 3
+CLI_ORIGIN = "cli"
+
+
+def _user(session, username: str):
+    from sqlalchemy import select
+
+    from yushan.models import User
+
+    found = session.scalar(select(User).where(User.username == username, User.active.is_(True)))
+    if found is None:
+        raise click.ClickException(f"no active user named {username!r}")
+    return found
+
+
+def _emit(doc: dict, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        click.echo(json.dumps(doc, ensure_ascii=False, default=str))
+        return
+    click.echo(f"job {doc['id']}: {doc['state']}")
+    for violation in doc.get("violations") or []:
+        click.echo(f"  {violation.get('rule')} {violation.get('column') or ''}: {violation.get('message')}")
+        if violation.get("suggestion"):
+            click.echo(f"    suggestion: {violation['suggestion']}")
+    if doc.get("error"):
+        click.echo(f"  error {doc['error'].get('class')}: {doc['error'].get('message')}")
+    summary = doc.get("summary") or {}
+    if summary.get("released_rows") is not None:
+        click.echo(f"  released rows {summary['released_rows']}, suppressed rows {summary['suppressed_rows']}")
+
+
+def _job_error(exc) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+@click.command("submit")
+@click.option("--as", "username", required=True, help="The user the job is submitted as.")
+@click.option("--merchant", required=True)
+@click.option("--kind", type=click.Choice(["aggregate", "segment"]), required=True)
+@click.option("--sql-file", type=click.File("r"), required=True, help="The query ('-' for stdin).")
+@click.option("--name", default=None)
+@click.option("--wait", is_flag=True, help="Wait until the job has run.")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
+def submit_command(username, merchant, kind, sql_file, name, wait, as_json) -> None:
+    """Submit a job (checked by the policy at once; exit 3 when denied)."""
+    import time
+
+    from jobs import service
+    from jobs.errors import JobError
+    from yushan.config import get_config
+    from yushan.db import session_scope
+    from yushan.models import Job
+
+    config = get_config()
+    sql = sql_file.read()
+    try:
+        with session_scope(config) as session:
+            user = _user(session, username)
+            job = service.submit(session, config, user, merchant, kind, sql, name=name, origin=CLI_ORIGIN)
+            job_id = job.id
+            doc = service.job_json(job, user)
+    except JobError as exc:
+        _job_error(exc)
+    while wait and doc["state"] in ("queued", "running"):
+        time.sleep(0.25)
+        with session_scope(config) as session:
+            doc = service.job_json(session.get(Job, job_id), None)
+    _emit(doc, as_json)
+    if doc["state"] == "blocked":
+        sys.exit(EXIT_DENIED)
+    if doc["state"] in ("failed", "cancelled"):
+        sys.exit(EXIT_ERROR)
+
+
+def _visible(session, user, job_id: int):
+    from jobs import service
+
+    job = service.get_visible_job(session, user, job_id)
+    if job is None:
+        raise click.ClickException(f"no job {job_id}")
+    return job
+
+
+@click.command("approve")
+@click.argument("job_id", type=int)
+@click.option("--as", "username", required=True)
+@click.option("--json", "as_json", is_flag=True)
+def approve_command(job_id: int, username: str, as_json: bool) -> None:
+    """Approve a job's output for release (the job's merchant only)."""
+    from jobs import service
+    from jobs.errors import JobError
+    from yushan.config import get_config
+    from yushan.db import session_scope
+
+    config = get_config()
+    try:
+        with session_scope(config) as session:
+            user = _user(session, username)
+            job = service.approve(session, user, _visible(session, user, job_id), origin=CLI_ORIGIN)
+            doc = service.job_json(job, user)
+    except JobError as exc:
+        _job_error(exc)
+    _emit(doc, as_json)
+
+
+@click.command("download")
+@click.argument("job_id", type=int)
+@click.option("--as", "username", required=True)
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv",
+              show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="File to write (default: standard output; required for parquet).")
+def download_command(job_id: int, username: str, fmt: str, output: str | None) -> None:
+    """Download an approved job's released rows."""
+    import io
+    import json
+
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    from jobs import service
+    from jobs.errors import JobError
+    from yushan.config import get_config
+    from yushan.db import session_scope
+
+    config = get_config()
+    if fmt == "parquet" and not output:
+        raise click.UsageError("--format parquet needs --output FILE")
+    try:
+        with session_scope(config) as session:
+            user = _user(session, username)
+            table = service.read_result(session, config, user, _visible(session, user, job_id),
+                                        origin=CLI_ORIGIN)
+    except JobError as exc:
+        _job_error(exc)
+    if fmt == "parquet":
+        pq.write_table(table, output)
+        return
+    if fmt == "json":
+        text = json.dumps({"columns": table.column_names, "rows": table.to_pylist()},
+                          ensure_ascii=False, default=str)
+    else:
+        buffer = io.BytesIO()
+        pacsv.write_csv(table, buffer)
+        text = buffer.getvalue().decode()
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        click.echo(text, nl=False)

@@ -83,22 +83,46 @@ class ExecutionResult:
         return int(self._total if self._total is not None else -1)
 
 
+_CLASSES: dict[tuple[int, str], Any] = {}
+
+
 class _Jvm:
-    """Small helpers for building Catalyst objects through py4j."""
+    """Small helpers for building Catalyst objects through py4j.
+
+    Every ``jvm.a.b.C`` lookup is a round trip to the JVM, so classes are looked up once
+    per gateway and kept.
+    """
 
     def __init__(self, spark: SparkSession):
         self.spark = spark
         self.jvm = spark._jvm
         self.js = spark._jsparkSession
-        self.expr = self.jvm.org.apache.spark.sql.catalyst.expressions
-        self.agg = self.jvm.org.apache.spark.sql.catalyst.expressions.aggregate
-        self.logical = self.jvm.org.apache.spark.sql.catalyst.plans.logical
+
+    def cls(self, name: str):
+        key = (id(self.jvm), name)
+        found = _CLASSES.get(key)
+        if found is None:
+            found = self.jvm
+            for part in name.split("."):
+                found = getattr(found, part)
+            _CLASSES[key] = found
+        return found
+
+    @property
+    def expr(self):
+        return _Namespace(self, "org.apache.spark.sql.catalyst.expressions")
+
+    @property
+    def agg(self):
+        return _Namespace(self, "org.apache.spark.sql.catalyst.expressions.aggregate")
+
+    @property
+    def logical(self):
+        return _Namespace(self, "org.apache.spark.sql.catalyst.plans.logical")
 
     def seq(self, items: list[Any]):
-        jlist = self.jvm.java.util.ArrayList()
-        for item in items:
-            jlist.add(item)
-        return self.jvm.scala.jdk.javaapi.CollectionConverters.asScala(jlist).toList()
+        # py4j converts the Python list to a java.util.List on the way (auto_convert).
+        return self.cls("org.apache.spark.api.python.PythonUtils.toSeq")(list(items))
 
     def items(self, seq) -> list[Any]:
         return [seq.apply(i) for i in range(seq.size())]
@@ -112,23 +136,24 @@ class _Jvm:
         return node
 
     def none(self):
-        return self.jvm.scala.Option.empty()
+        return self.cls("scala.Option.empty")()
 
     def some(self, value):
-        return self.jvm.scala.Some(value)
+        return self.cls("scala.Some")(value)
 
     def literal(self, value: int):
-        return self.expr.Literal.create(value, self.jvm.org.apache.spark.sql.types.DataTypes.IntegerType)
+        integer = self.cls("org.apache.spark.sql.types.DataTypes").IntegerType
+        return self.expr.Literal.create(value, integer)
 
     def new_id(self):
-        return self.expr.NamedExpression.newExprId()
+        return self.cls("org.apache.spark.sql.catalyst.expressions.NamedExpression.newExprId")()
 
     def alias(self, child, name: str, expr_id=None):
         return self.expr.Alias(child, name, expr_id or self.new_id(), self.seq([]), self.none(), self.seq([]))
 
     def count_distinct(self, entity, condition=None):
         count = self.agg.Count(self.seq([entity]))
-        complete = getattr(self.agg, "Complete$").__getattr__("MODULE$")
+        complete = getattr(self.cls("org.apache.spark.sql.catalyst.expressions.aggregate.Complete$"), "MODULE$")
         filt = self.some(condition) if condition is not None else self.none()
         return self.agg.AggregateExpression(count, complete, True, filt, self.new_id())
 
@@ -154,10 +179,20 @@ class _Jvm:
         return node.withNewChildren(self.seq(children))
 
     def dataset(self, plan):
-        return self.jvm.org.apache.spark.sql.classic.Dataset.ofRows(self.js, plan)
+        return self.cls("org.apache.spark.sql.classic.Dataset.ofRows")(self.js, plan)
 
     def dataframe(self, plan) -> DataFrame:
         return DataFrame(self.dataset(plan), self.spark)
+
+
+class _Namespace:
+    """``j.expr.Alias`` -> the cached JVM class ``...expressions.Alias``."""
+
+    def __init__(self, j: _Jvm, package: str):
+        self._j, self._package = j, package
+
+    def __getattr__(self, name: str):
+        return self._j.cls(f"{self._package}.{name}")
 
 
 def execute(spark: SparkSession, decision: Decision) -> ExecutionResult:

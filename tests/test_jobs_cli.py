@@ -1,0 +1,65 @@
+"""`yushan submit|approve|download` act like the API, audited with origin "cli"; exit 3 when
+the policy denies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+import audit
+from yushan.config import set_config
+from yushan.db import session_scope
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture
+def run_cli(demo_config, tmp_path):
+    from yushan.cli import main
+
+    def invoke(*args: str, sql: str | None = None):
+        argv = ["--home", str(demo_config.home), *args]
+        if sql is not None:
+            path = tmp_path / "query.sql"
+            path.write_text(sql)
+            argv += ["--sql-file", str(path)]
+        return CliRunner().invoke(main, argv, catch_exceptions=False)
+
+    yield invoke
+    set_config(demo_config)  # the CLI replaced the process-wide configuration
+
+
+def test_a_denied_submission_exits_3_and_names_the_rule(run_cli, demo_config):
+    result = run_cli("submit", "--as", "insight_isv", "--merchant", "hanfu_house",
+                     "--kind", "aggregate", "--json", sql="SELECT phone FROM platform.consumers")
+    assert result.exit_code == 3, result.output
+    doc = json.loads(result.output)
+    assert doc["state"] == "blocked" and doc["violations"]
+    with session_scope(demo_config) as session:
+        (entry,) = audit.query(session, job=doc["id"], action="job.submit")
+    assert entry["origin"] == "cli" and entry["actor"] == "insight_isv"
+
+
+def test_an_allowed_submission_is_queued_and_strangers_cannot_approve(run_cli, demo_config):
+    result = run_cli("submit", "--as", "hanfu_owner", "--merchant", "hanfu_house",
+                     "--kind", "aggregate", "--json",
+                     sql="SELECT gender, count(*) AS n FROM platform.consumers GROUP BY gender")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["state"] == "queued"
+    other = run_cli("approve", str(doc["id"]), "--as", "tea_owner")
+    assert other.exit_code != 0 and "no job" in other.output
+    early = run_cli("approve", str(doc["id"]), "--as", "hanfu_owner")
+    assert early.exit_code == 1  # not awaiting approval yet
+    wrong = run_cli("submit", "--as", "hanfu_owner", "--merchant", "tea_garden",
+                    "--kind", "aggregate", sql="SELECT 1 AS x")
+    assert wrong.exit_code == 1
+    from jobs_support import user
+
+    from jobs import service
+
+    with session_scope(demo_config) as session:
+        job = service.get_visible_job(session, user(session, "hanfu_owner"), doc["id"])
+        service.cancel(session, user(session, "hanfu_owner"), job)  # leave no work for other tests
