@@ -85,4 +85,4 @@ def test_keystore_derives_distinct_stable_segment_keys(tmp_path):
     assert store.segment_token_key("hanfu_house") == again.segment_token_key("hanfu_house")
     assert store.segment_token_key("hanfu_house") != store.segment_token_key("tea_garden")
     with pytest.raises(DecryptionError, match="yushan init"):
-        KeyStore(tmp_path / "missing.key").master
+        _ = KeyStore(tmp_path / "missing.key").master

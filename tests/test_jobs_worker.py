@@ -182,6 +182,9 @@ def test_twenty_submissions_at_once_each_run_exactly_once_with_two_workers(demo_
     second = Worker(demo_config, concurrency=1)
     thread = threading.Thread(target=second.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 300
+    while (second.pool is None or second.pool.started < 1) and time.monotonic() < deadline:
+        time.sleep(0.2)  # its executor warm, so that both workers compete for the jobs
     try:
         ids: list[int] = []
         lock = threading.Lock()
