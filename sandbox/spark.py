@@ -48,6 +48,11 @@ HARDENED_CONF: dict[str, str] = {
     "spark.submit.pyFiles": "",
     # Driver logs stay on this machine (and are quiet: see harden_session).
     "spark.driver.log.persistToDfs.enabled": "false",
+    # Shuffle, spill and cached blocks on local disk are encrypted with a key that lives
+    # only in the JVM's memory: a job's intermediate data never sits in the clear under
+    # YUSHAN_HOME, even while a warm executor keeps old shuffle files around.
+    "spark.io.encryption.enabled": "true",
+    "spark.io.encryption.keySizeBits": "256",
 }
 
 # Built-in functions removed from every Yushan session: each reaches outside the query

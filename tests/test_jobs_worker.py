@@ -128,6 +128,19 @@ def test_merchant_data_is_decrypted_only_for_its_own_jobs(demo_config, worker):
     assert no_job_workspaces(demo_config)
 
 
+def test_no_merchant_value_is_left_in_the_clear_after_a_shuffling_job(demo_config, worker):
+    # A job that shuffles member ids: Spark's shuffle files outlive the job in a warm
+    # executor, so they must be encrypted (spark.io.encryption.enabled).
+    sql = "SELECT home_store, count(DISTINCT member_id) AS n FROM hanfu_house.members GROUP BY home_store"
+    job = wait(demo_config, submit(demo_config, sql, username="hanfu_owner"))
+    assert job.state == "awaiting_approval"
+    found = subprocess.run(
+        ["grep", "-rl", "--binary-files=text", "HF000000", str(demo_config.home)],
+        capture_output=True, text=True,
+    ).stdout.split()
+    assert found == [], f"member ids in the clear under YUSHAN_HOME: {found[:3]}"
+
+
 @pytest.mark.parametrize("sql", [
     "SELECT * FROM parquet.`{home}/warehouse/platform/consumers`",
     "SELECT TRANSFORM(tier) USING 'cat /etc/passwd' AS (x) FROM hanfu_house.members",

@@ -13,6 +13,11 @@ pytestmark = pytest.mark.spark
 @pytest.fixture
 def run_check(demo_config, spark, tmp_path):
     from policies.cli import check_command
+    from yushan.config import get_config, set_config
+
+    # The command acts on the process's configuration, as `yushan --home ... check` would.
+    previous = get_config()
+    set_config(demo_config)
 
     def invoke(user: str, merchant: str, sql: str, kind: str = "aggregate", *extra: str):
         path = tmp_path / "job.sql"
@@ -20,7 +25,8 @@ def run_check(demo_config, spark, tmp_path):
         args = ["--as", user, "--merchant", merchant, "--kind", kind, "--sql-file", str(path), *extra]
         return CliRunner().invoke(check_command, args, catch_exceptions=False)
 
-    return invoke
+    yield invoke
+    set_config(previous)
 
 
 def test_allowed_query_exits_0_with_api_json(run_check):

@@ -14,6 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from jobs import service
 from web.auth import (
     LoginRefused,
     actor_for,
@@ -69,15 +70,9 @@ def json_body() -> Any:
         raise ApiError(400, "bad_json", "The body is not valid JSON.") from None
 
 
-def job_service():
-    from jobs import service
-
-    return service
-
-
 def visible_job(job_id: int) -> Job:
     """The job when the caller may see it; 404 when missing or not theirs."""
-    job = job_service().get_visible_job(db(), current_api_user(), job_id)
+    job = service.get_visible_job(db(), current_api_user(), job_id)
     if job is None:
         raise ApiError(404, "not_found", "No such job.")
     return job
@@ -174,7 +169,7 @@ def check_job():
         require_acting_merchant(session, user, spec.merchant)
     except Refusal as refusal:
         raise refuse(refusal) from None
-    decision = call_service(job_service().check, session, app_config(), user, spec.merchant,
+    decision = call_service(service.check, session, app_config(), user, spec.merchant,
                             spec.kind, spec.sql, origin=request_origin())
     session.commit()
     return jsonify(decision)
@@ -190,10 +185,10 @@ def submit_job():
         require_acting_merchant(session, user, spec.merchant)
     except Refusal as refusal:
         raise refuse(refusal) from None
-    job = call_service(job_service().submit, session, app_config(), user, spec.merchant,
+    job = call_service(service.submit, session, app_config(), user, spec.merchant,
                        spec.kind, spec.sql, name=spec.name or None, origin=request_origin())
     session.commit()
-    response = jsonify(job_service().job_json(job, user))
+    response = jsonify(service.job_json(job, user))
     response.status_code = 201
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
     return response
@@ -206,14 +201,14 @@ def list_jobs():
     state = request.args.get("state")
     jobs = visible_jobs(db(), user, states=(state,) if state else None,
                         limit=_int_arg("limit", 100, 1, 1000))
-    return jsonify({"jobs": [job_service().job_json(job, user) for job in jobs]})
+    return jsonify({"jobs": [service.job_json(job, user) for job in jobs]})
 
 
 @bp.get("/jobs/<int:job_id>")
 @api_user_required()
 def get_job(job_id: int):
     job = visible_job(job_id)
-    return jsonify(job_service().job_json(job, current_api_user()))
+    return jsonify(service.job_json(job, current_api_user()))
 
 
 @bp.post("/jobs/<int:job_id>/cancel")
@@ -240,9 +235,9 @@ def _transition(job_id: int, action: str):
     job = visible_job(job_id)
     if action in ("approve", "reject") and not may_decide(user, job):
         raise ApiError(403, "forbidden", "Only the job's merchant approves or rejects it.")
-    call_service(getattr(job_service(), action), session, user, job, origin=request_origin())
+    call_service(getattr(service, action), session, user, job, origin=request_origin())
     session.commit()
-    return jsonify(job_service().job_json(job, user))
+    return jsonify(service.job_json(job, user))
 
 
 @bp.get("/jobs/<int:job_id>/result")
@@ -255,7 +250,7 @@ def job_result(job_id: int):
         raise ApiError(422, "invalid_format", "'format' must be one of: json, csv, parquet.")
     job = visible_job(job_id)
     # read_result refuses (403, 409) and audits the download in this transaction.
-    table = call_service(job_service().read_result, session, app_config(), user, job,
+    table = call_service(service.read_result, session, app_config(), user, job,
                          origin=request_origin())
     body = render_result(table, fmt)
     session.commit()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -89,7 +88,7 @@ def select_locale() -> str:
 def create_app(config: Config | None = None) -> Flask:
     """The Yushan web app and JSON API for ``config`` (default: the environment's)."""
     from sandbox.crypto import load_or_create_key
-    from web import admin, api, auditor, auth, merchant, pages, provider
+    from web import admin, api, auditor, auth, merchant, pages, provider, templates_views, uploads
     from web.errors import register_error_handlers
 
     config = config or get_config()
@@ -126,15 +125,12 @@ def create_app(config: Config | None = None) -> Flask:
     csrf.exempt(api.bp)
     for blueprint in (auth.bp, pages.bp, provider.bp, merchant.bp, auditor.bp, admin.bp, api.bp):
         app.register_blueprint(blueprint)
-    app.register_blueprint(importlib.import_module("web.templates_views").bp)  # templates, segments
-    if importlib.util.find_spec("web.uploads") is not None:
-        from web import uploads
-
-        app.register_blueprint(uploads.bp)
-        # Its API views take bearer tokens (no CSRF); its pages keep CSRF protection.
-        for rule in app.url_map.iter_rules():
-            if rule.endpoint.startswith(uploads.bp.name + ".") and rule.rule.startswith("/api/"):
-                csrf.exempt(app.view_functions[rule.endpoint])
+    app.register_blueprint(templates_views.bp)  # templates, segments
+    app.register_blueprint(uploads.bp)
+    # Upload API views take bearer tokens (no CSRF); its pages keep CSRF protection.
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint.startswith(uploads.bp.name + ".") and rule.rule.startswith("/api/"):
+            csrf.exempt(app.view_functions[rule.endpoint])
 
     @app.after_request
     def _security_headers(response):

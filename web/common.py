@@ -193,12 +193,9 @@ def service_refusal(exc: Exception) -> Refusal | None:
     """The HTTP refusal for an exception raised by the jobs service, or None when it is
     not a refusal (then it is a server error). ``jobs.errors.JobError`` carries its status
     and code; the message is ours and fixed (exception texts may quote data)."""
+    from jobs.errors import JobError
     from web.errors import GENERIC_MESSAGES
 
-    try:
-        from jobs.errors import JobError
-    except ImportError:  # the jobs package is older or absent: nothing is a refusal
-        return None
     if isinstance(exc, JobError):
         return Refusal(exc.status, exc.code, GENERIC_MESSAGES.get(exc.status, "Refused."))
     return None

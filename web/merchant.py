@@ -7,6 +7,7 @@ from flask_babel import gettext
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from jobs import service
 from web.auth import (
     actor_for,
     app_config,
@@ -23,12 +24,6 @@ from yushan.models import Authorization, JobState, Role, Tenant, TenantKind
 
 bp = Blueprint("merchant", __name__)
 PREVIEW_ROWS = 10
-
-
-def job_service():
-    from jobs import service
-
-    return service
 
 
 @bp.get("/authorizations")
@@ -92,11 +87,7 @@ def revoke_authorization(provider_slug: str):
 
 
 def preview(job) -> tuple[list[str], list[dict]] | None:
-    """The first rows of a quarantined output for its merchant, when the jobs service
-    offers a preview (``service.preview_result``); else None (summary only)."""
-    service = job_service()
-    if not hasattr(service, "preview_result"):
-        return None
+    """The first rows of a quarantined output for its merchant (None when refused)."""
     try:
         table = service.preview_result(db(), app_config(), page_user(), job, limit=PREVIEW_ROWS)
     except Exception as exc:
@@ -113,7 +104,7 @@ def approvals():
     session = db()
     waiting = visible_jobs(session, page_user(), states=(JobState.AWAITING_APPROVAL.value,))
     items = [
-        {"job": job, "doc": job_service().job_json(job, page_user()), "preview": preview(job)}
+        {"job": job, "doc": service.job_json(job, page_user()), "preview": preview(job)}
         for job in waiting
     ]
     session.commit()  # a preview may have been audited
@@ -135,13 +126,13 @@ def reject(job_id: int):
 def _decide(job_id: int, action: str):
     session = db()
     user = page_user()
-    job = job_service().get_visible_job(session, user, job_id)
+    job = service.get_visible_job(session, user, job_id)
     if job is None:
         abort(404)
     if job.merchant_id != user.tenant_id:
         abort(403)
     try:
-        getattr(job_service(), action)(session, user, job, origin=request_origin())
+        getattr(service, action)(session, user, job, origin=request_origin())
     except Exception as exc:
         refusal = exc if isinstance(exc, Refusal) else service_refusal(exc)
         if refusal is None:

@@ -20,6 +20,7 @@ from flask import (
 from flask_babel import gettext
 from flask_login import current_user
 
+from jobs import service
 from web.auth import app_config, db, page_user, request_origin, roles_required
 from web.common import (
     ACTIVE_STATES,
@@ -41,14 +42,8 @@ RESULT_PAGE_ROWS = 200
 ALL_ROLES = tuple(r.value for r in Role)
 
 
-def job_service():
-    from jobs import service
-
-    return service
-
-
 def visible_job_or_404(job_id: int) -> Job:
-    job = job_service().get_visible_job(db(), page_user(), job_id)
+    job = service.get_visible_job(db(), page_user(), job_id)
     if job is None:
         abort(404)
     return job
@@ -107,7 +102,7 @@ def jobs():
 
 
 def job_document(job: Job) -> dict:
-    return job_service().job_json(job, page_user())
+    return service.job_json(job, page_user())
 
 
 @bp.get("/jobs/<int:job_id>")
@@ -117,10 +112,10 @@ def job(job_id: int):
     user = page_user()
     found = visible_job_or_404(job_id)
     columns, rows, shown = [], [], False
-    can_view = job_service().may_read_results(session, user, found)
+    can_view = service.may_read_results(session, user, found)
     if can_view and found.state == JobState.APPROVED.value:
         try:
-            table = job_service().read_result(session, app_config(), user, found,
+            table = service.read_result(session, app_config(), user, found,
                                               origin=request_origin())
         except Exception as exc:
             refusal_status(exc)
@@ -156,7 +151,7 @@ def cancel(job_id: int):
     session = db()
     found = visible_job_or_404(job_id)
     try:
-        job_service().cancel(session, page_user(), found, origin=request_origin())
+        service.cancel(session, page_user(), found, origin=request_origin())
     except Exception as exc:
         abort(refusal_status(exc))
     session.commit()
@@ -176,7 +171,7 @@ def download(job_id: int):
     found = visible_job_or_404(job_id)
     try:
         # read_result refuses (403, 409) and audits the download in this transaction.
-        table = job_service().read_result(session, app_config(), user, found,
+        table = service.read_result(session, app_config(), user, found,
                                           origin=request_origin())
     except Exception as exc:
         abort(refusal_status(exc))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from flask import Blueprint, abort, flash, jsonify, redirect, render_template, request, url_for
 from flask_babel import gettext
 
+from jobs import service
 from web.auth import app_config, db, page_user, request_origin, roles_required
 from web.common import (
     JOB_KINDS,
@@ -25,12 +26,6 @@ from web.common import (
 from yushan.catalog import readable_datasets
 
 bp = Blueprint("provider", __name__)
-
-
-def job_service():
-    from jobs import service
-
-    return service
 
 
 def form_context(values: dict[str, str], decision: dict | None = None, status_error: str = ""):
@@ -67,7 +62,7 @@ def submit_job():
     try:
         spec = parse_job_request(values, with_name=True)
         require_acting_merchant(session, user, spec.merchant)
-        job = job_service().submit(session, app_config(), user, spec.merchant, spec.kind,
+        job = service.submit(session, app_config(), user, spec.merchant, spec.kind,
                                    spec.sql, name=spec.name or None, origin=request_origin())
     except Exception as exc:
         refusal = exc if isinstance(exc, Refusal) else service_refusal(exc)
@@ -96,7 +91,7 @@ def check():
     try:
         spec = parse_job_request(body, with_name=False)
         require_acting_merchant(session, user, spec.merchant)
-        decision = job_service().check(session, app_config(), user, spec.merchant, spec.kind,
+        decision = service.check(session, app_config(), user, spec.merchant, spec.kind,
                                        spec.sql, origin=request_origin())
     except Exception as exc:
         refusal = exc if isinstance(exc, Refusal) else service_refusal(exc)

@@ -24,7 +24,7 @@ from flask import (
 )
 from flask_babel import gettext
 
-from jobs import segments
+from jobs import segments, service
 from jobs.errors import InvalidRequest, JobError
 from jobs.templates.registry import Template, get_template, submit_template, templates
 from web.auth import (
@@ -50,12 +50,6 @@ from yushan.models import Job, JobKind, JobState, Role
 
 bp = Blueprint("templates", __name__)
 RESULT_ROWS = 200
-
-
-def job_service():
-    from jobs import service
-
-    return service
 
 
 def locale() -> str:
@@ -171,7 +165,7 @@ def submit(name: str):
 
 
 def template_job_or_404(job_id: int) -> tuple[Job, Template]:
-    job = job_service().get_visible_job(db(), page_user(), job_id)
+    job = service.get_visible_job(db(), page_user(), job_id)
     if job is None or not job.template:
         abort(404)
     return job, template_or_404(job.template)
@@ -184,17 +178,17 @@ def result(job_id: int):
     user = page_user()
     job, template = template_job_or_404(job_id)
     columns, rows, shown, status = [], [], False, 200
-    can_view = job_service().may_read_results(session, user, job)
+    can_view = service.may_read_results(session, user, job)
     if can_view and job.state == JobState.APPROVED.value:
         try:
-            table = job_service().read_result(session, app_config(), user, job, origin=request_origin())
+            table = service.read_result(session, app_config(), user, job, origin=request_origin())
         except Exception as exc:
             refusal_for(exc)  # e.g. awaiting the platform's review: no rows yet
             session.rollback()
         else:
             columns, rows = table_rows(table, RESULT_ROWS)
             shown = True
-    doc = job_service().job_json(job, user)
+    doc = service.job_json(job, user)
     box = _segment_helpers()["segment_box"](job)
     chart = shown or bool(box and box["segments"])
     session.commit()  # the view of the rows is audited
@@ -220,7 +214,7 @@ def chart(job_id: int):
         spec = template.chart(["segment", "members"], sizes)
     else:
         try:
-            table = job_service().read_result(session, app_config(), user, job, origin=request_origin())
+            table = service.read_result(session, app_config(), user, job, origin=request_origin())
         except Exception as exc:
             refusal = refusal_for(exc)
             session.rollback()
@@ -363,7 +357,7 @@ def api_review(job_id: int):
     api_call(segments.platform_review, session, app_config(), current_api_user(), job, decision,
              origin=request_origin())
     session.commit()
-    return jsonify(job_service().job_json(job, current_api_user()))
+    return jsonify(service.job_json(job, current_api_user()))
 
 
 def _exempt_api_views() -> None:

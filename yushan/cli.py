@@ -188,28 +188,22 @@ def _safe_url(url: str) -> str:
         return "<unparsable>"
 
 
-def _register_optional_commands() -> None:
+def _register_commands() -> None:
     """Commands that live with the part of the platform they belong to."""
-    import importlib
+    from audit.cli import audit_cli
+    from jobs.cli import approve_command, download_command, submit_command, worker_command
+    from onboarding.cli import upload_command, withdraw_command
+    from policies.cli import check_command
 
-    for module, attr, name in (
-        ("jobs.cli", "worker_command", "worker"),
-        ("jobs.cli", "submit_command", "submit"),
-        ("jobs.cli", "approve_command", "approve"),
-        ("jobs.cli", "download_command", "download"),
-        ("policies.cli", "check_command", "check"),
-        ("audit.cli", "audit_cli", "audit"),
-        ("onboarding.cli", "upload_command", "upload"),
-        ("onboarding.cli", "withdraw_command", "withdraw"),
+    for name, command in (
+        ("worker", worker_command), ("submit", submit_command), ("approve", approve_command),
+        ("download", download_command), ("check", check_command), ("audit", audit_cli),
+        ("upload", upload_command), ("withdraw", withdraw_command),
     ):
-        try:
-            command = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError):
-            continue
         main.add_command(command, name)
 
 
-_register_optional_commands()
+_register_commands()
 
 
 if __name__ == "__main__":
