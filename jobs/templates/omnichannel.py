@@ -7,13 +7,12 @@ released tier, and every value in it, draws on at least k distinct consumers (P3
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 import altair as alt
 
 from jobs.templates import charts
-from jobs.templates.registry import Param, ParamType, Template, sql_date, table_prefix
+from jobs.templates.registry import PERIOD_PARAMS, Template, sql_date, table_prefix
 from yushan.models import JobKind
 
 
@@ -75,11 +74,7 @@ TEMPLATE = Template(
         "zh": "同一批会员按等级的线上（平台本店订单）与线下（门店销售）消费对比。",
     },
     kind=JobKind.AGGREGATE,
-    params=(
-        Param("since", ParamType.DATE, {"en": "From", "zh": "开始日期"}, date(2025, 1, 1)),
-        Param("until", ParamType.DATE, {"en": "Until (inclusive)", "zh": "结束日期（含）"},
-              date(2026, 10, 31)),
-    ),
+    params=PERIOD_PARAMS,
     build=build,
     chart=chart,
     needs=("members", "store_sales"),

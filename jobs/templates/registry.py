@@ -84,6 +84,14 @@ class Param:
 PrepareStep = Callable[[Any, dict[str, Any], str, str], str]
 
 
+# The reporting period most templates take: the span of the demo world's orders.
+PERIOD_PARAMS: tuple[Param, ...] = (
+    Param("since", ParamType.DATE, {"en": "From", "zh": "开始日期"}, date(2025, 1, 1)),
+    Param("until", ParamType.DATE, {"en": "Until (inclusive)", "zh": "结束日期（含）"},
+          date(2026, 10, 31)),
+)
+
+
 @dataclass(frozen=True)
 class Template:
     """A trusted job: its form, the SQL it renders and the chart of its result."""

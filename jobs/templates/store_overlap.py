@@ -7,13 +7,12 @@ of a's members also seen at b. The diagonal is each store's own member count.
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 import altair as alt
 
 from jobs.templates import charts
-from jobs.templates.registry import Param, ParamType, Template, sql_date, table_prefix
+from jobs.templates.registry import PERIOD_PARAMS, Template, sql_date, table_prefix
 from yushan.models import JobKind
 
 
@@ -61,11 +60,7 @@ TEMPLATE = Template(
         "zh": "各门店之间的共同顾客：期间内在两家门店都有消费的会员数及占比。",
     },
     kind=JobKind.AGGREGATE,
-    params=(
-        Param("since", ParamType.DATE, {"en": "From", "zh": "开始日期"}, date(2025, 1, 1)),
-        Param("until", ParamType.DATE, {"en": "Until (inclusive)", "zh": "结束日期（含）"},
-              date(2026, 10, 31)),
-    ),
+    params=PERIOD_PARAMS,
     build=build,
     chart=chart,
     needs=("store_sales",),
