@@ -261,15 +261,22 @@ def _row_numbers(result: dict[str, Any]) -> tuple[int, ...]:
 def run_checks(spark: SparkSession, staging: Path, plan: list[PlannedCheck], rows: int,
                file_format: str, encoding: str | None) -> ValidationReport:
     """Run every planned check with Great Expectations; return the value-free report."""
-    df = spark.read.parquet(str(staging))
-    results = _runner.validate(df, [p.expectation for p in plan], with_rows=False)
-    outcome = _by_check(plan, results)
-    failed = [p for p in plan if not outcome[id(p)]["success"]]
-    rows_of: dict[int, tuple[int, ...]] = {}
-    if failed:
-        detailed = _by_check(failed, _runner.validate(df, [p.expectation for p in failed],
-                                                      with_rows=True))
-        rows_of = {key: _row_numbers(value["result"]) for key, value in detailed.items()}
+    from pyspark import StorageLevel
+
+    # Every expectation is a separate Spark pass over the staging data: cache it once
+    # (blocks spilled to disk are encrypted, see sandbox.spark) and release it afterwards.
+    df = spark.read.parquet(str(staging)).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        results = _runner.validate(df, [p.expectation for p in plan], with_rows=False)
+        outcome = _by_check(plan, results)
+        failed = [p for p in plan if not outcome[id(p)]["success"]]
+        rows_of: dict[int, tuple[int, ...]] = {}
+        if failed:
+            detailed = _by_check(failed, _runner.validate(df, [p.expectation for p in failed],
+                                                          with_rows=True))
+            rows_of = {key: _row_numbers(value["result"]) for key, value in detailed.items()}
+    finally:
+        df.unpersist(blocking=True)
     report = ValidationReport(rows=rows, file_format=file_format, encoding=encoding)
     for planned in plan:
         found = outcome[id(planned)]

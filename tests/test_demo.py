@@ -94,7 +94,7 @@ def test_value_ranges_follow_the_spec(demo_config, spark):
         "view", "fav", "cart", "follow_store"}
 
 
-def test_about_sixty_percent_of_members_match_a_consumer(demo_config, spark):
+def test_about_sixty_percent_of_members_match_a_consumer(demo_config, spark, tmp_path):
     from sandbox.crypto import KeyStore
     from sandbox.storage import decrypt_dataset
     from yushan.db import session_scope
@@ -102,7 +102,7 @@ def test_about_sixty_percent_of_members_match_a_consumer(demo_config, spark):
     with session_scope(demo_config) as s:
         infos = readable_datasets(s, demo_config, "hanfu_house")
     members_info = infos["hanfu_house.members"]
-    plain = demo_config.workspaces_dir / "test-members"
+    plain = tmp_path / "members"  # plaintext never under YUSHAN_HOME
     decrypt_dataset(KeyStore(demo_config.master_key_path), members_info, plain)
     members = spark.read.parquet(str(plain))
     consumers = spark.read.parquet(str(demo_config.platform_warehouse_dir / "consumers"))
