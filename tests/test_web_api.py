@@ -136,6 +136,23 @@ def test_openapi_document_is_served_and_lists_the_spec_paths(world):
         Draft202012Validator.check_schema(schema), name
 
 
+def test_every_api_route_the_app_serves_is_documented(world):
+    import re
+
+    _, client, _ = world
+    doc = client.get("/api/v1/openapi.json").get_json()
+    served = set()
+    for rule in client.application.url_map.iter_rules():
+        if not rule.rule.startswith("/api/"):
+            continue
+        path = re.sub(r"<(?:[a-z]+:)?(job_id|id)>", "{id}", rule.rule)
+        path = re.sub(r"<(?:[a-z]+:)?([a-z_]+)>", r"{\1}", path)
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            served.add((path, method.lower()))
+    documented = {(path, method) for path, ops in doc["paths"].items() for method in ops}
+    assert served - documented == set(), "API routes missing from openapi.json"
+
+
 def test_health_and_headers(world):
     _, client, t = world
     health = client.get("/healthz")
