@@ -254,3 +254,38 @@ def test_bad_schema_is_400(home, session, spark):
         with pytest.raises(OnboardingError) as caught:
             upload(session, home, spark, "owner_a", _name(), b"a\n1\n", schema=schema)
         assert caught.value.status == 400
+
+
+def test_the_merchant_upload_page_accepts_good_files_and_reports_bad_ones(home, session):
+    import json
+
+    from onboarding_helpers import PASSWORD, SCHEMA
+    from web_support import csrf_from, page_login
+
+    from web import create_app
+
+    client = create_app(home).test_client()
+    page_login(client, "owner_a", PASSWORD)
+    page = client.get("/datasets/upload").get_data(as_text=True)
+    assert 'id="upload-form"' in page and 'id="upload-progress"' in page
+    csrf = csrf_from(page)
+
+    def post(name: str, content: str, token: str | None = csrf):
+        data = {"name": name, "schema": json.dumps(SCHEMA), "encoding": "auto",
+                "file": (io.BytesIO(content.encode()), "members.csv")}
+        if token:
+            data["csrf_token"] = token
+        return client.post("/datasets/upload", data=data, content_type="multipart/form-data")
+
+    good_name, bad_name = _name(), _name()
+    accepted = post(good_name, good_csv("PAGEMARK", rows=60))
+    assert accepted.status_code == 201
+    assert "Accepted and encrypted" in accepted.get_data(as_text=True)
+    duplicate = good_csv("PAGEMARK", rows=60) + "m1," + hexdigest() + ",x,1\n"
+    rejected = post(bad_name, duplicate)
+    body = rejected.get_data(as_text=True)
+    assert rejected.status_code == 422
+    assert "Nothing was kept" in body and "member_id" in body and "PAGEMARK" not in body
+    assert post(_name(), good_csv("PAGEMARK"), token=None).status_code == 400
+    names = {d.full_name for d in session.scalars(select(Dataset).where(Dataset.withdrawn_at.is_(None)))}
+    assert f"shop_a.{good_name}" in names and f"shop_a.{bad_name}" not in names

@@ -170,3 +170,48 @@
     setupLiveJob();
   });
 })();
+
+/* Upload progress: send the form with XMLHttpRequest so the merchant sees how much of a
+   large file has been sent, then that it is being validated; the server's page replaces
+   this one when it answers. Without JavaScript the form posts as usual. */
+(function () {
+  "use strict";
+  function setupUpload() {
+    var form = document.getElementById("upload-form");
+    if (!form || !window.XMLHttpRequest || !window.FormData) return;
+    form.addEventListener("submit", function (event) {
+      event.preventDefault();
+      var status = document.getElementById("upload-status");
+      var bar = document.getElementById("upload-progress");
+      var text = document.getElementById("upload-status-text");
+      var button = form.querySelector("button[type=submit]");
+      button.disabled = true;
+      status.hidden = false;
+      var xhr = new XMLHttpRequest();
+      xhr.open("POST", form.getAttribute("action"));
+      xhr.upload.addEventListener("progress", function (e) {
+        if (!e.lengthComputable) return;
+        var pct = Math.floor((e.loaded / e.total) * 100);
+        bar.value = pct;
+        text.textContent = form.dataset.sending + " " + (e.loaded / 1048576).toFixed(1) +
+          " / " + (e.total / 1048576).toFixed(1) + " MB (" + pct + "%)";
+      });
+      xhr.upload.addEventListener("load", function () {
+        bar.removeAttribute("value");  /* indeterminate while the server validates */
+        text.textContent = form.dataset.validating;
+      });
+      xhr.addEventListener("load", function () {
+        var doc = new DOMParser().parseFromString(xhr.responseText, "text/html");
+        document.title = doc.title;
+        document.body.replaceWith(doc.body);
+      });
+      xhr.addEventListener("error", function () {
+        button.disabled = false;
+        text.textContent = "Network error";
+      });
+      xhr.send(new FormData(form));
+    });
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", setupUpload);
+  else setupUpload();
+})();
