@@ -6,16 +6,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
-from sqlalchemy import Connection, Engine, create_engine, event, select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import DBAPIError
 
 from audit.chain import CHECKPOINT_KIND, GENESIS, check_point, entry_hash
 from audit.keys import HeadFileError, load_public_key, read_head, register_config
 from audit.writer import HEAD_ROW_ID
 from yushan.config import Config
-from yushan.db import get_engine
+from yushan.db import get_engine, sqlite_snapshot_engine
 from yushan.models import AuditCheckpoint, AuditEntry, AuditHead
 
 _ENTRY_COLUMNS = (
@@ -42,33 +41,12 @@ class VerifyResult:
         return asdict(self)
 
 
-@lru_cache(maxsize=8)
-def _sqlite_reader(url: str) -> Engine:
-    """A SQLite engine whose transactions are plain (deferred) BEGIN: a read snapshot.
-
-    The application's engine starts every transaction with BEGIN IMMEDIATE, which would
-    hold the write lock, and so stop all writers, for as long as a verification runs.
-    """
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi_connection, _record):
-        dbapi_connection.isolation_level = None
-        dbapi_connection.execute("PRAGMA busy_timeout=30000")
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn):
-        conn.exec_driver_sql("BEGIN")
-
-    return engine
-
-
 @contextmanager
 def snapshot(config: Config) -> Iterator[Connection]:
     """A read-only connection that sees one consistent state of the database."""
     if config.is_sqlite:
         config.check_home_writable()
-        engine = _sqlite_reader(config.database_url)
+        engine = sqlite_snapshot_engine(config.database_url)
         with engine.connect() as conn:
             with conn.begin():
                 yield conn

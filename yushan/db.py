@@ -54,6 +54,28 @@ def _engine_for(url: str) -> Engine:
     return engine
 
 
+@lru_cache(maxsize=8)
+def sqlite_snapshot_engine(url: str) -> Engine:
+    """A SQLite engine for long reads: plain (deferred) BEGIN gives a read snapshot.
+
+    The application's engine starts every transaction with BEGIN IMMEDIATE, which would
+    hold the write lock, and so stop all writers, for as long as e.g. an audit
+    verification runs.
+    """
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        dbapi_connection.execute("PRAGMA busy_timeout=30000")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
 def get_engine(config: Config) -> Engine:
     if config.is_sqlite:
         config.check_home_writable()
@@ -66,6 +88,7 @@ def dispose_engines() -> None:
         engine.dispose()
     _engine_sessionmakers.clear()
     _engine_for.cache_clear()
+    sqlite_snapshot_engine.cache_clear()
 
 
 _engine_sessionmakers: dict[Engine, sessionmaker[Session]] = {}
