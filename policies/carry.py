@@ -29,7 +29,7 @@ class CarryPlan:
     equal: list[tuple[int, int]] = field(default_factory=list)
 
 
-def _output_ids(node: Node) -> list[int]:
+def output_ids(node: Node) -> list[int]:
     cls = node.cls
     if cls == "Project":
         return [e.expr_id for e in node.exprs.get("projectList", [])]
@@ -39,22 +39,22 @@ def _output_ids(node: Node) -> list[int]:
         return [e.expr_id for e in node.exprs.get("output", [])]
     if cls == "Join":
         join_type = str((node.fields.get("joinType") or {}).get("object", ""))
-        left = _output_ids(node.children[0])
+        left = output_ids(node.children[0])
         if "LeftSemi" in join_type or "LeftAnti" in join_type:
             return left
-        return left + _output_ids(node.children[1])
+        return left + output_ids(node.children[1])
     if cls == "Window":
-        return _output_ids(node.children[0]) + [
+        return output_ids(node.children[0]) + [
             e.expr_id for e in node.exprs.get("windowExpressions", [])
         ]
     if cls == "Generate":
-        return _output_ids(node.children[0]) + [
+        return output_ids(node.children[0]) + [
             e.expr_id for e in node.exprs.get("generatorOutput", [])
         ]
     if cls == "WithCTE":
-        return _output_ids(node.children[-1])
+        return output_ids(node.children[-1])
     if node.children:
-        return _output_ids(node.children[0])
+        return output_ids(node.children[0])
     return []
 
 
@@ -103,7 +103,7 @@ class _Carrier:
         if cls in fn.PASS_THROUGH or cls == "Window":
             return found[0] if found else {}
         if cls == "Project":
-            outputs = set(_output_ids(node))
+            outputs = set(output_ids(node))
             renamed = _aliases(node)
             result = {}
             for ds, (ident, added) in found[0].items():
@@ -203,7 +203,7 @@ def _inline_ctes(node: Node, defs: dict[int, Node]) -> Node:
             return node
         body = _inline_ctes(definition.children[0], defs)
         ref_ids = [a.expr_id for a in node.exprs.get("output", [])]
-        def_ids = _output_ids(body)
+        def_ids = output_ids(body)
         rename = Node("Project", "x.plans.logical.Project", {}, [body])
         rename.exprs["projectList"] = [
             _alias(def_id, ref_id) for def_id, ref_id in zip(def_ids, ref_ids, strict=False)

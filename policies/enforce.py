@@ -26,10 +26,13 @@ from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 
 from policies import functions as fn
+from policies.carry import output_ids
 from policies.engine import MAX_SEGMENT_LABELS, Decision, decide
+from policies.implied import NON_ZERO, NOT_NULL, argument_column, facts_about
 from policies.segment import platform_token_matcher
 from policies.sparkplan import AnalyzedQuery
 from policies.tree import parse_plan_json
+from sandbox.spark import tree_json
 
 COUNT_PREFIX = "__yushan_k"
 
@@ -135,25 +138,40 @@ class _Jvm:
             node = self.child(node, index)
         return node
 
+    def constant(self, key: str, make):
+        """A JVM value built once per gateway (immutable Scala objects only)."""
+        cache_key = (id(self.jvm), "const:" + key)
+        found = _CLASSES.get(cache_key)
+        if found is None:
+            found = _CLASSES[cache_key] = make()
+        return found
+
     def none(self):
-        return self.cls("scala.Option.empty")()
+        return self.constant("none", lambda: self.cls("scala.Option.empty")())
+
+    def empty_seq(self):
+        return self.constant("empty_seq", lambda: self.seq([]))
 
     def some(self, value):
         return self.cls("scala.Some")(value)
 
     def literal(self, value: int):
-        integer = self.cls("org.apache.spark.sql.types.DataTypes").IntegerType
-        return self.expr.Literal.create(value, integer)
+        def make():
+            integer = self.cls("org.apache.spark.sql.types.DataTypes").IntegerType
+            return self.expr.Literal.create(value, integer)
+        return self.constant(f"int:{value}", make)
 
     def new_id(self):
         return self.cls("org.apache.spark.sql.catalyst.expressions.NamedExpression.newExprId")()
 
     def alias(self, child, name: str, expr_id=None):
-        return self.expr.Alias(child, name, expr_id or self.new_id(), self.seq([]), self.none(), self.seq([]))
+        empty = self.empty_seq()
+        return self.expr.Alias(child, name, expr_id or self.new_id(), empty, self.none(), empty)
 
     def count_distinct(self, entity, condition=None):
         count = self.agg.Count(self.seq([entity]))
-        complete = getattr(self.cls("org.apache.spark.sql.catalyst.expressions.aggregate.Complete$"), "MODULE$")
+        complete = self.constant("complete", lambda: getattr(
+            self.cls("org.apache.spark.sql.catalyst.expressions.aggregate.Complete$"), "MODULE$"))
         filt = self.some(condition) if condition is not None else self.none()
         return self.agg.AggregateExpression(count, complete, True, filt, self.new_id())
 
@@ -232,11 +250,12 @@ def _widen(j: _Jvm, node, path: tuple[int, ...], additions: dict[tuple[int, ...]
     )
 
 
-def _representatives(decision: Decision) -> list[int]:
-    """One entity id per group of entity columns proven equal by inner equi-joins.
+def _entity_groups(decision: Decision) -> dict[int, int]:
+    """Every entity id -> the one id counted for its group of entity columns.
 
-    An entity the query already counts distinct is preferred: Spark then computes the
-    query's count and ours in one distinct-aggregation pass.
+    Entity columns proven equal by inner equi-joins are one group, counted once. An entity
+    the query already counts distinct is preferred as the group's representative: Spark
+    then computes the query's count and ours in one distinct-aggregation pass.
     """
     carry = decision.carry
     parent = {i: i for i in carry.entities.values()}
@@ -259,19 +278,27 @@ def _representatives(decision: Decision) -> list[int]:
             if ra != rb:
                 # keep the counted one as the root of the merged group
                 parent[rb if ra in counted else ra] = ra if ra in counted else rb
-    return sorted({find(i) for i in carry.entities.values()})
+    return {i: find(i) for i in parent}
 
 
-def _value_conditions(j: _Jvm, jfinal, decision: Decision) -> list[Any]:
-    """Per aggregate value: which input rows count towards it (non-null, non-zero, FILTER)."""
+def _value_conditions(j: _Jvm, jfinal, decision: Decision,
+                      groups: dict[int, int]) -> list[tuple[Any, int | None]]:
+    """Per aggregate value: which input rows count towards it (non-null, non-zero, FILTER).
+
+    Each condition comes with the entity group it is redundant for, if any: ``count(x)``
+    over an entity column ``x`` counts exactly the entities the row count already counts
+    (and a distinct aggregation Spark need not widen for it). Parts the query's own
+    filters already guarantee (``WHERE amount > 0``) are left out (:mod:`policies.implied`).
+    """
     conditions, seen = [], set()
+    final_input = decision.final.node.children[0]
     aggregates = j.items(jfinal.aggregateExpressions())
     for index, path, node in decision.final.aggregates:
         jae = aggregates[index]
         for step in path:
             jae = j.child(jae, step)
         function = node.children[0]
-        parts = []
+        parts, not_null_of = [], []
         for i, arg in enumerate(function.children):
             if arg.cls == "Literal" and arg.fields.get("value") is not None:
                 continue
@@ -279,61 +306,103 @@ def _value_conditions(j: _Jvm, jfinal, decision: Decision) -> list[Any]:
             if function.cls == "CountIf":
                 parts.append(jarg)  # only the rows where the predicate holds are counted
                 continue
-            parts.append(j.expr.IsNotNull(jarg))
-            if function.cls in fn.VALUE_AGGREGATES:
-                parts.append(j.expr.Not(j.expr.EqualTo(jarg, j.literal(0))))
+            column = argument_column(arg)
+            known = facts_about(final_input, column) if column is not None else set()
+            if NOT_NULL not in known:
+                parts.append(j.expr.IsNotNull(jarg))
+                not_null_of.append(arg)
+            if function.cls in fn.VALUE_AGGREGATES and NON_ZERO not in known:
+                # zero of the argument's own type: the expression is resolved as built
+                zero = j.expr.Literal.default(jarg.dataType())
+                parts.append(j.expr.Not(j.expr.EqualTo(jarg, zero)))
         if jae.filter().isDefined():
             parts.append(jae.filter().get())
         if not parts:
             continue  # every row of the group counts: same as the row count
+        redundant_for = None
+        if len(parts) == 1 and len(not_null_of) == 1 and not_null_of[0].cls == "AttributeReference":
+            redundant_for = groups.get(not_null_of[0].expr_id)
         condition = j.and_all(parts)
         key = condition.canonicalized().toString()
         if key not in seen:
             seen.add(key)
-            conditions.append(condition)
+            conditions.append((condition, redundant_for))
     return conditions
 
 
-def _enforced_aggregate(j: _Jvm, decision: Decision):
-    """(root with the enforced aggregation, the new aggregation, its k condition builder)."""
+class _Enforced:
+    """The final aggregation widened with distinct-entity counts (built in the JVM)."""
+
+    def __init__(self, aggregate, original_output, count_names: list[str]):
+        self.aggregate = aggregate  # outputs: the original ones, then the counts
+        self.original_output = original_output  # Scala Seq of the original attributes
+        self.count_names = count_names
+
+
+def _entity_attribute(j: _Jvm, child, child_ids: list[int], expr_id: int):
+    """The attribute ``expr_id`` of ``child``'s output, found by position when known."""
+    if expr_id in child_ids:
+        attr = child.output().apply(child_ids.index(expr_id))
+        if attr.exprId().id() == expr_id:
+            return attr
+    return j.attr_by_id(child, expr_id)  # widened by us: appended, look it up
+
+
+def _enforced_aggregate(j: _Jvm, decision: Decision) -> _Enforced:
+    """The final aggregation, also counting distinct entities per row and per value."""
     final = decision.final
     root = decision.query.jplan
     jfinal = j.at(root, final.path)
     child = _widen(j, j.child(jfinal, 0), final.path + (0,), decision.carry.additions)
-    entities = [j.attr_by_id(child, i) for i in _representatives(decision)]
-    extras = []
+    child_ids = output_ids(final.node.children[0])
+    groups = _entity_groups(decision)
+    representatives = sorted(set(groups.values()))
+    entities = [_entity_attribute(j, child, child_ids, i) for i in representatives]
+    extras, names = [], []
+
+    def add(expression, name: str) -> None:
+        extras.append(j.alias(expression, name))
+        names.append(name)
+
     for n, entity in enumerate(entities):
-        extras.append(j.alias(j.count_distinct(entity), f"{COUNT_PREFIX}_rows_{n}"))
+        add(j.count_distinct(entity), f"{COUNT_PREFIX}_rows_{n}")
     if final.node.cls == "Aggregate":
-        conditions = _value_conditions(j, jfinal, decision)
+        conditions = _value_conditions(j, jfinal, decision, groups)
         for n, entity in enumerate(entities):
-            for m, condition in enumerate(conditions):
-                extras.append(j.alias(j.count_distinct(entity, condition), f"{COUNT_PREFIX}_v{m}_{n}"))
+            for m, (condition, redundant_for) in enumerate(conditions):
+                if redundant_for != representatives[n]:
+                    add(j.count_distinct(entity, condition), f"{COUNT_PREFIX}_v{m}_{n}")
         grouping = jfinal.groupingExpressions()
-        outputs = j.items(jfinal.aggregateExpressions())
+        outputs = jfinal.aggregateExpressions()
         hint = jfinal.hint()
     else:  # DISTINCT: group by its own output
-        outputs = j.items(jfinal.output())
-        grouping = j.seq(outputs)
+        outputs = grouping = jfinal.output()
         hint = j.none()
-    new_agg = j.logical.Aggregate(grouping, j.seq(outputs + extras), child, hint)
-    original_output = j.items(jfinal.output())
-    return new_agg, original_output, len(extras)
+    new_agg = j.logical.Aggregate(grouping, outputs.appendedAll(j.seq(extras)), child, hint)
+    return _Enforced(new_agg, jfinal.output(), names)
 
 
-def _k_filter(j: _Jvm, plan, n_counts: int, k: int):
-    """Filter(all counts >= k) over ``plan``, whose last ``n_counts`` outputs are counts."""
-    attrs = j.items(plan.output())
-    counts = attrs[len(attrs) - n_counts:]
+def _k_filter(j: _Jvm, plan, enforced: _Enforced, k: int):
+    """Filter(all counts >= k) over ``plan``, whose last outputs are the counts."""
+    output = plan.output()
+    size = output.size()
+    n = len(enforced.count_names)
+    counts = [output.apply(i) for i in range(size - n, size)]
     condition = j.and_all([j.expr.GreaterThanOrEqual(c, j.literal(k)) for c in counts])
     return j.logical.Filter(condition, plan)
 
 
-def _restore(j: _Jvm, plan, original_output: list[Any]):
-    """Project ``plan``'s first outputs back to the original attributes (names and ids)."""
-    attrs = j.items(plan.output())
+def _original_columns(j: _Jvm, plan, enforced: _Enforced):
+    """Only the job's own columns of ``plan`` (whose outputs begin with them)."""
+    return j.logical.Project(enforced.original_output, plan)
+
+
+def _restore(j: _Jvm, plan, enforced: _Enforced):
+    """Project a re-created plan's first outputs back to the original attributes."""
+    original = j.items(enforced.original_output)
+    output = plan.output()
     return j.logical.Project(
-        j.seq([j.alias(attrs[i], a.name(), a.exprId()) for i, a in enumerate(original_output)]),
+        j.seq([j.alias(output.apply(i), a.name(), a.exprId()) for i, a in enumerate(original)]),
         plan,
     )
 
@@ -349,8 +418,8 @@ def _standalone(j: _Jvm, root, plan):
 def enforced_plan(spark: SparkSession, decision: Decision):
     """The whole enforced plan as one query (no materialisation): for re-checking."""
     j = _Jvm(spark)
-    new_agg, original_output, n_counts = _enforced_aggregate(j, decision)
-    guarded = _restore(j, _k_filter(j, new_agg, n_counts, decision.k), original_output)
+    enforced = _enforced_aggregate(j, decision)
+    guarded = _original_columns(j, _k_filter(j, enforced.aggregate, enforced, decision.k), enforced)
     return j.rebuild(decision.query.jplan, (), decision.final.path, guarded)
 
 
@@ -358,7 +427,7 @@ def recheck(spark: SparkSession, decision: Decision, plan, analyzed=None) -> Non
     """Safety net: the rewritten plan must pass the same policy."""
     if analyzed is None:
         analyzed = _Jvm(spark).dataset(plan).queryExecution().analyzed()
-    tree = parse_plan_json(analyzed.toJSON())
+    tree = parse_plan_json(tree_json(spark, analyzed))
     again = decide(AnalyzedQuery(analyzed, tree), decision.kind, decision.merchant,
                    _datasets_of(decision), platform_token_matcher(spark, decision.merchant))
     if not again.allowed:
@@ -378,23 +447,24 @@ _EARLY_STOP = frozenset({"GlobalLimit", "LocalLimit", "Tail", "Offset"})
 
 def _execute_aggregate(j: _Jvm, decision: Decision) -> ExecutionResult:
     root = decision.query.jplan
-    new_agg, original_output, n_counts = _enforced_aggregate(j, decision)
-    names = [a.name() for a in j.items(new_agg.output())][-n_counts:]
+    enforced = _enforced_aggregate(j, decision)
+    new_agg = enforced.aggregate
     passes = F.lit(True)
-    for name in names:
+    for name in enforced.count_names:
         passes = passes & (F.col(f"`{name}`") >= decision.k)
     if not any(n.cls in _EARLY_STOP for n in decision.final.above):
         # One Spark job: the rows pass a metrics collector (total, short) on their way
-        # from the aggregation to the k filter.
+        # from the aggregation to the k filter. The collector is made over a stand-in
+        # with the aggregation's columns (nothing to analyse), then moved onto it.
         observation = Observation(f"yushan_k_{next(_observations)}")
-        observed = j.dataframe(_standalone(j, root, new_agg)).observe(
+        stand_in = j.logical.LocalRelation(new_agg.output(), j.empty_seq(), False, j.none())
+        observed = j.dataframe(stand_in).observe(
             observation,
             F.count(F.lit(1)).alias("total"),
             F.count(F.when(~passes, F.lit(1))).alias("suppressed"),
         )
-        collector = observed._jdf.logicalPlan()
-        collector = collector.withNewChildren(j.seq([new_agg]))
-        guarded = _restore(j, _k_filter(j, collector, n_counts, decision.k), original_output)
+        collector = observed._jdf.logicalPlan().withNewChildren(j.seq([new_agg]))
+        guarded = _original_columns(j, _k_filter(j, collector, enforced, decision.k), enforced)
         plan = j.rebuild(root, (), decision.final.path, guarded)
         released = j.dataset(plan)
         recheck(j.spark, decision, plan, released.queryExecution().analyzed())
@@ -408,8 +478,8 @@ def _execute_aggregate(j: _Jvm, decision: Decision) -> ExecutionResult:
         F.count(F.lit(1)), F.count(F.when(passes, F.lit(1)))
     ).first()
     total, released = int(counts[0]), int(counts[1])
-    passed = _k_filter(j, cp_plan, n_counts, decision.k)
-    guarded = _restore(j, passed, original_output)
+    passed = _k_filter(j, cp_plan, enforced, decision.k)
+    guarded = _restore(j, passed, enforced)
     plan = j.rebuild(root, (), decision.final.path, guarded)
     return ExecutionResult(j.dataframe(plan), total - released, total)
 

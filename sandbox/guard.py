@@ -12,6 +12,8 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from sandbox.spark import tree_json
+
 # Parsed-plan nodes that run programs, write, or change the session.
 FORBIDDEN_NODES = frozenset(
     {
@@ -72,7 +74,7 @@ def assert_single_query(spark: SparkSession, sql: str) -> None:
     if command.isInstance(plan):
         raise ForbiddenQuery("commands are not allowed; submit a single SELECT query")
     try:
-        names = _classes(json.loads(plan.toJSON()))
+        names = _classes(json.loads(tree_json(spark, plan)))
     except Exception:  # noqa: BLE001 - unknown shape: fall back to the node names
         names = {line.strip().lstrip("+-: ").split(" ")[0] for line in plan.treeString().splitlines()}
     for full in names:

@@ -141,3 +141,29 @@ def _python() -> str:
     import sys
 
     return sys.executable
+
+
+# py4j's JVM side writes a reply through an 8 KiB buffer; a reply larger than that leaves
+# in two TCP writes, and Nagle's algorithm on the JVM side meeting delayed ACKs on ours
+# costs a flat ~40 ms (measured: 8,100 bytes 3 ms, 8,200 bytes 48 ms). Large text is
+# therefore fetched in pieces that each fit: 2,700 characters is at most 8,100 bytes of
+# UTF-8 even when every character takes three.
+_REPLY_CHARS = 2700
+
+
+def tree_json(spark: SparkSession, tree) -> str:
+    """``tree.toJSON()`` of a Catalyst plan or expression, without py4j's large-reply stall."""
+    jvm = spark._jvm
+    methods = getattr(getattr(jvm.org.json4s.jackson, "JsonMethods$"), "MODULE$")
+    writer = jvm.java.io.StringWriter()
+    methods.mapper().writeValue(writer, tree.jsonValue())
+    return fetch_text(writer.getBuffer())
+
+
+def fetch_text(buffer) -> str:
+    """The text of a JVM ``CharSequence`` (StringBuilder, StringBuffer), in small replies."""
+    length = buffer.length()
+    return "".join(
+        buffer.substring(start, min(length, start + _REPLY_CHARS))
+        for start in range(0, length, _REPLY_CHARS)
+    )

@@ -109,6 +109,41 @@ def test_each_value_is_held_to_k_not_just_the_row(spark, env):
     assert len(plain.dataframe.collect()) == 2
 
 
+def _k_counts(spark, decision) -> list[str]:
+    """Names of the distinct-entity counts the enforced plan computes."""
+    plan = spark._jvm.org.apache.spark.sql.classic.Dataset.ofRows(
+        spark._jsparkSession, enforced_plan(spark, decision)).queryExecution().analyzed()
+    found = []
+    stack = [plan]
+    while stack:
+        node = stack.pop()
+        if node.nodeName() == "Aggregate":
+            outputs = node.output()
+            found += [outputs.apply(i).name() for i in range(outputs.size())
+                      if outputs.apply(i).name().startswith("__yushan_k")]
+        children = node.children()
+        stack += [children.apply(i) for i in range(children.size())]
+    return found
+
+
+def test_counting_the_entity_itself_needs_no_second_count(spark, env):
+    # count(DISTINCT user_id) counts exactly the people of the row count: one count suffices
+    # (and Spark keeps its single distinct-aggregation pass).
+    decision, result = run(spark, env, f"SELECT city, count(DISTINCT user_id) AS n FROM {CONSUMERS} GROUP BY city")
+    assert _k_counts(spark, decision) == ["__yushan_k_rows_0"]
+    sizes = people_per_city(spark)
+    assert dict(result.dataframe.collect()) == {c: n for c, n in sizes.items() if n >= 50}
+
+
+def test_counting_a_narrowed_entity_is_still_held_per_value(spark, env):
+    sql = (f"SELECT gender, count(DISTINCT CASE WHEN city = 'Lhasa' AND birth_year < 1960 "
+           f"THEN user_id END) AS few FROM {CONSUMERS} GROUP BY gender")
+    decision, result = run(spark, env, sql)
+    assert len(_k_counts(spark, decision)) == 2
+    assert result.dataframe.collect() == []
+    assert result.suppressed_rows == 2
+
+
 def test_sum_counts_only_people_with_nonzero_input(spark, env):
     sql = f"SELECT gender, sum(CASE WHEN city = 'Lhasa' THEN 1 ELSE 0 END) AS lhasa FROM {CONSUMERS} GROUP BY gender"
     _, result = run(spark, env, sql)
