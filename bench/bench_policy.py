@@ -1,6 +1,6 @@
 """Policy benchmarks: check latency on the demo catalog, and the cost of P3 enforcement.
 
-    .venv/bin/python bench/bench_policy.py [--home DIR] [--scale 1] [--runs 5]
+    .venv/bin/python bench/bench_policy.py [--home DIR] [--scale 1] [--runs 25]
 
 * latency: ``policies.check`` on queries with 0..10 joins (warm session), p50/p99.
   Goal: p50 < 50 ms, p99 < 200 ms.
@@ -45,11 +45,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+def trimmed_mean(values: list[float]) -> float:
+    """Mean of the middle half: the machine's occasional pauses left out on both sides."""
+    ordered = sorted(values)
+    quarter = len(ordered) // 4
+    middle = ordered[quarter:len(ordered) - quarter] or ordered
+    return statistics.mean(middle)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", type=Path, default=Path("/tmp/yushan-policy-bench"))
     parser.add_argument("--scale", type=float, default=1.0)
-    parser.add_argument("--runs", type=int, default=5, help="timed runs per variant (enforcement)")
+    parser.add_argument("--runs", type=int, default=25,
+                        help="timed runs per variant (enforcement); single runs vary by +-20%%")
     parser.add_argument("--latency-runs", type=int, default=20, help="timed checks per query")
     parser.add_argument("--master", default="local[2]")
     args = parser.parse_args()
@@ -129,11 +138,13 @@ def main() -> None:
             seconds, suppressed = enforced(i)
             enforced_times.append(seconds)
         p, e = statistics.median(plain_times), statistics.median(enforced_times)
+        tp, te = trimmed_mean(plain_times), trimmed_mean(enforced_times)
         report[f"enforcement_{shape}"] = {
             "scale": args.scale,
             "plain_median_s": round(p, 3),
             "enforced_median_s": round(e, 3),
             "ratio": round(e / p, 3),
+            "ratio_of_trimmed_means": round(te / tp, 3),  # middle half of the runs
             "suppressed_rows": suppressed,
             "runs": args.runs,
         }

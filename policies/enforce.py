@@ -18,6 +18,7 @@ label. The enforced plan is checked again by the policy before anything runs.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 from typing import Any
@@ -445,13 +446,27 @@ _observations = itertools.count()
 _EARLY_STOP = frozenset({"GlobalLimit", "LocalLimit", "Tail", "Offset"})
 
 
+def _passes(count_names: tuple[str, ...], k: int):
+    passes = F.lit(True)
+    for name in count_names:
+        passes = passes & (F.col(f"`{name}`") >= k)
+    return passes
+
+
+@functools.lru_cache(maxsize=64)
+def _suppression_metrics(count_names: tuple[str, ...], k: int, gateway: int):
+    """(total rows, rows short of k) as metric columns; columns are immutable, so kept
+    (per py4j gateway: ``gateway`` is only part of the cache key)."""
+    return (
+        F.count(F.lit(1)).alias("total"),
+        F.count(F.when(~_passes(count_names, k), F.lit(1))).alias("suppressed"),
+    )
+
+
 def _execute_aggregate(j: _Jvm, decision: Decision) -> ExecutionResult:
     root = decision.query.jplan
     enforced = _enforced_aggregate(j, decision)
     new_agg = enforced.aggregate
-    passes = F.lit(True)
-    for name in enforced.count_names:
-        passes = passes & (F.col(f"`{name}`") >= decision.k)
     if not any(n.cls in _EARLY_STOP for n in decision.final.above):
         # One Spark job: the rows pass a metrics collector (total, short) on their way
         # from the aggregation to the k filter. The collector is made over a stand-in
@@ -459,10 +474,7 @@ def _execute_aggregate(j: _Jvm, decision: Decision) -> ExecutionResult:
         observation = Observation(f"yushan_k_{next(_observations)}")
         stand_in = j.logical.LocalRelation(new_agg.output(), j.empty_seq(), False, j.none())
         observed = j.dataframe(stand_in).observe(
-            observation,
-            F.count(F.lit(1)).alias("total"),
-            F.count(F.when(~passes, F.lit(1))).alias("suppressed"),
-        )
+            observation, *_suppression_metrics(tuple(enforced.count_names), decision.k, id(j.jvm)))
         collector = observed._jdf.logicalPlan().withNewChildren(j.seq([new_agg]))
         guarded = _original_columns(j, _k_filter(j, collector, enforced, decision.k), enforced)
         plan = j.rebuild(root, (), decision.final.path, guarded)
@@ -471,6 +483,7 @@ def _execute_aggregate(j: _Jvm, decision: Decision) -> ExecutionResult:
         return ExecutionResult(DataFrame(released, j.spark), observation=observation._jo)
     # Materialise the aggregation once: its rows are few, and both the suppressed count
     # and the released rows come from this one run.
+    passes = _passes(tuple(enforced.count_names), decision.k)
     recheck(j.spark, decision, enforced_plan(j.spark, decision))
     checkpoint = j.dataset(_standalone(j, root, new_agg)).localCheckpoint(True)
     cp_plan = checkpoint.logicalPlan()
