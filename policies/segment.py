@@ -58,12 +58,20 @@ def register_segment_token(spark: SparkSession, key: bytes, merchant: str | None
     """
     _, outer = _pads(key)
     with _lock:
+        if _registered.get(spark) == (merchant, outer) and _still_registered(spark):
+            return  # already this merchant's function (jobs cannot change functions)
         # The DDL is ours, never the submitter's: the key goes in as a literal.
         spark.sql(
             f"CREATE OR REPLACE TEMPORARY FUNCTION {FUNCTION_NAME}(x STRING) RETURNS STRING "
             f"RETURN {token_sql(key, 'x')}"
         )
         _registered[spark] = (merchant, outer)
+
+
+def _still_registered(spark: SparkSession) -> bool:
+    """Whether the session still has a temporary ``segment_token`` (one JVM call)."""
+    return bool(spark._jsparkSession.sessionState().catalog().isTemporaryFunction(
+        spark._jvm.org.apache.spark.sql.catalyst.FunctionIdentifier.apply(FUNCTION_NAME)))
 
 
 def unregister_segment_token(spark: SparkSession) -> None:

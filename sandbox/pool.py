@@ -71,7 +71,7 @@ class Executor:
         return self.proc.pid if self.proc else None
 
     def start(self) -> Executor:
-        """Start the process and wait until its SparkSession is warm."""
+        """Start the process and wait until its SparkSession is up (it warms up while idle)."""
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         argv = [
@@ -97,7 +97,7 @@ class Executor:
                 message = self.channel.recv(timeout=1.0)
                 if message and message.get("type") == "ready":
                     self.ready_seconds = time.monotonic() - self.started_at
-                    log.info("executor %s warm in %.1f s", self.pid, self.ready_seconds)
+                    log.info("executor %s ready in %.1f s", self.pid, self.ready_seconds)
                     return self
                 if self.proc.poll() is not None:
                     break

@@ -1,0 +1,35 @@
+"""The executor process's own behaviour (sandbox.executor): warm-up that yields to jobs."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from sandbox.executor import _WarmUp
+
+pytestmark = pytest.mark.spark
+
+
+def test_a_job_arriving_during_warm_up_cancels_it_and_finds_the_session_usable(spark, tmp_path):
+    warm_up = _WarmUp(spark, tmp_path)
+    warm_up.start()
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "warm-up").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # the synthetic data is being written: Spark is busy
+    started = time.monotonic()
+    warm_up.stop()
+    assert not warm_up.thread.is_alive()
+    assert time.monotonic() - started < 20, "the job waited for the whole warm-up"
+    assert not (tmp_path / "warm-up").exists(), "the warm-up's synthetic data is left behind"
+    # The session is not left cancelled or in the warm-up's job group.
+    assert spark.sql("SELECT count(*) FROM range(10)").first()[0] == 10
+
+
+def test_warm_up_left_alone_finishes_and_cleans_up(spark, tmp_path):
+    warm_up = _WarmUp(spark, tmp_path)
+    warm_up.start()
+    warm_up.thread.join(timeout=300)
+    assert not warm_up.thread.is_alive()
+    assert not (tmp_path / "warm-up").exists()
+    warm_up.stop()  # after the fact: nothing to do
