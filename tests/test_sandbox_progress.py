@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from sandbox.executor import _Progress
-from sandbox.protocol import Channel
+from sandbox.protocol import Channel, ChannelClosed
 
 pytestmark = pytest.mark.spark
 
@@ -21,8 +21,11 @@ def test_progress_is_reported_while_spark_works(spark):
     seen: list[float] = []
 
     def collect() -> None:
-        while (message := receiver.recv(timeout=30)) is not None:
-            seen.append(message["progress"])
+        try:
+            while (message := receiver.recv(timeout=30)) is not None:
+                seen.append(message["progress"])
+        except ChannelClosed:
+            pass  # the reporter's side was closed: all progress has been read
 
     listener = threading.Thread(target=collect, daemon=True)
     listener.start()
