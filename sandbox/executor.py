@@ -280,32 +280,40 @@ def _die_with_parent() -> None:
 
 
 WARM_UP_ROUNDS = 3
-FIRST_JOB_GRACE = 1.0  # seconds a new executor waits for a queued job before warming up
+IDLE_BEFORE_WARM_UP = 1.0  # seconds without a job before an executor (re)starts warming up
 WARM_UP_GROUP = "yushan-warm-up"
 
 
 class _WarmUp:
     """Run a synthetic Parquet scan + join + distinct aggregation a few times, in the
-    background, until the first job arrives.
+    background, whenever the executor is idle, until it has completed once.
 
     A fresh JVM runs its first queries interpreted; a warm pool should hand out executors
     whose scan, join and aggregation code is already compiled. The executor says it is
     ready before warming up, so that a job arriving at a cold start waits only for the JVM:
-    the warm-up is then cancelled. Uses generated data only.
+    the warm-up is then cancelled, and resumed the next time the executor is idle. Uses
+    generated data only.
     """
 
     def __init__(self, spark, scratch: Path):
         self.spark = spark
         self.path = scratch / "warm-up"
+        self.done = False
+        self.rounds_done = 0
         self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="warm-up")
+        self.thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start (or resume) warming up, unless it is done or running."""
+        if self.done or (self.thread is not None and self.thread.is_alive()):
+            return
+        self.stopping.clear()
+        self.thread = threading.Thread(target=self._run, daemon=True, name="warm-up")
         self.thread.start()
 
     def stop(self) -> None:
         """Cancel what is still running and wait until the warm-up thread has let go."""
-        if not self.thread.is_alive():
+        if self.thread is None or not self.thread.is_alive():
             return
         self.stopping.set()
         self.spark.sparkContext.cancelJobGroup(WARM_UP_GROUP)
@@ -321,25 +329,31 @@ class _WarmUp:
             if not self.stopping.is_set():
                 log.warning("warm-up did not finish")
         finally:
-            shutil.rmtree(self.path, ignore_errors=True)
+            if self.done:
+                shutil.rmtree(self.path, ignore_errors=True)
 
     def _rounds(self) -> None:
         from pyspark.sql import functions as F
 
         spark = self.spark
-        spark.range(0, 400_000, numPartitions=2).selectExpr(
-            "id AS user_id", "CAST(id % 997 AS DECIMAL(12,2)) AS amount", "CAST(id % 30 AS STRING) AS city"
-        ).write.mode("overwrite").parquet(str(self.path))
+        written = self.path / "_SUCCESS"
+        if not written.exists():
+            spark.range(0, 400_000, numPartitions=2).selectExpr(
+                "id AS user_id", "CAST(id % 997 AS DECIMAL(12,2)) AS amount",
+                "CAST(id % 30 AS STRING) AS city",
+            ).write.mode("overwrite").parquet(str(self.path))
         people = spark.range(0, 100_000).selectExpr("id AS user_id", "CAST(id % 2 AS STRING) AS gender")
-        for round_ in range(WARM_UP_ROUNDS):
+        while self.rounds_done < WARM_UP_ROUNDS:
             if self.stopping.is_set():
                 return
-            facts = spark.read.parquet(str(self.path)).where(F.col("amount") >= round_)
+            facts = spark.read.parquet(str(self.path)).where(F.col("amount") >= self.rounds_done)
             facts.join(people, "user_id").groupBy("city", "gender").agg(
                 F.round(F.avg("amount"), 2).alias("a"),
                 F.countDistinct("user_id").alias("n"),
                 F.count(F.when(F.col("amount") != 0, F.col("user_id"))).alias("m"),
             ).toArrow()
+            self.rounds_done += 1
+        self.done = True
         log.info("warm-up done")
 
 
@@ -375,18 +389,17 @@ def main(argv: list[str] | None = None) -> int:
         warm_up = _WarmUp(spark, scratch)  # JIT-compiles the hot paths while idle
         keystore = KeyStore(config.master_key_path)
         channel.send({"type": "ready", "pid": os.getpid()})
-        # A job already waiting is handed over at once: it should not wait for a warm-up.
-        message = channel.recv(timeout=FIRST_JOB_GRACE)
-        if message is None:
-            warm_up.start()
-            message = channel.recv()
         while True:
+            # A job already waiting is handed over at once; only an idle executor warms up.
+            message = channel.recv(timeout=None if warm_up.done else IDLE_BEFORE_WARM_UP)
+            if message is None:
+                warm_up.start()
+                message = channel.recv()
             if message is None or message.get("type") == "stop":
                 break
             if message.get("type") == "run":
                 warm_up.stop()  # a waiting job goes first
                 channel.send(run_job(spark, config, keystore, message, channel))
-            message = channel.recv()
     except ChannelClosed:
         pass  # the worker has gone; so do we
     finally:
