@@ -145,3 +145,18 @@ def output_dir() -> Path:
     path.mkdir(exist_ok=True)
     return path
 
+
+
+@pytest.fixture(scope="session")
+def hanfu_world(demo_config, tmp_path_factory):
+    """hanfu_house's catalog in the demo world (its own datasets decrypted once)."""
+    from policy_support import world
+
+    return world(demo_config, "hanfu_house", tmp_path_factory.mktemp("policy-world"))
+
+
+@pytest.fixture
+def hanfu_env(hanfu_world, spark):
+    """``hanfu_world`` installed in the session: what a job for hanfu_house sees."""
+    hanfu_world.install(spark)
+    return hanfu_world

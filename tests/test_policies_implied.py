@@ -8,7 +8,7 @@ drawn on fewer than k people through, so the "proves nothing" cases matter most.
 from __future__ import annotations
 
 import pytest
-from policy_support import PolicyWorld, normalise, world
+from policy_support import normalise
 
 from policies import check
 from policies.implied import NON_ZERO, NOT_NULL, argument_column, facts_about
@@ -50,20 +50,9 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def hanfu(demo_config, spark, tmp_path_factory) -> PolicyWorld:
-    return world(demo_config, "hanfu_house", tmp_path_factory.mktemp("policy-implied"))
-
-
-@pytest.fixture
-def env(hanfu, spark) -> PolicyWorld:
-    hanfu.install(spark)
-    return hanfu
-
-
 @pytest.mark.parametrize("case_id,sql,expected", CASES, ids=[c[0] for c in CASES])
-def test_facts_proven_from_the_plan(spark, env, case_id, sql, expected):
-    decision = check(spark, sql, "aggregate", env.merchant, env.datasets)
+def test_facts_proven_from_the_plan(spark, hanfu_env, case_id, sql, expected):
+    decision = check(spark, sql, "aggregate", hanfu_env.merchant, hanfu_env.datasets)
     assert decision.allowed, decision.to_dict()["violations"]
     _, _, aggregate = decision.final.aggregates[0]
     column = argument_column(aggregate.children[0].children[0])
@@ -91,9 +80,9 @@ RELEASED = [
 
 
 @pytest.mark.parametrize("sql,by_hand", RELEASED)
-def test_released_values_match_a_direct_computation(spark, env, sql, by_hand):
+def test_released_values_match_a_direct_computation(spark, hanfu_env, sql, by_hand):
     """With or without the shortcut, exactly the values of >= k people with non-zero input."""
-    decision = check(spark, sql, "aggregate", env.merchant, env.datasets)
+    decision = check(spark, sql, "aggregate", hanfu_env.merchant, hanfu_env.datasets)
     assert decision.k == 50
     result = decision.execute(spark)
     assert normalise(result.dataframe.collect()) == normalise(spark.sql(by_hand).collect())
