@@ -8,6 +8,8 @@ drawn on fewer than k people through, so the "proves nothing" cases matter most.
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from policy_support import normalise
 
 from policies import check
@@ -86,3 +88,51 @@ def test_released_values_match_a_direct_computation(spark, hanfu_env, sql, by_ha
     assert decision.k == 50
     result = decision.execute(spark)
     assert normalise(result.dataframe.collect()) == normalise(spark.sql(by_hand).collect())
+
+
+COMPARISONS = ["<", "<=", ">", ">=", "=", "<>", "<=>"]
+CONSUMERS_ONLY = "platform.consumers"
+
+
+def _released_and_by_hand(spark, world, key: str, aggregate: str, condition: str):
+    sql = f"SELECT {key}, {aggregate} AS v FROM {CONSUMERS_ONLY} WHERE {condition} GROUP BY {key}"
+    decision = check(spark, sql, "aggregate", world.merchant, world.datasets)
+    assert decision.allowed, decision.to_dict()["violations"]
+    released = decision.execute(spark).dataframe.collect()
+    by_hand = spark.sql(
+        f"{sql} HAVING count(DISTINCT user_id) >= {decision.k} AND count(DISTINCT user_id) "
+        f"FILTER (WHERE vip_level IS NOT NULL AND vip_level <> 0) >= {decision.k}"
+    ).collect()
+    return normalise(released), normalise(by_hand)
+
+
+# Boundary literals around zero, every comparison, both ways round. By city, the demo world
+# has a city with more than k people but fewer than k with a non-zero vip_level: a filter
+# wrongly taken to exclude zero releases it.
+GRID = [(op, literal, flipped) for op in COMPARISONS for literal in ("-1", "0", "0.5", "1")
+        for flipped in (False, True)]
+
+
+@pytest.mark.parametrize("op,literal,flipped", GRID)
+def test_every_comparison_releases_exactly_what_p3_written_by_hand_releases(
+        spark, hanfu_env, op, literal, flipped):
+    condition = f"{literal} {op} vip_level" if flipped else f"vip_level {op} {literal}"
+    released, by_hand = _released_and_by_hand(spark, hanfu_env, "city", "sum(vip_level)", condition)
+    assert released == by_hand
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    op=st.sampled_from(COMPARISONS),
+    literal=st.sampled_from(["-1", "0", "0.5", "1", "2", "3.0", "5"]),
+    flipped=st.booleans(),
+    aggregate=st.sampled_from(["sum(vip_level)", "avg(vip_level)", "stddev(vip_level)"]),
+    key=st.sampled_from(["city", "gender", "province"]),
+)
+def test_any_filter_releases_exactly_what_p3_written_by_hand_releases(
+        spark, hanfu_env, op, literal, flipped, aggregate, key):
+    """Whatever the filter proves or does not prove, the released rows are those whose
+    row and value each draw on >= k people (vip_level 0 counts for nobody's value)."""
+    condition = f"{literal} {op} vip_level" if flipped else f"vip_level {op} {literal}"
+    released, by_hand = _released_and_by_hand(spark, hanfu_env, key, aggregate, condition)
+    assert released == by_hand
