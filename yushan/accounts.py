@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -33,6 +35,73 @@ def verify_password(user: User | None, password: str, demo_mode: bool) -> bool:
     if user.is_demo and not demo_mode:
         return False
     return ok
+
+
+SLUG = re.compile(r"^[a-z][a-z0-9_]{1,63}$")
+USERNAME = re.compile(r"^[A-Za-z0-9_.-]{3,64}$")
+MIN_PASSWORD = 12
+# Which tenant each role belongs to: merchants' and providers' people to their
+# organisation, admins and auditors to the platform.
+ROLE_TENANT_KIND = {
+    Role.ADMIN: TenantKind.PLATFORM,
+    Role.AUDITOR: TenantKind.PLATFORM,
+    Role.MERCHANT: TenantKind.MERCHANT,
+    Role.PROVIDER: TenantKind.PROVIDER,
+}
+
+
+class AccountError(ValueError):
+    """A tenant or user cannot be created as asked; the message says what to change."""
+
+
+def create_tenant(session: Session, slug: str, name: str, kind: TenantKind) -> Tenant:
+    """A new merchant or provider organisation (the platform tenant exists from init)."""
+    if kind is TenantKind.PLATFORM:
+        raise AccountError("There is one platform tenant, created by `yushan init`.")
+    if not SLUG.match(slug):
+        raise AccountError("The tenant's short name must be 2-64 characters: lowercase letters, "
+                           "digits and _, starting with a letter (it names its datasets).")
+    if not name.strip() or len(name) > 200:
+        raise AccountError("The tenant's display name must be 1-200 characters.")
+    if get_tenant(session, slug) is not None:
+        raise AccountError(f"A tenant named {slug} exists already.")
+    tenant = Tenant(slug=slug, name=name.strip(), kind=kind.value)
+    session.add(tenant)
+    session.flush()
+    return tenant
+
+
+def create_user(session: Session, username: str, password: str, role: Role, tenant_slug: str,
+                display_name: str = "") -> User:
+    """A new person's account, in the tenant its role belongs to."""
+    if not USERNAME.match(username):
+        raise AccountError("The user name must be 3-64 characters: letters, digits, _ . and -.")
+    if len(password) < MIN_PASSWORD:
+        raise AccountError(f"The password must be at least {MIN_PASSWORD} characters.")
+    tenant = get_tenant(session, tenant_slug)
+    if tenant is None:
+        raise AccountError(f"There is no tenant named {tenant_slug}.")
+    expected = ROLE_TENANT_KIND[role]
+    if tenant.kind != expected.value:
+        raise AccountError(f"A {role.value} account belongs to a {expected.value} tenant; "
+                           f"{tenant_slug} is a {tenant.kind}.")
+    if session.scalar(select(User).where(User.username == username)) is not None:
+        raise AccountError(f"A user named {username} exists already.")
+    user = User(username=username, display_name=(display_name or username)[:200],
+                password_hash=hash_password(password), role=role.value, tenant_id=tenant.id)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def set_active(session: Session, username: str, active: bool) -> User:
+    """Disable (or re-enable) a person's account; their tokens stop working with it."""
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise AccountError(f"There is no user named {username}.")
+    user.active = active
+    session.flush()
+    return user
 
 
 def get_tenant(session: Session, slug: str) -> Tenant | None:

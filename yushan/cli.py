@@ -178,6 +178,106 @@ class WorkerSupervisor:
                 proc.kill()
 
 
+# -- accounts ----------------------------------------------------------------------------
+
+
+@main.group("tenant")
+def tenant_cli() -> None:
+    """Merchant and service-provider organisations."""
+
+
+@tenant_cli.command("add")
+@click.argument("slug")
+@click.option("--name", required=True, help="Display name, e.g. the company's name.")
+@click.option("--kind", type=click.Choice(["merchant", "provider"]), required=True)
+def tenant_add(slug: str, name: str, kind: str) -> None:
+    """Create the organisation SLUG (its datasets are named SLUG.<dataset>)."""
+    import audit
+    from yushan.accounts import AccountError, create_tenant
+    from yushan.db import session_scope
+    from yushan.models import TenantKind
+
+    config = get_config()
+    initialise(config)
+    try:
+        with session_scope(config) as session:
+            tenant = create_tenant(session, slug, name, TenantKind(kind))
+            audit.record(session, "admin.tenant_create", actor=audit.Actor.system("cli"),
+                         objects={"tenant": tenant.slug},
+                         details={"kind": tenant.kind, "name": tenant.name})
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {kind} {slug}")
+
+
+@main.group("user")
+def user_cli() -> None:
+    """People's accounts: create, disable, enable."""
+
+
+@user_cli.command("add")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["admin", "auditor", "merchant", "provider"]), required=True)
+@click.option("--tenant", "tenant_slug", default="platform", show_default=True,
+              help="The organisation (admins and auditors belong to the platform).")
+@click.option("--display-name", default="", help="The name shown in the web app.")
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from standard input instead of prompting.")
+def user_add(username: str, role: str, tenant_slug: str, display_name: str, password_stdin: bool) -> None:
+    """Create USERNAME's account. The password is prompted for (never an argument)."""
+    import audit
+    from yushan.accounts import AccountError, create_user
+    from yushan.db import session_scope
+    from yushan.models import Role
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    config = get_config()
+    initialise(config)
+    try:
+        with session_scope(config) as session:
+            user = create_user(session, username, password, Role(role), tenant_slug, display_name)
+            audit.record(session, "admin.user_create", actor=audit.Actor.system("cli"),
+                         objects={"user": user.username, "tenant": tenant_slug},
+                         details={"role": user.role})
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {role} {username} in {tenant_slug}")
+
+
+def _set_active(username: str, active: bool) -> None:
+    import audit
+    from yushan.accounts import AccountError, set_active
+    from yushan.db import session_scope
+
+    config = get_config()
+    try:
+        with session_scope(config) as session:
+            user = set_active(session, username, active)
+            audit.record(session, "admin.user_enable" if active else "admin.user_disable",
+                         actor=audit.Actor.system("cli"), objects={"user": user.username},
+                         details={})
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{'enabled' if active else 'disabled'} {username}")
+
+
+@user_cli.command("disable")
+@click.argument("username")
+def user_disable(username: str) -> None:
+    """Disable USERNAME: no more logins, and their API tokens stop working."""
+    _set_active(username, False)
+
+
+@user_cli.command("enable")
+@click.argument("username")
+def user_enable(username: str) -> None:
+    """Enable USERNAME again."""
+    _set_active(username, True)
+
+
 def _safe_url(url: str) -> str:
     """The database URL without its password."""
     from sqlalchemy.engine import make_url
