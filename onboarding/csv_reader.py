@@ -3,7 +3,8 @@
 Nothing here holds a whole file in memory. A CSV is rewritten (in the upload's private
 workspace) as UTF-8 with its original line number prepended to each record, so that every
 later check can name the line a problem is on, whatever Spark's partitioning does.
-Records are lines: a quoted field may hold commas and quotes, not line breaks.
+A quoted field may hold commas, doubled quotes and line breaks: such a record spans
+several lines, keeps its first line's number, and the file is then read in multi-line mode.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +125,42 @@ class CsvFile:
     header: list[str]
     rows: int
     encoding: str
+    multiline: bool = False  # some quoted field holds a line break
+
+
+# A line whose quotes (doubled ones removed) only open and close whole fields: it ends
+# outside quotes. Checked at C speed; anything else goes through the exact state machine.
+_PLAIN_QUOTED_LINE = re.compile(rb'(?:"[^"]*"|[^",]*)(?:,(?:"[^"]*"|[^",]*))*\r?')
+_QUOTED_CONTENT = re.compile(rb'(?:[^"]|"")*')
+
+
+def _ends_in_quotes(line: bytes, in_quotes: bool) -> bool:
+    """Whether a CSV record is still inside a quoted field at the end of ``line``.
+
+    RFC 4180, as Spark's parser reads it: a quote opens a quoted field only at the start of
+    a field; inside one, a doubled quote is a quote and a single one closes the field. A
+    quote inside an unquoted field (``12" screen``) is an ordinary character.
+    """
+    if b'"' not in line:
+        return in_quotes
+    if not in_quotes and _PLAIN_QUOTED_LINE.fullmatch(line.replace(b'""', b"")):
+        return False
+    pos, end = 0, len(line)
+    while True:
+        if in_quotes:
+            pos = _QUOTED_CONTENT.match(line, pos).end()
+            if pos >= end:
+                return True
+            in_quotes = False  # the closing quote; what follows up to the comma is text
+            pos += 1
+        elif line.startswith(b'"', pos):
+            in_quotes = True
+            pos += 1
+            continue
+        comma = line.find(b",", pos)
+        if comma < 0:
+            return False
+        pos = comma + 1
 
 
 class _Undecodable(Exception):
@@ -193,25 +231,58 @@ def _rewrite(src: Path, dest: Path, codec: str, skip_bom: bool, max_line_bytes: 
     rows = 0
     consumed = 0
 
-    def emit(lines: list[bytes], out: BinaryIO) -> None:
-        nonlocal header, rows, done_lines
-        first = done_lines + 1
-        longest = max(map(len, lines))
-        if longest > max_line_bytes:
-            at = next(i for i, ln in enumerate(lines) if len(ln) > max_line_bytes)
-            raise FileRejected("line_length", f"A line is longer than {max_line_bytes} bytes.",
-                               first_rows=(first + at,))
-        start = 0
-        if header is None:
-            header = _parse_header(lines[0], first)
-            start = 1
-        # Blank lines are skipped (as Spark would); each record keeps its line number.
-        numbered = [b"%d,%b" % (n, ln.rstrip(b"\r"))
-                    for n, ln in enumerate(lines[start:], first + start) if ln.strip()]
+    record: list[bytes] = []  # the lines of the record being read
+    # the record's first line and size so far; inside quotes at its end; any record multi-line
+    state = {"line": 0, "bytes": 0, "open": False, "multiline": False}
+
+    def write(numbered: list[bytes], out: BinaryIO) -> None:
+        nonlocal rows
         if numbered:
             out.write(b"\n".join(numbered))
             out.write(b"\n")
             rows += len(numbered)
+
+    def emit(lines: list[bytes], out: BinaryIO, quoted: bool = True) -> None:
+        nonlocal header, done_lines
+        if not quoted and not record and header is not None:
+            # The common case: no quote in these lines, so each line is one record.
+            longest = max(map(len, lines))
+            if longest > max_line_bytes:
+                at = next(i for i, ln in enumerate(lines) if len(ln) > max_line_bytes)
+                raise FileRejected("line_length", f"A line is longer than {max_line_bytes} bytes.",
+                                   first_rows=(done_lines + 1 + at,))
+            write([b"%d,%b" % (n, ln.rstrip(b"\r"))
+                   for n, ln in enumerate(lines, done_lines + 1) if ln.strip()], out)
+            done_lines += len(lines)
+            return
+        numbered = []
+        for offset, ln in enumerate(lines):
+            number = done_lines + 1 + offset
+            if len(ln) > max_line_bytes:
+                raise FileRejected("line_length", f"A line is longer than {max_line_bytes} bytes.",
+                                   first_rows=(number,))
+            if not record:
+                state["line"], state["bytes"] = number, 0
+            state["bytes"] += len(ln) + 1
+            if state["bytes"] > max_line_bytes + 1:
+                raise FileRejected("line_length", f"A record is longer than {max_line_bytes} bytes.",
+                                   first_rows=(state["line"],))
+            record.append(ln)
+            state["open"] = _ends_in_quotes(ln, state["open"])
+            if state["open"]:
+                continue  # a quoted field goes on on the next line
+            if len(record) > 1:
+                state["multiline"] = True
+            text = b"\n".join(record)
+            record.clear()
+            if header is None:
+                header = _parse_header(text, state["line"])
+                continue
+            # Blank lines are skipped (as Spark would); each record keeps its line number.
+            text = text.rstrip(b"\r")
+            if text.strip():
+                numbered.append(b"%d,%b" % (state["line"], text))
+        write(numbered, out)
         done_lines += len(lines)
 
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -238,15 +309,18 @@ def _rewrite(src: Path, dest: Path, codec: str, skip_bom: bool, max_line_bytes: 
                 raise FileRejected("line_length", f"A line is longer than {max_line_bytes} bytes.",
                                    first_rows=(done_lines + len(lines) + 1,))
             if lines:
-                emit(lines, out)
+                emit(lines, out, quoted=b'"' in buffer)
             consumed += len(chunk)
             progress("read", min(consumed / total, 1.0))
             if final:
                 break
         if pending:
             emit([pending], out)
+    if record:
+        raise FileRejected("well_formed", "A quoted field is not closed before the end of the file.",
+                           first_rows=(state["line"],))
     if header is None:
         raise FileRejected("not_empty", "The file is empty.")
     if rows == 0:
         raise FileRejected("not_empty", "The file has a header but no data rows.")
-    return CsvFile(dest, header, rows, codec)
+    return CsvFile(dest, header, rows, codec, state["multiline"])

@@ -119,7 +119,11 @@ def stage_csv(spark: SparkSession, upload: CsvFile, schema: UploadSchema, stagin
         .option("columnNameOfCorruptRecord", CORRUPT)
         .option("encoding", "UTF-8")
         .option("escape", '"')
-        .option("multiLine", "false")
+        # Multi-line mode reads a file in one piece: only when a quoted field needs it.
+        .option("multiLine", "true" if upload.multiline else "false")
+        # Records end with "\n" in the numbered file; a "\r\n" inside a quoted field must
+        # not make Spark take that for the separator.
+        .option("lineSep", "\n")
         .option("maxColumns", str(max(20480, len(specs) + 16)))
         .option("maxCharsPerColumn", str(MAX_LINE_BYTES))
         .csv(str(upload.path))

@@ -125,6 +125,8 @@ BAD_INPUTS = {
     "utf-16 text": ("member_id,phone_hash,coupon,value\n".encode("utf-16"), "encoding", 422),
     "10 MB single line": (b"member_id,phone_hash,coupon,value\nm1,%s," + b"x" * (10 * 1024 * 1024)
                           + b",1\n", "line_length", 422),
+    "unclosed quote": (b'member_id,phone_hash,coupon,value\nm1,%s,"never closed,1\nm2,%s,a,1\n',
+                       "well_formed", 422),
     "empty file": (b"", "not_empty", 422),
     "header only": (b"member_id,phone_hash,coupon,value\n", "not_empty", 422),
     "missing column": (b"member_id,phone_hash,value\nm1,%s,1\n", "header", 422),
@@ -151,6 +153,40 @@ def test_every_bad_input_kind_is_a_clear_error_and_nothing_is_kept(home, session
     assert exc.status == status
     assert [c["check"] for c in exc.report["checks"] if not c["passed"]] == [check]
     _nothing_kept(home, session, name)
+
+
+def test_quoted_line_breaks_and_stray_quotes_are_read_as_spreadsheets_write_them(home, session, spark):
+    """A CRM export: an address over two lines (CRLF inside quotes), a doubled quote, a
+    12" screen in an unquoted field. Each record keeps its first line's number."""
+    from sandbox.crypto import KeyStore
+    from sandbox.storage import decrypt_dataset
+    from yushan.catalog import readable_datasets
+
+    h = [hexdigest() for _ in range(4)]
+    content = (
+        "member_id,phone_hash,coupon,value\r\n"
+        f'm1,{h[0]},"Room 5,\r\nWest Lake Road",1\r\n'
+        f'm2,{h[1]},"say ""hi""",2\r\n'
+        f'm3,{h[2]},12" screen,3\r\n'
+        f'm4,{h[3]},"a\n\nb",oops\r\n'
+    ).encode()
+    name = _name()
+    with pytest.raises(OnboardingError) as caught:
+        upload(session, home, spark, "owner_a", name, content)
+    failed = {(c["check"], c["column"]): c for c in caught.value.report["checks"] if not c["passed"]}
+    assert list(failed) == [("type", "value")]
+    assert failed[("type", "value")]["first_rows"] == [6]  # m4 starts on line 6 of the file
+    _nothing_kept(home, session, name)
+
+    result = upload(session, home, spark, "owner_a", name, content.replace(b"oops", b"4"))
+    assert result.dataset.row_count == 4
+    info = readable_datasets(session, home, "shop_a")[f"shop_a.{name}"]
+    out = decrypt_dataset(KeyStore(home.master_key_path), info, home.home / "work" / f"t-{name}")
+    rows = {r["member_id"]: r["coupon"] for r in pq.read_table(out).to_pylist()}
+    assert rows == {"m1": "Room 5,\r\nWest Lake Road", "m2": 'say "hi"', "m3": '12" screen', "m4": "a\n\nb"}
+    import shutil
+
+    shutil.rmtree(out)
 
 
 @pytest.mark.parametrize("filename", ["../../etc/passwd.csv", "..\\x.csv", "a/b.csv", ".."])
