@@ -110,7 +110,7 @@ def main() -> int:
     wait_started = time.monotonic()
     worker, thread = start_worker(config)
     cold = wait_released(config, first) - wait_started
-    ready = max((e.ready_seconds for e in worker.pool._all), default=0.0)
+    ready = max((e.ready_seconds for e in worker.pool.executors()), default=0.0)
     results["cold_seconds"] = round(cold, 2)
     results["executor_ready_seconds"] = round(ready, 2)
     print(f"cold: worker start + first job released in {cold:.2f} s "

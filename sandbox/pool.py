@@ -216,6 +216,11 @@ class ExecutorPool:
         self._closed = threading.Event()
         self.started = 0
 
+    def executors(self) -> list[Executor]:
+        """The pool's live executors (idle or busy), e.g. to report how fast they started."""
+        with self._lock:
+            return list(self._all)
+
     def start(self) -> None:
         for _ in range(self.size):
             self._spawn_async()
