@@ -60,6 +60,14 @@ def submit(config, sql: str) -> int:
 
 
 def wait_released(config, job_id: int, timeout: float = 900) -> float:
+    """The wall-clock time (``time.time()``) at which the job's release was recorded.
+
+    The moment comes from the job's own ``finished_at``, written in the transaction that
+    releases it, so neither how often this polls nor the polling itself (which would
+    compete with the executor for the CPU) is part of what is measured.
+    """
+    from datetime import UTC
+
     from yushan.db import session_scope
     from yushan.models import Job
 
@@ -68,10 +76,11 @@ def wait_released(config, job_id: int, timeout: float = 900) -> float:
         with session_scope(config) as session:
             job = session.get(Job, job_id)
             if job.state == "awaiting_approval":
-                return time.monotonic()
+                finished = job.finished_at
+                return (finished if finished.tzinfo else finished.replace(tzinfo=UTC)).timestamp()
             if job.state in ("failed", "blocked", "cancelled"):
                 raise RuntimeError(f"job {job_id} ended {job.state}: {job.error or job.violations}")
-        time.sleep(0.01)  # fine-grained, so that polling adds little to what is measured
+        time.sleep(0.1)
     raise TimeoutError(f"job {job_id} not released in {timeout} s")
 
 
@@ -107,7 +116,7 @@ def main() -> int:
     # Cold: the job is queued before the worker starts, so it waits for an executor's JVM
     # and then runs on a JVM that has compiled nothing yet.
     first = submit(config, SQL.format(floor=0.001))
-    wait_started = time.monotonic()
+    wait_started = time.time()
     worker, thread = start_worker(config)
     cold = wait_released(config, first) - wait_started
     ready = max((e.ready_seconds for e in worker.pool.executors()), default=0.0)
@@ -128,7 +137,7 @@ def main() -> int:
         plain_spark.read.parquet(str(wh / table)).createOrReplaceTempView(table)
     warm, plain = [], []
     for i in range(args.warmup + args.runs):
-        t0 = time.monotonic()
+        t0 = time.time()
         job_id = submit(config, SQL.format(floor=(i + 2) / 1000))
         warm.append(wait_released(config, job_id) - t0)
         t0 = time.monotonic()
@@ -145,11 +154,9 @@ def main() -> int:
     second, second_thread = start_worker(config)
     while second.pool is None or second.pool.started < 1:
         time.sleep(0.2)
-    t0 = time.monotonic()
+    t0 = time.time()
     ids = [submit(config, SQL.format(floor=(i + 100) / 1000)) for i in range(args.burst)]
-    for job_id in ids:
-        wait_released(config, job_id)
-    elapsed = time.monotonic() - t0
+    elapsed = max(wait_released(config, job_id) for job_id in ids) - t0
     results["burst_jobs"] = args.burst
     results["burst_seconds"] = round(elapsed, 2)
     results["jobs_per_minute_two_workers"] = round(args.burst / elapsed * 60, 1)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from audit import Actor, record
 from jobs.errors import InvalidState, StateConflict
+from jobs.wakeup import wake_after_commit
 from yushan.models import Job, JobState
 
 S = JobState
@@ -93,6 +94,8 @@ def transition(
     if result.rowcount != 1:
         raise StateConflict(f"job {job.id} changed while this request was handled")
     session.refresh(job)
+    if to == S.QUEUED:
+        wake_after_commit(session)  # a retry: idle workers take it at once
     record(
         session,
         action or ACTIONS[to],
@@ -135,6 +138,8 @@ def create(
     session.add(job)
     session.flush()
     session.refresh(job)
+    if state == S.QUEUED:
+        wake_after_commit(session)
     objects = job_objects(job)
     record(session, "job.submit", actor=actor, objects=objects,
            details={"kind": kind, "name": name, "sql": sql, "state": state.value})

@@ -30,6 +30,7 @@ from jobs.queue import (
     worker_identity,
 )
 from jobs.service import sweep_shredded_outputs
+from jobs.wakeup import WakeListener
 from sandbox.executor import JobOutcome, dataset_to_message
 from sandbox.limits import Limits
 from sandbox.netns import SETTING_KEY, NetworkPlan, announce, plan_network
@@ -43,7 +44,8 @@ from yushan.models import Job, JobOutput, JobState, Setting
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.1  # queue poll while idle: small, so that a warm job starts at once
+POLL_SECONDS = 0.1  # queue poll while idle, when this host cannot wake the worker
+WOKEN_POLL_SECONDS = 0.5  # with wake-ups, polling only catches jobs queued on other hosts
 REAP_SECONDS = 5.0
 HEARTBEAT_SECONDS = 2.0  # also how soon a cancel reaches a running job
 
@@ -87,6 +89,7 @@ class Worker:
         self.jobs_done = 0
         self._busy_slots = 0
         self._lock = threading.Lock()
+        self.wake: WakeListener | None = None
 
     # -- main loop -----------------------------------------------------------------------
 
@@ -98,6 +101,10 @@ class Worker:
         plan = plan_network(self.config)
         announce(plan)
         record_network_plan(self.config, plan)
+        try:
+            self.wake = WakeListener(self.config)
+        except OSError as exc:
+            log.warning("no wake-up socket (%s): polling the queue every %.1f s", exc, POLL_SECONDS)
         self.pool = ExecutorPool(self.config, plan, self.pool_size, self.max_jobs_per_executor)
         self.pool.start()
         slots = [
@@ -125,6 +132,8 @@ class Worker:
             for thread in slots:
                 thread.join(timeout=30)
             self.pool.close()
+            if self.wake is not None:
+                self.wake.close()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -141,7 +150,7 @@ class Worker:
                 if self.once and self._all_idle():
                     self.stopping.set()
                     return
-                self.stopping.wait(POLL_SECONDS)
+                self._idle()
                 continue
             self._mark_busy()
             try:
@@ -153,6 +162,13 @@ class Worker:
                 sweep_orphans(self.config)  # what the killed executor could not remove
             self.pool.release(executor, faulted=faulted)
             self.jobs_done += 1
+
+    def _idle(self) -> None:
+        """Wait for a job to be queued: woken at once on this host, else by polling."""
+        if self.wake is None:
+            self.stopping.wait(POLL_SECONDS)
+        elif not self.stopping.is_set():
+            self.wake.wait(WOKEN_POLL_SECONDS)
 
     def _mark_busy(self) -> None:
         with self._lock:

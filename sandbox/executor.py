@@ -168,6 +168,7 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
     from sandbox.storage import decrypt_dataset
     from sandbox.workspace import create_workspace, remove_workspace
 
+    started = time.perf_counter()
     job_id = int(request["job_id"])
     limits = Limits(**request["limits"])
     datasets = {k: dataset_from_message(v) for k, v in request["datasets"].items()}
@@ -178,13 +179,14 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
     answer: dict[str, Any] = {"type": "result", "job_id": job_id, "workspace": str(workspace)}
     timings: dict[str, float] = {}
     answer["timings"] = timings
-    clock = [time.perf_counter()]
+    clock = [started]
 
     def lap(name: str) -> None:
         now = time.perf_counter()
         timings[name] = round(now - clock[0], 4)
         clock[0] = now
 
+    lap("prepare")
     try:
         with CATALOG_LOCK:
             assert_single_query(spark, sql)
@@ -258,6 +260,7 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
         progress.stopped.set()
         _forget_job_state(spark, group)
         remove_workspace(workspace)
+        lap("cleanup")  # the answer (and its timings) is sent after this
 
 
 # --- the process -----------------------------------------------------------------------------

@@ -50,3 +50,20 @@ def test_temporary_views_do_not_survive_between_jobs(spark, demo_config, db_sess
         spark.sql("SELECT 1 AS x").createOrReplaceTempView("leftover")
         install_catalog(spark, infos)
         assert _not_found(spark, "SELECT * FROM leftover") == "TABLE_OR_VIEW_NOT_FOUND"
+
+
+def test_reinstalling_skips_nothing_that_changed(spark, demo_config, db_session, tmp_path):
+    """Installing the same catalog again is a no-op, but a job's decrypted copy is reachable
+    only during that job: the next installation points back at the schema-only table."""
+    infos = readable_datasets(db_session, demo_config, "hanfu_house")
+    plain = decrypt_dataset(KeyStore(demo_config.master_key_path), infos["hanfu_house.members"],
+                            tmp_path / "members")
+    members = "SELECT count(*) FROM hanfu_house.members"
+    with CATALOG_LOCK:
+        install_catalog(spark, infos)
+        install_catalog(spark, infos)
+        assert spark.sql(members).first()[0] == 0
+        install_catalog(spark, infos, {"hanfu_house.members": plain})
+        assert spark.sql(members).first()[0] == 200
+        install_catalog(spark, infos)
+        assert spark.sql(members).first()[0] == 0
