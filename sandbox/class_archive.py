@@ -117,7 +117,9 @@ def _train(target: Path) -> None:
     from yushan.config import Config
 
     with tempfile.TemporaryDirectory(prefix="yushan-class-archive-") as scratch:
-        config = Config.from_env(home=Path(scratch) / "home", database_url="sqlite://")
+        # Local, whatever YUSHAN_SPARK_MASTER says: only the driver's classes are archived.
+        config = Config.from_env(home=Path(scratch) / "home", database_url="sqlite://",
+                                 spark_master="local[2]")
         options = f"-XX:ArchiveClassesAtExit={target} -Xlog:cds=off -Xlog:cds+dynamic=off"
         spark = get_spark(config, "yushan-class-archive",
                           extra={"spark.driver.extraJavaOptions": options})
