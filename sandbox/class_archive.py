@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from yushan.config import require_java
+from yushan.config import Config, require_java
 
 # A mismatched or corrupt archive (checksums verified) is ignored without a word on the
 # executors' output. A *truncated* one would crash the JVM, so an archive is used only
@@ -42,9 +42,9 @@ def fingerprint() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def archive_path() -> Path | None:
-    """Where this installation's archive is (or would be); None when disabled."""
-    setting = os.environ.get("YUSHAN_CLASS_ARCHIVE", "").strip()
+def archive_path(config: Config) -> Path | None:
+    """Where the archive is (or would be); None when disabled (``YUSHAN_CLASS_ARCHIVE``)."""
+    setting = config.class_archive
     if setting.lower() in ("off", "0", "false", "no"):
         return None
     if setting:
@@ -52,10 +52,10 @@ def archive_path() -> Path | None:
     return Path(sys.prefix) / "share" / "yushan" / f"spark-classes-{fingerprint()}.jsa"
 
 
-def java_options() -> str | None:
+def java_options(config: Config) -> str | None:
     """Driver JVM options that use the archive, when there is one."""
     try:
-        path = archive_path()
+        path = archive_path(config)
     except Exception:  # noqa: BLE001 - no Java yet: the session factory says so itself
         return None
     if path is None or not _complete(path):
@@ -74,9 +74,9 @@ def _complete(path: Path) -> bool:
         return False
 
 
-def build(force: bool = False, echo=print) -> Path | None:
+def build(config: Config, force: bool = False, echo=print) -> Path | None:
     """Create the archive by a training run in a child process; returns its path."""
-    path = archive_path()
+    path = archive_path(config)
     if path is None:
         echo("class archive disabled (YUSHAN_CLASS_ARCHIVE=off)")
         return None
@@ -86,10 +86,9 @@ def build(force: bool = False, echo=print) -> Path | None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     echo(f"building the Spark class archive {path.name} (once per installation, about 30 s)")
     started = time.monotonic()
-    env = {**os.environ, "YUSHAN_CLASS_ARCHIVE": "off"}  # the training JVM must not use one
     result = subprocess.run(
         [sys.executable, "-m", "sandbox.class_archive", "--train", str(partial)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
     )
     if result.returncode != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
@@ -114,12 +113,12 @@ def _train(target: Path) -> None:
 
     from sandbox.executor import _WarmUp
     from sandbox.spark import get_spark, stop_spark, tree_json
-    from yushan.config import Config
 
     with tempfile.TemporaryDirectory(prefix="yushan-class-archive-") as scratch:
         # Local, whatever YUSHAN_SPARK_MASTER says: only the driver's classes are archived.
+        # (The training JVM's own options, below, replace any archive it would start from.)
         config = Config.from_env(home=Path(scratch) / "home", database_url="sqlite://",
-                                 spark_master="local[2]")
+                                 spark_master="local[2]", class_archive="off")
         options = f"-XX:ArchiveClassesAtExit={target} -Xlog:cds=off -Xlog:cds+dynamic=off"
         spark = get_spark(config, "yushan-class-archive",
                           extra={"spark.driver.extraJavaOptions": options})
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.train:
         _train(args.train)
         return 0
-    build(force=args.force)
+    build(Config.from_env(), force=args.force)
     return 0
 
 

@@ -90,7 +90,7 @@ def session_conf(config: Config, app_name: str, extra: dict[str, str] | None = N
     }
     from sandbox.class_archive import java_options
 
-    archived = java_options()  # Spark's classes ready-parsed: seconds off every cold start
+    archived = java_options(config)  # Spark's classes ready-parsed: seconds off every cold start
     if archived:
         conf["spark.driver.extraJavaOptions"] = archived
     conf.update(extra or {})

@@ -29,41 +29,40 @@ def _archive(tmp_path: Path, data: bytes, recorded: int | None) -> Path:
         (None, False),  # still being built, or built by something else
     ],
 )
-def test_an_archive_is_used_only_when_it_is_whole(tmp_path, monkeypatch, recorded, used):
+def test_an_archive_is_used_only_when_it_is_whole(tmp_path, make_config, recorded, used):
     path = _archive(tmp_path, b"\0" * 4096, recorded)
-    monkeypatch.setenv("YUSHAN_CLASS_ARCHIVE", str(path))
-    options = class_archive.java_options()
+    options = class_archive.java_options(make_config(class_archive=str(path)))
     assert (options is not None) is used
     if used:
         assert f"-XX:SharedArchiveFile={path}" in options
         assert "-XX:+VerifySharedSpaces" in options  # a corrupt one is ignored, not loaded
 
 
-def test_the_archive_can_be_switched_off(monkeypatch):
+def test_the_archive_can_be_switched_off(monkeypatch, make_config):
     monkeypatch.setenv("YUSHAN_CLASS_ARCHIVE", "off")
-    assert class_archive.archive_path() is None
-    assert class_archive.java_options() is None
-
-
-def test_every_session_gets_the_archive_unless_the_caller_sets_its_own_options(tmp_path, monkeypatch, make_config):
-    path = _archive(tmp_path, b"\0" * 100, 100)
-    monkeypatch.setenv("YUSHAN_CLASS_ARCHIVE", str(path))
     config = make_config()
+    assert class_archive.archive_path(config) is None
+    assert class_archive.java_options(config) is None
+    assert "spark.driver.extraJavaOptions" not in session_conf(config, "t")
+
+
+def test_every_session_gets_the_archive_unless_the_caller_sets_its_own_options(tmp_path, make_config):
+    path = _archive(tmp_path, b"\0" * 100, 100)
+    config = make_config(class_archive=str(path))
     assert str(path) in session_conf(config, "t")["spark.driver.extraJavaOptions"]
     own = session_conf(config, "t", {"spark.driver.extraJavaOptions": "-Dx=1"})
     assert own["spark.driver.extraJavaOptions"] == "-Dx=1"
 
 
-def test_the_default_archive_belongs_to_this_java_and_pyspark(monkeypatch):
-    monkeypatch.delenv("YUSHAN_CLASS_ARCHIVE", raising=False)
-    path = class_archive.archive_path()
+def test_the_default_archive_belongs_to_this_java_and_pyspark(make_config):
+    path = class_archive.archive_path(make_config(class_archive=""))
     assert path.parent == Path(sys.prefix) / "share" / "yushan"
     assert class_archive.fingerprint() in path.name
 
 
 @pytest.mark.spark
 def test_a_corrupt_archive_is_ignored_and_spark_starts(tmp_path, make_config):
-    real = class_archive.archive_path()
+    real = class_archive.archive_path(make_config(class_archive=""))
     if real is None or not class_archive._complete(real):
         pytest.skip("no class archive in this installation (`make archive` builds it)")
     data = bytearray(real.read_bytes())

@@ -64,6 +64,8 @@ class Config:
     max_output_bytes: int = 512 * 1024**2
     executor_memory_bytes: int = 6 * 1024**3
     network_isolation: bool = True
+    # "" = this installation's Spark class archive, "off" = none, else the archive's path
+    class_archive: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     # Paths below the home; one place so that nothing hard-codes a layout.
@@ -156,6 +158,7 @@ class Config:
                 "YUSHAN_EXECUTOR_MEMORY_BYTES", 6 * 1024**3, minimum=256 * 1024**2
             ),
             network_isolation=_env_bool("YUSHAN_NETWORK_ISOLATION", True),
+            class_archive=(os.environ.get("YUSHAN_CLASS_ARCHIVE") or "").strip(),
         )
         values.update(overrides)
         return cls(**values)
