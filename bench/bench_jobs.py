@@ -3,6 +3,9 @@
 Measures, in one run on one demo world:
 - cold latency: a job is queued, then a worker starts with no executor: worker start ->
   awaiting_approval (and, within it, how long the executor took to be ready);
+  workers run as ``yushan worker`` processes, as under ``yushan serve``, and the jobs are
+  submitted from this process, which plays the web process (its own policy check and
+  SparkSession);
 - warm latency: submit -> awaiting_approval with a warm executor (median);
 - plain Spark SQL on the same Parquet files, warm, in this process (median);
 - the ratio of the two medians (goal <= 1.10 at scale 1);
@@ -15,7 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -84,13 +91,39 @@ def wait_released(config, job_id: int, timeout: float = 900) -> float:
     raise TimeoutError(f"job {job_id} not released in {timeout} s")
 
 
-def start_worker(config):
-    from jobs.worker import Worker
+class WorkerProcess:
+    """``yushan worker`` in its own process, as ``yushan serve`` runs it: the submitting
+    (web) process and the worker never share an interpreter."""
 
-    worker = Worker(config, concurrency=1)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    return worker, thread
+    READY = re.compile(r"executor (\d+) ready in ([0-9.]+) s")
+
+    def __init__(self, config):
+        env = {**os.environ, "YUSHAN_HOME": str(config.home), "YUSHAN_DATABASE_URL": config.database_url}
+        self.proc = subprocess.Popen([sys.executable, "-m", "yushan", "worker"], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.ready: list[float] = []  # seconds each executor took to be ready
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            match = self.READY.search(line)
+            if match:
+                self.ready.append(float(match.group(2)))
+
+    def wait_ready(self, executors: int = 1, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.ready) < executors:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the worker's executor did not start")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
 
 
 def main() -> int:
@@ -117,9 +150,9 @@ def main() -> int:
     # and then runs on a JVM that has compiled nothing yet.
     first = submit(config, SQL.format(floor=0.001))
     wait_started = time.time()
-    worker, thread = start_worker(config)
+    worker = WorkerProcess(config)
     cold = wait_released(config, first) - wait_started
-    ready = max((e.ready_seconds for e in worker.pool.executors()), default=0.0)
+    ready = max(worker.ready, default=0.0)
     results["cold_seconds"] = round(cold, 2)
     results["executor_ready_seconds"] = round(ready, 2)
     print(f"cold: worker start + first job released in {cold:.2f} s "
@@ -151,9 +184,8 @@ def main() -> int:
     print(f"warm median {p:.2f} s, plain Spark median {r:.2f} s, ratio {p / r:.2f}", flush=True)
 
     # Throughput with two workers.
-    second, second_thread = start_worker(config)
-    while second.pool is None or second.pool.started < 1:
-        time.sleep(0.2)
+    second = WorkerProcess(config)
+    second.wait_ready()
     t0 = time.time()
     ids = [submit(config, SQL.format(floor=(i + 100) / 1000)) for i in range(args.burst)]
     elapsed = max(wait_released(config, job_id) for job_id in ids) - t0
@@ -162,9 +194,8 @@ def main() -> int:
     results["jobs_per_minute_two_workers"] = round(args.burst / elapsed * 60, 1)
     print(f"{args.burst} jobs on two workers in {elapsed:.1f} s: "
           f"{args.burst / elapsed * 60:.1f} jobs/min", flush=True)
-    for w, t in ((worker, thread), (second, second_thread)):
+    for w in (worker, second):
         w.stop()
-        t.join(timeout=60)
     print(json.dumps(results))
     return 0
 

@@ -23,10 +23,12 @@ S = JobState
 
 # Allowed moves. Anything else is a bug or a race, and is refused.
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED}),
+    S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED, S.BLOCKED}),
     S.RUNNING: frozenset({S.AWAITING_APPROVAL, S.BLOCKED, S.FAILED, S.CANCELLED, S.QUEUED}),
-    S.AWAITING_APPROVAL: frozenset({S.APPROVED, S.REJECTED, S.CANCELLED, S.EXPIRED}),
-    S.APPROVED: frozenset({S.EXPIRED}),
+    # -> BLOCKED: a submission-time deny that arrives after the executor released the job
+    # (see jobs.service.submit); a deny wins wherever the job is.
+    S.AWAITING_APPROVAL: frozenset({S.APPROVED, S.REJECTED, S.CANCELLED, S.EXPIRED, S.BLOCKED}),
+    S.APPROVED: frozenset({S.EXPIRED, S.BLOCKED}),
     S.BLOCKED: frozenset(),
     S.FAILED: frozenset(),
     S.CANCELLED: frozenset(),
@@ -35,6 +37,8 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 # States a job may still leave by cancellation.
 CANCELLABLE = frozenset({S.QUEUED, S.RUNNING, S.AWAITING_APPROVAL})
+# States a policy deny still moves to blocked (the output, if any, is shredded).
+BLOCKABLE = frozenset({S.QUEUED, S.RUNNING, S.AWAITING_APPROVAL, S.APPROVED})
 
 # The audit action of each move (retries are a move back to queued).
 ACTIONS: dict[JobState, str] = {
@@ -115,22 +119,29 @@ def create(
     sql: str,
     name: str,
     state: JobState,
-    decision: dict[str, Any],
+    decision: dict[str, Any] | None,
     actor: Actor,
+    template: str | None = None,
+    params: dict[str, Any] | None = None,
 ) -> Job:
-    """A new job, born ``queued`` (policy allowed) or ``blocked`` (denied); both audited."""
+    """A new job, born ``queued`` or ``blocked``; audited (``job.submit``, and
+    ``job.decision`` when the decision is known yet: ``None`` means it is still to come)."""
     if state not in (S.QUEUED, S.BLOCKED):
         raise InvalidState(f"a new job cannot start as {state.value}")
+    if state == S.BLOCKED and decision is None:
+        raise InvalidState("a job is born blocked only with the decision that blocked it")
     job = Job(
         merchant_id=merchant_id,
         submitted_by=submitter_id,
         kind=kind,
         sql=sql,
         name=name,
+        template=template,
+        params=params,
         state=state.value,
         progress=0.0,
         decision=decision,
-        violations=decision.get("violations") or [],
+        violations=(decision or {}).get("violations") or [],
         attempts=0,
         created_at=now(),
         finished_at=now() if state == S.BLOCKED else None,
@@ -142,8 +153,11 @@ def create(
         wake_after_commit(session)
     objects = job_objects(job)
     record(session, "job.submit", actor=actor, objects=objects,
-           details={"kind": kind, "name": name, "sql": sql, "state": state.value})
-    record(session, "job.decision", actor=actor, objects=objects,
-           details={"decision": decision.get("decision"), "violations": decision.get("violations") or [],
-                    "columns_read": decision.get("columns_read")})
+           details={"kind": kind, "name": name, "sql": sql, "state": state.value,
+                    **({"template": template} if template else {})})
+    if decision is not None:
+        record(session, "job.decision", actor=actor, objects=objects,
+               details={"decision": decision.get("decision"), "violations": decision.get("violations") or [],
+                        "columns_read": decision.get("columns_read"),
+                        "datasets_read": decision.get("datasets_read")})
     return job

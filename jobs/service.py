@@ -7,9 +7,11 @@ active authorisation grants ``view_results``; only after the merchant approved.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pyarrow as pa
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from audit import Actor, record
@@ -21,6 +23,7 @@ from jobs.errors import (
     NotApproved,
     NotFound,
     QueryTooLarge,
+    StateConflict,
 )
 from sandbox.crypto import KeyStore
 from sandbox.output import read_output, remove_output
@@ -28,6 +31,8 @@ from yushan.accounts import active_authorization, can_act_for
 from yushan.catalog import DatasetInfo, readable_datasets
 from yushan.config import Config
 from yushan.models import Job, JobKind, JobOutput, JobState, Role, User
+
+log = logging.getLogger(__name__)
 
 KINDS = frozenset(k.value for k in JobKind)
 MAX_SQL_CHARS = 100_000
@@ -47,22 +52,6 @@ def _validate(kind: str, sql: str) -> str:
     return sql.strip().rstrip(";").strip()
 
 
-def _forbidden_decision(reason: str) -> dict[str, Any]:
-    return {
-        "decision": "deny",
-        "violations": [
-            {
-                "rule": "P7",
-                "column": None,
-                "sources": [],
-                "message": reason,
-                "suggestion": "submit exactly one SELECT query",
-            }
-        ],
-        "columns_read": [],
-    }
-
-
 def evaluate(config: Config, sql: str, kind: str, merchant: str, datasets: dict[str, DatasetInfo]) -> dict[str, Any]:
     """The policy decision for a query, on this process's own SparkSession."""
     from pyspark.errors import ParseException
@@ -70,7 +59,7 @@ def evaluate(config: Config, sql: str, kind: str, merchant: str, datasets: dict[
     import policies
     from policies.segment import register_segment_token
     from sandbox.catalog import CATALOG_LOCK, install_catalog
-    from sandbox.guard import ForbiddenQuery, assert_single_query
+    from sandbox.guard import ForbiddenQuery, assert_single_query, refusal_decision
     from sandbox.spark import get_spark
 
     spark = get_spark(config, "yushan-web")
@@ -78,8 +67,8 @@ def evaluate(config: Config, sql: str, kind: str, merchant: str, datasets: dict[
         try:
             # Spark runs some commands while turning text into a DataFrame: refuse them first.
             assert_single_query(spark, sql)
-        except ForbiddenQuery as exc:
-            return _forbidden_decision(str(exc))
+        except ForbiddenQuery as refused:
+            return refusal_decision(refused)
         except ParseException:
             pass  # the policy engine explains syntax errors
         install_catalog(spark, datasets)
@@ -111,23 +100,79 @@ def check(session: Session, config: Config, user: User, merchant_slug: str, kind
 
 
 def submit(session: Session, config: Config, user: User, merchant_slug: str, kind: str, sql: str,
-           name: str | None = None, *, origin: str | None = None) -> Job:
-    """Record a job: ``blocked`` with its violations when denied, else ``queued``."""
+           name: str | None = None, *, origin: str | None = None,
+           template: str | None = None, params: dict[str, Any] | None = None) -> Job:
+    """Queue a job and give the submitter the policy's decision on it: the job comes back
+    ``blocked`` with its violations when the policy denies it, else queued (or further on).
+
+    Commits the session twice. The job is committed as queued *before* this process checks
+    it, so that a worker can start on it meanwhile: the executor checks every job again on
+    its own catalog before anything runs (that check is the authoritative one), and this one
+    is the submitter's immediate answer. A deny from either check blocks the job wherever it
+    has got to (an output already made is shredded); the other then finds it blocked. Each
+    step is audited in its own transaction: ``job.submit``, then ``job.decision``.
+    """
     sql = _validate(kind, sql)
     merchant = _acting_merchant(session, user, merchant_slug)
-    decision = evaluate(config, sql, kind, merchant.slug, readable_datasets(session, config, merchant.slug))
-    allowed = decision.get("decision") == "allow"
-    return lifecycle.create(
+    datasets = readable_datasets(session, config, merchant.slug)
+    actor, merchant_slug = actor_for(user, origin), merchant.slug
+    job = lifecycle.create(
         session,
         merchant_id=merchant.id,
         submitter_id=user.id,
         kind=kind,
         sql=sql,
         name=(name or "").strip()[:200],
-        state=JobState.QUEUED if allowed else JobState.BLOCKED,
-        decision=decision,
-        actor=actor_for(user, origin),
+        state=JobState.QUEUED,
+        decision=None,
+        actor=actor,
+        template=template,
+        params=params,
     )
+    job_id = job.id
+    session.commit()  # queued for good: idle workers are woken now
+    # Nothing below touches the session until the decision is known: on SQLite, the next
+    # statement takes the database's write lock, which the workers need meanwhile.
+    try:
+        decision = evaluate(config, sql, kind, merchant_slug, datasets)
+    except Exception as exc:  # noqa: BLE001 - the executor's check still decides
+        log.warning("job %s: the submission-time check failed (%s); the executor decides",
+                    job_id, type(exc).__name__)
+        return job
+    return record_submission_decision(session, job, decision, actor)
+
+
+def record_submission_decision(session: Session, job: Job, decision: dict[str, Any], actor: Actor) -> Job:
+    """The submission-time decision, audited; a deny blocks the job wherever it is by now."""
+    details = {"decision": decision.get("decision"), "violations": decision.get("violations") or [],
+               "columns_read": decision.get("columns_read"),
+               "datasets_read": decision.get("datasets_read"), "stage": "submission"}
+    denied = decision.get("decision") != "allow"
+    for _ in range(10):  # each lost race means a worker moved the job on: try again
+        session.refresh(job)
+        state = JobState(job.state)
+        if denied and state in lifecycle.BLOCKABLE:
+            try:
+                lifecycle.transition(session, job, JobState.BLOCKED, actor=actor, details=details,
+                                     values={"decision": decision, "violations": details["violations"]})
+            except StateConflict:
+                session.rollback()
+                continue
+            if state in (JobState.AWAITING_APPROVAL, JobState.APPROVED):
+                _shred_output(session, job)
+            return job
+        # Allowed (or already ended): the executor's own decision, when it has one, stays.
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)))
+            .values(decision=decision)
+            .execution_options(synchronize_session=False)
+        )
+        record(session, "job.decision", actor=actor, objects=lifecycle.job_objects(job),
+               details={**details, "state": job.state})
+        session.refresh(job)
+        return job
+    raise StateConflict(f"job {job.id} kept changing while its decision was recorded")
 
 
 def _is_merchant_user(user: User, job: Job) -> bool:

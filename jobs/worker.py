@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from audit import record, register_config
-from jobs.errors import StateConflict
+from jobs.errors import InvalidState, StateConflict
 from jobs.lifecycle import transition
 from jobs.queue import (
     Claimed,
@@ -155,6 +155,9 @@ class Worker:
             self._mark_busy()
             try:
                 faulted = self.execute(job, executor)
+            except Exception:  # a slot outlives any one job; the lease's expiry retries it
+                log.exception("job %s: the worker could not finish it", job.id)
+                faulted = True
             finally:
                 self._mark_idle()
             if faulted:
@@ -276,8 +279,9 @@ class Worker:
                         details={"error": error, "detail": message.get("detail", ""), "usage": report.usage},
                         values={"error": error},
                     )
-        except StateConflict:
-            # Cancelled or taken over meanwhile: what the run produced is not kept.
+        except (StateConflict, InvalidState):
+            # Cancelled, blocked at submission or taken over meanwhile: what the run
+            # produced is not kept.
             log.info("job %s changed while it ran; its output is discarded", job.id)
             remove_output(self.config, job.id)
 
@@ -310,6 +314,7 @@ class Worker:
                 "suppressed_rows": suppressed,
                 "content_hash": stored.content_hash,
                 "columns_read": decision.get("columns_read"),
+                "datasets_read": decision.get("datasets_read"),
                 "usage": report.usage,
                 "timings": message.get("timings"),
                 # A template's final query (e.g. lookalike weights): kept in the audit trail.

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import threading
 import time
 from typing import Any
 
@@ -33,7 +34,7 @@ from policies.implied import NON_ZERO, NOT_NULL, argument_column, facts_about
 from policies.segment import platform_token_matcher
 from policies.sparkplan import AnalyzedQuery
 from policies.tree import parse_plan_json
-from sandbox.spark import tree_json
+from sandbox.spark import jvm_class, jvm_constant, tree_json
 
 COUNT_PREFIX = "__yushan_k"
 
@@ -51,16 +52,28 @@ class ExecutionResult:
 
     ``suppressed_rows`` is known once ``dataframe`` has been materialised (one action):
     it is then observed inside that same Spark job. ``total_rows`` likewise.
+
+    The enforced plan may still be being re-checked (:class:`_Recheck`) while the rows are
+    computed: :meth:`confirm` waits for that verdict, and raises when the plan failed it.
+    Nothing may be released before :meth:`confirm` returned; reading the summary confirms.
     """
 
     def __init__(self, dataframe: DataFrame, suppressed: int | None = None,
-                 total: int | None = None, observation: Any = None):
+                 total: int | None = None, observation: Any = None,
+                 recheck: _Recheck | None = None):
         self.dataframe = dataframe  # released rows only, the job's own columns only
         self._suppressed = suppressed
         self._total = total
         self._observation = observation
+        self._recheck = recheck
+
+    def confirm(self) -> None:
+        """Wait for the enforced plan's re-check; raise :class:`EnforcementError` if it failed."""
+        if self._recheck is not None:
+            self._recheck.wait()
 
     def _observed(self) -> None:
+        self.confirm()
         if self._suppressed is None and self._observation is not None:
             future = self._observation.future()
             if not future.isCompleted():
@@ -87,14 +100,41 @@ class ExecutionResult:
         return int(self._total if self._total is not None else -1)
 
 
-_CLASSES: dict[tuple[int, str], Any] = {}
+class _Recheck(threading.Thread):
+    """:func:`recheck` of an enforced plan, run beside the job's own Spark run.
+
+    The policy's decision was made before anything ran; this is the safety net over our
+    own rewrite of the plan. It needs no rows, so it overlaps with computing them, and
+    :meth:`ExecutionResult.confirm` holds the rows back until it has passed.
+    """
+
+    def __init__(self, spark: SparkSession, decision: Decision, plan, analyzed):
+        super().__init__(daemon=True, name="yushan-recheck")
+        self.args = (spark, decision, plan, analyzed)
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            recheck(*self.args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that releases
+            self.failure = exc
+        finally:
+            self.args = ()
+
+    def wait(self) -> None:
+        self.join()
+        if isinstance(self.failure, EnforcementError):
+            raise self.failure
+        if self.failure is not None:
+            raise EnforcementError("POLICY_ENFORCEMENT",
+                                   "the enforced plan could not be re-checked") from self.failure
 
 
 class _Jvm:
     """Small helpers for building Catalyst objects through py4j.
 
     Every ``jvm.a.b.C`` lookup is a round trip to the JVM, so classes are looked up once
-    per gateway and kept.
+    per JVM and kept (:func:`sandbox.spark.jvm_class`).
     """
 
     def __init__(self, spark: SparkSession):
@@ -103,14 +143,7 @@ class _Jvm:
         self.js = spark._jsparkSession
 
     def cls(self, name: str):
-        key = (id(self.jvm), name)
-        found = _CLASSES.get(key)
-        if found is None:
-            found = self.jvm
-            for part in name.split("."):
-                found = getattr(found, part)
-            _CLASSES[key] = found
-        return found
+        return jvm_class(self.spark, name)
 
     @property
     def expr(self):
@@ -140,12 +173,8 @@ class _Jvm:
         return node
 
     def constant(self, key: str, make):
-        """A JVM value built once per gateway (immutable Scala objects only)."""
-        cache_key = (id(self.jvm), "const:" + key)
-        found = _CLASSES.get(cache_key)
-        if found is None:
-            found = _CLASSES[cache_key] = make()
-        return found
+        """A JVM value built once per JVM (immutable Scala objects only)."""
+        return jvm_constant(self.spark, "enforce:" + key, lambda jvm: make())
 
     def none(self):
         return self.constant("none", lambda: self.cls("scala.Option.empty")())
@@ -479,8 +508,10 @@ def _execute_aggregate(j: _Jvm, decision: Decision) -> ExecutionResult:
         guarded = _original_columns(j, _k_filter(j, collector, enforced, decision.k), enforced)
         plan = j.rebuild(root, (), decision.final.path, guarded)
         released = j.dataset(plan)
-        recheck(j.spark, decision, plan, released.queryExecution().analyzed())
-        return ExecutionResult(DataFrame(released, j.spark), observation=observation._jo)
+        verdict = _Recheck(j.spark, decision, plan, released.queryExecution().analyzed())
+        verdict.start()
+        return ExecutionResult(DataFrame(released, j.spark), observation=observation._jo,
+                               recheck=verdict)
     # Materialise the aggregation once: its rows are few, and both the suppressed count
     # and the released rows come from this one run.
     passes = _passes(tuple(enforced.count_names), decision.k)

@@ -30,6 +30,7 @@ class Decision:
     violations: list[Violation]
     columns: list[str] = field(default_factory=list)
     columns_read: list[tuple[str, str]] = field(default_factory=list)
+    datasets_read: list[str] = field(default_factory=list)
     k: int = DEFAULT_K
     consumer_datasets: list[str] = field(default_factory=list)
     query: AnalyzedQuery | None = None
@@ -50,6 +51,7 @@ class Decision:
             "decision": self.decision,
             "violations": [v.to_dict() for v in self.violations],
             "columns_read": [{"dataset": d, "column": c} for d, c in self.columns_read],
+            "datasets_read": list(self.datasets_read),
             "columns": list(self.columns),
             "kind": self.kind,
             "k": self.k,
@@ -105,7 +107,7 @@ def decide(query: AnalyzedQuery, kind: str, merchant: str, datasets: Mapping[str
     ks = [r.dataset.k or DEFAULT_K for r in lineages.relations if r.dataset.is_consumer_data]
     decision = Decision(
         kind, merchant, lineages.violations, columns=[name for _, name, _ in outputs],
-        columns_read=sorted(lineages.columns_read), k=max(ks, default=DEFAULT_K),
+        columns_read=sorted(lineages.columns_read), datasets_read=sorted(lineages.datasets_read), k=max(ks, default=DEFAULT_K),
         consumer_datasets=consumer, query=query, final=final, datasets=datasets,
     )
     if kind == "aggregate":

@@ -108,7 +108,13 @@ class Lineages:
         self.is_platform_token = is_platform_token
         self.violations: list[Violation] = []
         self.relations: list[RelationUse] = []
+        # What the job reads, for the audit trail: each dataset it scans, and each column
+        # of it that some expression, or the result, refers to (what Spark's column pruning
+        # would read; a column a subquery selects but nothing uses above still counts).
         self.columns_read: set[tuple[str, str]] = set()
+        self.datasets_read: set[str] = set()
+        self._referenced: set[int] = set()
+        self._scanned: list[tuple[str, list[tuple[int | None, str]]]] = []
         self.expand_over_consumer = False
         self._depth = 0
         self._cte: dict[int, list[Output]] = {}
@@ -132,7 +138,18 @@ class Lineages:
     # -- plan nodes -----------------------------------------------------------------------
 
     def run(self, root: Node) -> list[Output]:
-        return self.visit(root, {}, ())
+        outputs = self.visit(root, {}, ())
+        self._refer(outputs)
+        self.datasets_read = {name for name, _ in self._scanned}
+        self.columns_read = {
+            (name, column) for name, attributes in self._scanned
+            for ident, column in attributes if ident in self._referenced
+        }
+        return outputs
+
+    def _refer(self, outputs: list[Output]) -> None:
+        """Columns consumed whole (a result, a set operation's inputs, DISTINCT's keys)."""
+        self._referenced.update(ident for ident, _, _ in outputs)
 
     def visit(self, node: Node, outer: dict[int, Lineage], path: tuple[int, ...]) -> list[Output]:
         cls = node.cls
@@ -177,6 +194,7 @@ class Lineages:
         if cls == "CTERelationRef":
             defined = self._cte.get(int(node.fields.get("cteId", -1)), [])
             attrs = node.exprs.get("output", [])
+            self._refer(defined)
             return [
                 (a.expr_id, a.name, defined[i][2] if i < len(defined) else EMPTY)
                 for i, a in enumerate(attrs)
@@ -200,6 +218,8 @@ class Lineages:
                 return child_outputs[0]
             return child_outputs[0] + child_outputs[1]
         if cls in ("Union", "Intersect", "Except"):
+            for outputs in child_outputs:
+                self._refer(outputs)
             first = child_outputs[0]
             merged = []
             for i, (ident, name, lin) in enumerate(first):
@@ -210,6 +230,7 @@ class Lineages:
             return merged
         if cls in ("Distinct", "Deduplicate"):
             outputs = child_outputs[0]
+            self._refer(outputs)
             if is_final:
                 outputs = [(i, n, with_mode(lin, Mode.KEY)) for i, n, lin in outputs]
                 for _, name, lin in outputs:
@@ -236,6 +257,7 @@ class Lineages:
         if cls == "Expand":
             everything = EMPTY
             for outputs in child_outputs:
+                self._refer(outputs)
                 for _, _, lin in outputs:
                     everything = everything | lin
             if any(s.consumer for s, _ in everything):
@@ -255,6 +277,7 @@ class Lineages:
                       "Read only the datasets listed in the catalog.")
             return [(a.expr_id, a.name, EMPTY) for a in node.exprs.get("output", [])]
         self.relations.append(RelationUse(ds, node, self._depth > 0))
+        self._scanned.append((ds.full_name, [(a.expr_id, a.name) for a in node.exprs.get("output", [])]))
         outputs = []
         for attr in node.exprs.get("output", []):
             col = ds.column(attr.name)
@@ -264,7 +287,6 @@ class Lineages:
                 cls = col.column_class
             else:
                 cls = "private"  # a column the registry does not describe: most restrictive
-            self.columns_read.add((ds.full_name, attr.name))
             source = Source(ds.full_name, attr.name, cls, ds.is_platform and ds.is_consumer_data)
             outputs.append((attr.expr_id, attr.name, frozenset({(source, Mode.RAW)})))
         return outputs
@@ -366,6 +388,7 @@ class Lineages:
             return EMPTY
         ident = e.expr_id
         if ident in env:
+            self._referenced.add(ident)
             return env[ident]
         self.deny("P7", ctx.where, (), f"The policy engine could not trace the column {e.name}.",
                   "Simplify the query so that every column comes from a dataset in the catalog.")
@@ -418,6 +441,7 @@ class Lineages:
             outputs = self.visit(e.subplan, env, ()) if e.subplan is not None else []
         finally:
             self._depth -= 1
+        self._refer(outputs)  # IN (subquery) compares whole rows
         out = self._union(e, env, ctx, path)
         for _, _, lin in outputs:
             out = out | lin

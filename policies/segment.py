@@ -19,6 +19,7 @@ import weakref
 from pyspark.sql import SparkSession
 
 from policies.tree import Node
+from sandbox.spark import jvm_constant
 
 FUNCTION_NAME = "segment_token"
 _BLOCK = 64  # SHA-256 block size
@@ -70,8 +71,9 @@ def register_segment_token(spark: SparkSession, key: bytes, merchant: str | None
 
 def _still_registered(spark: SparkSession) -> bool:
     """Whether the session still has a temporary ``segment_token`` (one JVM call)."""
-    return bool(spark._jsparkSession.sessionState().catalog().isTemporaryFunction(
-        spark._jvm.org.apache.spark.sql.catalyst.FunctionIdentifier.apply(FUNCTION_NAME)))
+    ident = jvm_constant(spark, "FunctionIdentifier:" + FUNCTION_NAME, lambda jvm:
+                         jvm.org.apache.spark.sql.catalyst.FunctionIdentifier.apply(FUNCTION_NAME))
+    return bool(spark._jsparkSession.sessionState().catalog().isTemporaryFunction(ident))
 
 
 def unregister_segment_token(spark: SparkSession) -> None:

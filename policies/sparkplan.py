@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 
 from policies.model import Violation
 from policies.tree import Node, parse_plan_json
-from sandbox.spark import tree_json
+from sandbox.spark import jvm_constant, tree_json
 
 # Parsed (unresolved) plan nodes a plain query is made of. Commands, DDL/DML, scripts,
 # TRANSFORM, table-valued functions (read_files, ...) and anything else are refused.
@@ -120,8 +120,8 @@ def analyze(spark: SparkSession, sql: str) -> AnalyzedQuery:
             "Submit exactly one SELECT statement (no trailing statements).",
         ) from None
     _check_parsed(parsed)
-    jvm = spark._jvm
-    skip = jvm.org.apache.spark.sql.execution.CommandExecutionMode.SKIP()
+    skip = jvm_constant(spark, "CommandExecutionMode.SKIP",
+                        lambda jvm: jvm.org.apache.spark.sql.execution.CommandExecutionMode.SKIP())
     try:
         analyzed = state.executePlan(parsed, skip).analyzed()
         text = tree_json(spark, analyzed)

@@ -109,11 +109,10 @@ class _Progress(threading.Thread):
 def _datasets_read(decision_doc: dict[str, Any], datasets: dict[str, DatasetInfo]) -> set[str]:
     """Encrypted datasets the query reads; all of them if the decision does not say."""
     encrypted = {name for name, info in datasets.items() if info.encrypted}
-    columns_read = decision_doc.get("columns_read")
-    if columns_read is None:
+    named = decision_doc.get("datasets_read")
+    if named is None:
         return encrypted
-    named = {str(c.get("dataset", "")).lower() for c in columns_read}
-    return encrypted & named
+    return encrypted & {str(name).lower() for name in named}
 
 
 def _policy_check(spark, keystore, sql: str, kind: str, merchant: str, datasets: dict[str, DatasetInfo]):
@@ -159,9 +158,10 @@ def _forget_job_state(spark, group: str) -> None:
 def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: Channel) -> dict[str, Any]:
     """Run one job request; always answer with an outcome message."""
     import pyarrow.parquet as pq
+    from pyspark.errors import ParseException
 
     from sandbox.catalog import CATALOG_LOCK, install_catalog
-    from sandbox.guard import ForbiddenQuery, assert_single_query
+    from sandbox.guard import ForbiddenQuery, assert_single_query, refusal_decision
     from sandbox.limits import Limits, limit_message
     from sandbox.output import store_output
     from sandbox.redact import limit_error, redact
@@ -189,7 +189,10 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
     lap("prepare")
     try:
         with CATALOG_LOCK:
-            assert_single_query(spark, sql)
+            try:
+                assert_single_query(spark, sql)
+            except ParseException:
+                pass  # not one statement: the policy check refuses it with an explanation (P7)
             lap("guard")
             install_catalog(spark, datasets)
             lap("catalog")
@@ -229,6 +232,7 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
                 # would only cost an extra shuffle to one partition.
                 frame = frame.limit(limits.output_rows + 1)
             table = frame.toArrow()
+            result.confirm()  # the enforced plan passed its re-check: the rows may be kept
             suppressed = int(result.suppressed_rows or 0)
             lap("collect")
         if table.num_rows > limits.output_rows:
@@ -251,8 +255,8 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
             "released_rows": table.num_rows,
             "suppressed_rows": suppressed,
         }
-    except ForbiddenQuery as exc:
-        return {**answer, "outcome": JobOutcome.FAILED, "error": {"class": "ForbiddenQuery", "message": str(exc)}, "detail": str(exc)}
+    except ForbiddenQuery as refused:  # a command, not a query: the same deny as at submission
+        return {**answer, "outcome": JobOutcome.BLOCKED, "decision": refusal_decision(refused)}
     except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted outcome (P8)
         err = redact(exc)
         return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text}

@@ -12,7 +12,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from sandbox.spark import tree_json
+from sandbox.spark import jvm_constant, tree_json
 
 # Parsed-plan nodes that run programs, write, or change the session.
 FORBIDDEN_NODES = frozenset(
@@ -47,6 +47,14 @@ class ForbiddenQuery(Exception):
     """The statement is not one plain query; the message names the feature, never data."""
 
 
+def refusal_decision(refused: ForbiddenQuery) -> dict[str, Any]:
+    """The policy decision (a P7 deny) for a statement this guard refused."""
+    from policies.model import Violation
+
+    violation = Violation("P7", "(query)", (), str(refused), "Submit exactly one SELECT query.")
+    return {"decision": "deny", "violations": [violation.to_dict()], "columns_read": []}
+
+
 def _classes(node: Any) -> set[str]:
     """Every tree-node class name mentioned anywhere in a plan's JSON form."""
     found: set[str] = set()
@@ -65,12 +73,9 @@ def _classes(node: Any) -> set[str]:
 
 def assert_single_query(spark: SparkSession, sql: str) -> None:
     """Raise :class:`ForbiddenQuery` unless ``sql`` is exactly one read-only query."""
-    jss = spark._jsparkSession
-    plan = jss.sessionState().sqlParser().parsePlan(sql)  # several statements fail here
-    jvm = spark._jvm
-    command = jvm.java.lang.Class.forName(
-        "org.apache.spark.sql.catalyst.plans.logical.Command"
-    )
+    plan = spark._jsparkSession.sessionState().sqlParser().parsePlan(sql)  # several statements fail here
+    command = jvm_constant(spark, "Command", lambda jvm: jvm.java.lang.Class.forName(
+        "org.apache.spark.sql.catalyst.plans.logical.Command"))
     if command.isInstance(plan):
         raise ForbiddenQuery("commands are not allowed; submit a single SELECT query")
     try:

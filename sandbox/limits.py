@@ -78,22 +78,49 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
+def _children(pid: int) -> list[int] | None:
+    """``pid``'s children from its threads' ``children`` files; None where the kernel has none."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []  # gone
+    for task in tasks:
+        try:
+            found.extend(int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+        except FileNotFoundError:
+            if not Path(f"/proc/{pid}/task/{task}").exists():
+                continue  # the thread ended
+            return None  # no CONFIG_PROC_CHILDREN
+        except OSError:
+            continue
+    return found
+
+
 def process_tree(pid: int) -> list[int]:
-    children = _children_map()
+    """``pid`` and its descendants. Reads only this tree's ``/proc`` entries where the
+    kernel lists children (about 1 ms for an executor and its JVM), else scans all of
+    ``/proc`` (about 6 ms on a machine with 130 processes)."""
     tree, stack = [], [pid]
+    children_map: dict[int, list[int]] | None = None
     while stack:
         current = stack.pop()
         tree.append(current)
-        stack.extend(children.get(current, ()))
+        kids = _children(current) if children_map is None else None
+        if kids is None:
+            if children_map is None:
+                children_map = _children_map()
+            kids = children_map.get(current, [])
+        stack.extend(kids)
     return tree
 
 
-def tree_usage(pid: int) -> Usage:
-    """CPU seconds (user + system) and resident bytes of ``pid`` and its descendants."""
+def usage_of(members: list[int]) -> Usage:
+    """CPU seconds (user + system) and resident bytes of the processes ``members``."""
     cpu_ticks = 0
     rss_pages = 0
     count = 0
-    for member in process_tree(pid):
+    for member in members:
         try:
             fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
             statm = Path(f"/proc/{member}/statm").read_text().split()
@@ -103,6 +130,11 @@ def tree_usage(pid: int) -> Usage:
         rss_pages += int(statm[1])
         count += 1
     return Usage(cpu_ticks / _TICKS, rss_pages * _PAGE, count)
+
+
+def tree_usage(pid: int) -> Usage:
+    """CPU seconds (user + system) and resident bytes of ``pid`` and its descendants."""
+    return usage_of(process_tree(pid))
 
 
 def pid_alive(pid: int) -> bool:

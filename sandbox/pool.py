@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandbox.executor import config_to_message
-from sandbox.limits import Limits, harden_child, limit_message, process_tree, tree_usage
+from sandbox.limits import Limits, harden_child, limit_message, process_tree, usage_of
 from sandbox.netns import NetworkPlan, wrap_command
 from sandbox.protocol import Channel, ChannelClosed
 from sandbox.redact import limit_error
@@ -65,6 +65,9 @@ class Executor:
         self.jobs_run = 0
         self.started_at = 0.0
         self.ready_seconds = 0.0
+        # The executor's processes (itself and its JVM) as last seen: the usage before and
+        # after a job is read from these alone, so that finding them is not on a job's path.
+        self.members: list[int] = []
 
     @property
     def pid(self) -> int | None:
@@ -97,6 +100,7 @@ class Executor:
                 message = self.channel.recv(timeout=1.0)
                 if message and message.get("type") == "ready":
                     self.ready_seconds = time.monotonic() - self.started_at
+                    self.members = process_tree(self.proc.pid)
                     log.info("executor %s ready in %.1f s", self.pid, self.ready_seconds)
                     return self
                 if self.proc.poll() is not None:
@@ -119,7 +123,7 @@ class Executor:
         """
         assert self.channel and self.proc
         self.jobs_run += 1
-        baseline = tree_usage(self.proc.pid)
+        baseline = usage_of(self.members or process_tree(self.proc.pid))
         started = time.monotonic()
         next_sample = 0.0
         try:
@@ -140,7 +144,8 @@ class Executor:
                     return self._over_limit("TimeLimitExceeded", limits.wall_seconds)
                 if now >= next_sample:
                     next_sample = now + 0.5
-                    usage = tree_usage(self.proc.pid)
+                    self.members = process_tree(self.proc.pid)  # a new child counts at once
+                    usage = usage_of(self.members)
                     if usage.cpu_seconds - baseline.cpu_seconds > limits.cpu_seconds:
                         return self._over_limit("CpuLimitExceeded", limits.cpu_seconds)
                     if usage.rss_bytes > limits.memory_bytes:
@@ -152,7 +157,7 @@ class Executor:
             raise ExecutorFault("the executor exited during the job") from None
 
     def _usage(self, baseline, started: float) -> dict[str, float]:
-        now = tree_usage(self.proc.pid) if self.proc else baseline
+        now = usage_of(self.members) if self.proc else baseline
         return {
             "wall_seconds": round(time.monotonic() - started, 3),
             "cpu_seconds": round(now.cpu_seconds - baseline.cpu_seconds, 3),

@@ -109,8 +109,11 @@ def test_a_demo_job_is_released_encrypted_and_readable_only_after_approval(demo_
         assert min(table.column("buyers").to_pylist()) >= 50  # k held
         with pytest.raises(NotAllowed):
             service.read_result(session, demo_config, user(session, "auditor"), row)
-    assert audit_actions(demo_config, job_id) == [
-        "job.submit", "job.decision", "job.start", "job.execute", "job.approve", "job.download",
+    actions = audit_actions(demo_config, job_id)
+    # The submission-time decision runs beside the worker: it may come after job.start.
+    assert actions.index("job.decision") > actions.index("job.submit")
+    assert [a for a in actions if a != "job.decision"] == [
+        "job.submit", "job.start", "job.execute", "job.approve", "job.download",
     ]
     assert no_job_workspaces(demo_config)
 
@@ -145,11 +148,70 @@ def test_no_merchant_value_is_left_in_the_clear_after_a_shuffling_job(demo_confi
     "SELECT * FROM parquet.`{home}/warehouse/platform/consumers`",
     "SELECT TRANSFORM(tier) USING 'cat /etc/passwd' AS (x) FROM hanfu_house.members",
     "SELECT reflect('java.lang.System', 'getenv', 'HOME') AS h",
+    "DROP TABLE hanfu_house.members",
+    "SELEC tier FROM hanfu_house.members",
 ])
-def test_file_reads_and_escapes_fail_inside_the_executor(demo_config, worker, sql):
+def test_file_reads_escapes_and_non_queries_are_blocked_inside_the_executor(demo_config, worker, sql):
+    # Queued without the submission-time check: the executor's own check blocks each one
+    # with an explanation, as the submission would have (P7), and runs nothing.
     job = wait(demo_config, force_queue(demo_config, sql.format(home=demo_config.home), "hanfu_house", "hanfu_owner"))
-    assert job.state in ("blocked", "failed")
+    assert job.state == "blocked", job.error
+    assert [v["rule"] for v in job.violations] == ["P7"]
+    assert job.violations[0]["message"] and job.violations[0]["suggestion"]
     assert not (demo_config.outputs_dir / str(job.id)).exists()
+
+
+DENIED_SQL = "SELECT nick, phone FROM platform.consumers"
+
+
+def test_a_denied_submission_comes_back_blocked_while_a_worker_is_waiting(demo_config, worker):
+    # The job is queued before the submission-time check, so the idle worker may take it
+    # first; the submitter still gets "blocked" and the reasons, and nothing runs.
+    for _ in range(3):
+        with session_scope(demo_config) as session:
+            job = service.submit(session, demo_config, user(session, "insight_isv"), "hanfu_house",
+                                 "aggregate", DENIED_SQL)
+            assert job.state == "blocked"
+            assert {v["rule"] for v in job.violations} & {"P1", "P5"}
+            job_id = job.id
+        assert wait(demo_config, job_id).state == "blocked"
+        actions = audit_actions(demo_config, job_id)
+        assert actions[0] == "job.submit" and "job.decision" in actions
+        assert "job.execute" not in actions
+        assert not (demo_config.outputs_dir / str(job_id)).exists()
+
+
+def test_a_submission_time_deny_after_the_release_blocks_the_job_and_shreds_the_output(demo_config, worker):
+    # Both checks are the same policy, so they disagree only if something changed in
+    # between; then the deny wins, even over a job already released.
+    job_id = force_queue(demo_config, JOIN_SQL.format(floor=3), "hanfu_house", "insight_isv")
+    assert wait(demo_config, job_id).state == "awaiting_approval"
+    deny = {"decision": "deny", "columns_read": [], "violations": [{
+        "rule": "P1", "column": "buyers", "sources": [], "message": "m", "suggestion": "s"}]}
+    with session_scope(demo_config) as session:
+        submitter = user(session, "insight_isv")
+        job = service.record_submission_decision(session, session.get(Job, job_id), deny,
+                                                 service.actor_for(submitter, "pytest"))
+        assert job.state == "blocked" and job.violations == deny["violations"]
+        assert job.output is not None and job.output.wrapped_key is None  # shredded
+    with session_scope(demo_config) as session:
+        entry = audit.query(session, job=job_id, action="job.decision")[0]  # the newest
+        assert entry["details"]["from"] == "awaiting_approval" and entry["details"]["to"] == "blocked"
+        assert entry["details"]["stage"] == "submission"
+        with pytest.raises(NotApproved):
+            service.read_result(session, demo_config, user(session, "hanfu_owner"), session.get(Job, job_id))
+
+
+def test_when_the_submission_time_check_fails_the_executor_decides(demo_config, worker, monkeypatch):
+    def lost_session(*args, **kwargs):
+        raise RuntimeError("the web process lost its Spark session")
+
+    monkeypatch.setattr(service, "evaluate", lost_session)
+    job_id = submit(demo_config, JOIN_SQL.format(floor=4))
+    assert job_state(demo_config, job_id).state in ("queued", "running", "awaiting_approval")
+    assert wait(demo_config, job_id).state == "awaiting_approval"
+    denied = wait(demo_config, submit(demo_config, DENIED_SQL))
+    assert denied.state == "blocked" and denied.violations
 
 
 def test_a_runtime_error_shows_its_class_and_the_audit_trail_keeps_the_rest(demo_config, worker):

@@ -49,6 +49,12 @@ def test_case(case, hanfu, spark):
         _assert_explained(doc)
         return
     assert doc["decision"] == "allow", json.dumps(doc["violations"], indent=1)
+    # What the audit trail says the job read: the columns it uses, not every column of
+    # each dataset it scans.
+    if "columns_read" in case:
+        assert sorted(f"{c['dataset']}.{c['column']}" for c in doc["columns_read"]) == case["columns_read"]
+    if "datasets_read" in case:
+        assert doc["datasets_read"] == case["datasets_read"]
     result = decision.execute(spark)
     released = result.dataframe.collect()
     assert result.suppressed_rows >= 0

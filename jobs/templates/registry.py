@@ -196,7 +196,7 @@ def submit_template(session: Session, config: Config, user: User, merchant_slug:
     """Render a template and submit it as a job (policy-checked, queued or blocked).
 
     The job records which template and parameters produced its SQL (Job.template,
-    Job.params), in the same transaction as its audit entries.
+    Job.params) from the start, with its ``job.submit`` entry; ``job.template`` follows.
     """
     from jobs import service
 
@@ -204,11 +204,10 @@ def submit_template(session: Session, config: Config, user: User, merchant_slug:
     params = template.parse_params(raw_params)
     sql = template.render(params, merchant_slug)
     title = job_name or template.title["en"]
+    # The template and its parameters are part of the queued job: the executor needs them.
     job = service.submit(session, config, user, merchant_slug, template.kind.value, sql,
-                         name=title, origin=origin)
-    job.template = template.name
-    job.params = template.params_json(params)
-    session.flush()
+                         name=title, origin=origin, template=template.name,
+                         params=template.params_json(params))
     record(session, "job.template", actor=service.actor_for(user, origin),
            objects={"job": job.id, "merchant": job.merchant.slug},
            details={"template": template.name, "params": job.params, "state": job.state})
