@@ -80,12 +80,20 @@ def run_cli(config: Config, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def writer_process(home: str, database_url: str, worker: int, count: int) -> None:
-    """Body of a separate writer process (web, worker...) appending to the same chain."""
+def writer_process(home: str, database_url: str, worker: int, count: int, start=None) -> None:
+    """Body of a separate writer process (web, worker...) appending to the same chain.
+
+    ``start`` (a barrier shared by the writers) makes them all begin appending at once, so
+    that they interleave however long each one took to start.
+    """
     config = Config.from_env(home=Path(home), database_url=database_url)
     audit.register_config(config)
     actor = audit.Actor(username=f"writer{worker}", role="provider", tenant="insight_isv",
                         origin=f"pid={os.getpid()}")
+    if start is not None:
+        with session_scope(config):
+            pass  # connected and ready: only the appending is left
+        start.wait(timeout=120)
     for i in range(count):
         with session_scope(config) as session:
             audit.record(session, "job.progress", actor=actor,

@@ -26,9 +26,10 @@ def config(request, make_config):
 @pytest.mark.slow
 def test_concurrent_writer_processes_keep_the_chain_valid(config):
     ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(WRITERS)  # all append at once, however slowly each one started
     procs = [
         ctx.Process(target=writer_process,
-                    args=(str(config.home), config.database_url, worker, PER_WRITER))
+                    args=(str(config.home), config.database_url, worker, PER_WRITER, start))
         for worker in range(WRITERS)
     ]
     for proc in procs:
