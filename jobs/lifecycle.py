@@ -118,18 +118,14 @@ def create(
     kind: str,
     sql: str,
     name: str,
-    state: JobState,
     decision: dict[str, Any] | None,
     actor: Actor,
     template: str | None = None,
     params: dict[str, Any] | None = None,
 ) -> Job:
-    """A new job, born ``queued`` or ``blocked``; audited (``job.submit``, and
-    ``job.decision`` when the decision is known yet: ``None`` means it is still to come)."""
-    if state not in (S.QUEUED, S.BLOCKED):
-        raise InvalidState(f"a new job cannot start as {state.value}")
-    if state == S.BLOCKED and decision is None:
-        raise InvalidState("a job is born blocked only with the decision that blocked it")
+    """A new job, born ``queued``; audited (``job.submit``, and ``job.decision`` when the
+    decision is known already: ``None`` means it is still to come). A deny blocks it later,
+    through :func:`transition`."""
     job = Job(
         merchant_id=merchant_id,
         submitted_by=submitter_id,
@@ -138,22 +134,20 @@ def create(
         name=name,
         template=template,
         params=params,
-        state=state.value,
+        state=S.QUEUED.value,
         progress=0.0,
         decision=decision,
         violations=(decision or {}).get("violations") or [],
         attempts=0,
         created_at=now(),
-        finished_at=now() if state == S.BLOCKED else None,
     )
     session.add(job)
     session.flush()
     session.refresh(job)
-    if state == S.QUEUED:
-        wake_after_commit(session)
+    wake_after_commit(session)
     objects = job_objects(job)
     record(session, "job.submit", actor=actor, objects=objects,
-           details={"kind": kind, "name": name, "sql": sql, "state": state.value,
+           details={"kind": kind, "name": name, "sql": sql, "state": S.QUEUED.value,
                     **({"template": template} if template else {})})
     if decision is not None:
         record(session, "job.decision", actor=actor, objects=objects,

@@ -54,23 +54,18 @@ def _validate(kind: str, sql: str) -> str:
 
 def evaluate(config: Config, sql: str, kind: str, merchant: str, datasets: dict[str, DatasetInfo]) -> dict[str, Any]:
     """The policy decision for a query, on this process's own SparkSession."""
-    from pyspark.errors import ParseException
-
     import policies
     from policies.segment import register_segment_token
     from sandbox.catalog import CATALOG_LOCK, install_catalog
-    from sandbox.guard import ForbiddenQuery, assert_single_query, refusal_decision
+    from sandbox.guard import screen
     from sandbox.spark import get_spark
 
     spark = get_spark(config, "yushan-web")
     with CATALOG_LOCK:
-        try:
-            # Spark runs some commands while turning text into a DataFrame: refuse them first.
-            assert_single_query(spark, sql)
-        except ForbiddenQuery as refused:
-            return refusal_decision(refused)
-        except ParseException:
-            pass  # the policy engine explains syntax errors
+        # Spark runs some commands while turning text into a DataFrame: refuse them first.
+        refused = screen(spark, sql)
+        if refused is not None:
+            return refused
         install_catalog(spark, datasets)
         register_segment_token(spark, KeyStore(config.master_key_path).segment_token_key(merchant), merchant)
         return policies.check(spark, sql, kind=kind, merchant=merchant, datasets=datasets).to_dict()
@@ -123,7 +118,6 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
         kind=kind,
         sql=sql,
         name=(name or "").strip()[:200],
-        state=JobState.QUEUED,
         decision=None,
         actor=actor,
         template=template,

@@ -34,7 +34,7 @@ from policies.implied import NON_ZERO, NOT_NULL, argument_column, facts_about
 from policies.segment import platform_token_matcher
 from policies.sparkplan import AnalyzedQuery
 from policies.tree import parse_plan_json
-from sandbox.spark import jvm_class, jvm_constant, tree_json
+from sandbox.spark import jvm_class, jvm_constant
 
 COUNT_PREFIX = "__yushan_k"
 
@@ -457,7 +457,7 @@ def recheck(spark: SparkSession, decision: Decision, plan, analyzed=None) -> Non
     """Safety net: the rewritten plan must pass the same policy."""
     if analyzed is None:
         analyzed = _Jvm(spark).dataset(plan).queryExecution().analyzed()
-    tree = parse_plan_json(tree_json(spark, analyzed))
+    tree = parse_plan_json(analyzed.toJSON())
     again = decide(AnalyzedQuery(analyzed, tree), decision.kind, decision.merchant,
                    _datasets_of(decision), platform_token_matcher(spark, decision.merchant))
     if not again.allowed:

@@ -16,7 +16,7 @@ from pyspark.sql import SparkSession
 
 from policies.model import Violation
 from policies.tree import Node, parse_plan_json
-from sandbox.spark import jvm_constant, tree_json
+from sandbox.spark import jvm_constant
 
 # Parsed (unresolved) plan nodes a plain query is made of. Commands, DDL/DML, scripts,
 # TRANSFORM, table-valued functions (read_files, ...) and anything else are refused.
@@ -124,7 +124,7 @@ def analyze(spark: SparkSession, sql: str) -> AnalyzedQuery:
                         lambda jvm: jvm.org.apache.spark.sql.execution.CommandExecutionMode.SKIP())
     try:
         analyzed = state.executePlan(parsed, skip).analyzed()
-        text = tree_json(spark, analyzed)
+        text = analyzed.toJSON()  # one reply, however large (sandbox.spark._QuickAckSocket)
     except (PySparkException, Py4JError) as exc:
         # Unknown and unreadable tables read exactly alike: Spark's own message.
         raise _refuse(

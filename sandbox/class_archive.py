@@ -112,7 +112,7 @@ def _train(target: Path) -> None:
     from pyspark import SparkContext
 
     from sandbox.executor import _WarmUp
-    from sandbox.spark import get_spark, stop_spark, tree_json
+    from sandbox.spark import get_spark, stop_spark
 
     with tempfile.TemporaryDirectory(prefix="yushan-class-archive-") as scratch:
         # Local, whatever YUSHAN_SPARK_MASTER says: only the driver's classes are archived.
@@ -125,7 +125,7 @@ def _train(target: Path) -> None:
         warm_up = _WarmUp(spark, Path(scratch))
         warm_up._rounds()
         frame = spark.read.parquet(str(warm_up.path)).groupBy("city").count()
-        tree_json(spark, frame._jdf.queryExecution().analyzed())
+        frame._jdf.queryExecution().analyzed().toJSON()
         proc = SparkContext._gateway.proc
         stop_spark()
         # The JVM exits when its standard input closes; the archive is written then.

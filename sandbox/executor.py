@@ -158,10 +158,9 @@ def _forget_job_state(spark, group: str) -> None:
 def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: Channel) -> dict[str, Any]:
     """Run one job request; always answer with an outcome message."""
     import pyarrow.parquet as pq
-    from pyspark.errors import ParseException
 
     from sandbox.catalog import CATALOG_LOCK, install_catalog
-    from sandbox.guard import ForbiddenQuery, assert_single_query, refusal_decision
+    from sandbox.guard import screen
     from sandbox.limits import Limits, limit_message
     from sandbox.output import store_output
     from sandbox.redact import limit_error, redact
@@ -189,11 +188,10 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
     lap("prepare")
     try:
         with CATALOG_LOCK:
-            try:
-                assert_single_query(spark, sql)
-            except ParseException:
-                pass  # not one statement: the policy check refuses it with an explanation (P7)
+            refused = screen(spark, sql)  # a command, not a query: the same deny as at submission
             lap("guard")
+            if refused is not None:
+                return {**answer, "outcome": JobOutcome.BLOCKED, "decision": refused}
             install_catalog(spark, datasets)
             lap("catalog")
             decision = _policy_check(spark, keystore, sql, kind, merchant, datasets)
@@ -216,7 +214,9 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
             prepared = _template_sql(spark, request, sql)
             if prepared is not None:  # a template's final query: checked like any job
                 sql = prepared
-                assert_single_query(spark, sql)
+                refused = screen(spark, sql)
+                if refused is not None:
+                    return {**answer, "outcome": JobOutcome.BLOCKED, "decision": refused}
                 decision = _policy_check(spark, keystore, sql, kind, merchant, datasets)
                 doc = {**decision.to_dict(), "prepared_sql": sql}
                 if not decision.allowed:
@@ -255,8 +255,6 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
             "released_rows": table.num_rows,
             "suppressed_rows": suppressed,
         }
-    except ForbiddenQuery as refused:  # a command, not a query: the same deny as at submission
-        return {**answer, "outcome": JobOutcome.BLOCKED, "decision": refusal_decision(refused)}
     except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted outcome (P8)
         err = redact(exc)
         return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text}

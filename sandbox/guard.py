@@ -12,7 +12,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from sandbox.spark import jvm_constant, tree_json
+from sandbox.spark import jvm_constant
 
 # Parsed-plan nodes that run programs, write, or change the session.
 FORBIDDEN_NODES = frozenset(
@@ -47,12 +47,24 @@ class ForbiddenQuery(Exception):
     """The statement is not one plain query; the message names the feature, never data."""
 
 
-def refusal_decision(refused: ForbiddenQuery) -> dict[str, Any]:
-    """The policy decision (a P7 deny) for a statement this guard refused."""
+def screen(spark: SparkSession, sql: str) -> dict[str, Any] | None:
+    """The policy decision (a P7 deny) for a statement this guard refuses, else None.
+
+    A statement that does not parse is let through: the policy check refuses it too, and
+    explains the syntax error.
+    """
+    from pyspark.errors import ParseException
+
     from policies.model import Violation
 
-    violation = Violation("P7", "(query)", (), str(refused), "Submit exactly one SELECT query.")
-    return {"decision": "deny", "violations": [violation.to_dict()], "columns_read": []}
+    try:
+        assert_single_query(spark, sql)
+    except ForbiddenQuery as refused:
+        violation = Violation("P7", "(query)", (), str(refused), "Submit exactly one SELECT query.")
+        return {"decision": "deny", "violations": [violation.to_dict()], "columns_read": []}
+    except ParseException:
+        pass
+    return None
 
 
 def _classes(node: Any) -> set[str]:
@@ -79,7 +91,7 @@ def assert_single_query(spark: SparkSession, sql: str) -> None:
     if command.isInstance(plan):
         raise ForbiddenQuery("commands are not allowed; submit a single SELECT query")
     try:
-        names = _classes(json.loads(tree_json(spark, plan)))
+        names = _classes(json.loads(plan.toJSON()))
     except Exception:  # noqa: BLE001 - unknown shape: fall back to the node names
         names = {line.strip().lstrip("+-: ").split(" ")[0] for line in plan.treeString().splitlines()}
     for full in names:

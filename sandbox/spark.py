@@ -226,7 +226,3 @@ def jvm_class(spark: SparkSession, name: str) -> Any:
 
     return jvm_constant(spark, "class:" + name, find)
 
-
-def tree_json(spark: SparkSession, tree) -> str:
-    """``tree.toJSON()`` of a Catalyst plan or expression (one round trip)."""
-    return tree.toJSON()

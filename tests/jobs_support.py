@@ -10,7 +10,7 @@ from jobs.service import actor_for
 from yushan.accounts import ensure_platform, ensure_tenant, ensure_user, grant
 from yushan.config import Config
 from yushan.db import session_scope
-from yushan.models import Job, JobState, Role, TenantKind, User
+from yushan.models import Job, Role, TenantKind, User
 
 ALLOW = {"decision": "allow", "violations": [], "columns_read": []}
 
@@ -44,7 +44,7 @@ def queue_jobs(config: Config, count: int, username: str = "insight_isv", sql: s
         for i in range(count):
             job = lifecycle.create(
                 session, merchant_id=merchant_id, submitter_id=submitter.id, kind="aggregate",
-                sql=f"{sql} -- {i}", name=f"job {i}", state=JobState.QUEUED, decision=ALLOW,
+                sql=f"{sql} -- {i}", name=f"job {i}", decision=ALLOW,
                 actor=actor_for(submitter, "pytest"),
             )
             ids.append(job.id)

@@ -8,7 +8,7 @@ from jobs_support import queue_jobs, small_world, user
 
 from jobs import lifecycle
 from jobs.queue import claim, give_back
-from jobs.service import actor_for
+from jobs.service import actor_for, record_submission_decision
 from jobs.wakeup import WakeListener, notify, registry_dir
 from yushan.db import session_scope
 from yushan.models import Job, JobState
@@ -38,7 +38,7 @@ def test_nothing_is_sent_before_the_commit_or_after_a_rollback(world, listener):
         submitter = user(session, "insight_isv")
         lifecycle.create(
             session, merchant_id=user(session, "hanfu_owner").tenant_id, submitter_id=submitter.id,
-            kind="aggregate", sql="SELECT 1 AS x", name="", state=JobState.QUEUED,
+            kind="aggregate", sql="SELECT 1 AS x", name="",
             decision={"decision": "allow", "violations": []}, actor=actor_for(submitter),
         )
         assert not listener.wait(0.1)  # flushed, not committed: no worker could claim it
@@ -46,14 +46,14 @@ def test_nothing_is_sent_before_the_commit_or_after_a_rollback(world, listener):
     assert not listener.wait(0.1)
 
 
-def test_a_blocked_job_wakes_nobody(world, listener):
+def test_blocking_a_queued_job_wakes_nobody(world, listener):
+    (job_id,) = queue_jobs(world, 1)
+    assert listener.wait(2.0)  # the queuing itself
+    deny = {"decision": "deny", "violations": [], "columns_read": []}
     with session_scope(world) as session:
         submitter = user(session, "insight_isv")
-        lifecycle.create(
-            session, merchant_id=user(session, "hanfu_owner").tenant_id, submitter_id=submitter.id,
-            kind="aggregate", sql="SELECT 1 AS x", name="", state=JobState.BLOCKED,
-            decision={"decision": "deny", "violations": []}, actor=actor_for(submitter),
-        )
+        job = record_submission_decision(session, session.get(Job, job_id), deny, actor_for(submitter))
+        assert job.state == JobState.BLOCKED.value
     assert not listener.wait(0.1)
 
 

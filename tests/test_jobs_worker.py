@@ -58,7 +58,7 @@ def force_queue(config, sql: str, merchant: str, username: str) -> int:
 
         job = lifecycle.create(
             session, merchant_id=get_tenant(session, merchant).id, submitter_id=submitter.id,
-            kind="aggregate", sql=sql, name="forced", state=JobState.QUEUED, decision=ALLOW,
+            kind="aggregate", sql=sql, name="forced", decision=ALLOW,
             actor=service.actor_for(submitter, "pytest"),
         )
         return job.id

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from sandbox.spark import _QuickAckSocket, jvm_class, jvm_constant, tree_json
+from sandbox.spark import _QuickAckSocket, jvm_class, jvm_constant
 
 pytestmark = pytest.mark.spark
 
@@ -34,7 +34,7 @@ def test_a_large_plan_comes_back_whole_in_one_reply(spark):
     # Far beyond py4j's 8 KiB reply buffer: the case that used to stall or need chunks.
     columns = ", ".join(f"id * {i} AS column_with_a_long_name_{i}" for i in range(300))
     plan = spark.sql(f"SELECT {columns} FROM range(3)")._jdf.queryExecution().analyzed()
-    text = tree_json(spark, plan)
+    text = plan.toJSON()
     assert len(text) > 50_000
     nodes = json.loads(text)
     assert nodes[0]["class"].endswith("Project") and len(nodes[0]["projectList"]) == 300

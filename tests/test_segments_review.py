@@ -27,7 +27,7 @@ def make_output_job(config, tmp_path, kind: str = "segment") -> int:
         provider = user(session, "insight_isv")
         job = lifecycle.create(
             session, merchant_id=user(session, "hanfu_owner").tenant_id, submitter_id=provider.id,
-            kind=kind, sql="SELECT 1", name="t", state=JobState.QUEUED,
+            kind=kind, sql="SELECT 1", name="t",
             decision={"decision": "allow", "violations": []}, actor=service.actor_for(provider, "pytest"),
         )
         job_id = job.id
