@@ -19,6 +19,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from sandbox.spark import is_local_master
 from yushan.config import Config
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def plan_network(config: Config) -> NetworkPlan:
     """Decide how executors of this installation are isolated from the network."""
     if not config.network_isolation:
         return NetworkPlan(NetworkMode.DISABLED, "YUSHAN_NETWORK_ISOLATION is off")
-    if not config.spark_master.startswith("local"):
+    if not is_local_master(config.spark_master):
         return NetworkPlan(
             NetworkMode.CLUSTER,
             f"Spark master {config.spark_master.split('://')[0]} needs the network; "

@@ -1,18 +1,21 @@
 """The one SparkSession factory. Every Spark user in Yushan gets its session here.
 
 Hardened from the start: no SQL on files, no UI or event logs unless asked, an in-memory
-catalog that only holds what the current job installs, ANSI errors, loopback only.
+catalog that only holds what the current job installs, ANSI errors, and a driver on
+loopback only (a cluster master's driver on the operator's address instead).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import socket
 import threading
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from yushan.config import Config, require_java
+from yushan.config import Config, ConfigError, require_java
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -33,7 +36,9 @@ HARDENED_CONF: dict[str, str] = {
     "spark.sql.ansi.enabled": "true",
     # JVM stack traces in Python exceptions may quote data values.
     "spark.sql.pyspark.jvmStacktrace.enabled": "false",
-    # Loopback only: the driver neither listens on nor advertises a public address.
+    # Loopback only: the driver neither listens on nor advertises a public address. The one
+    # exception is a cluster master, whose executors must reach the driver: there both are
+    # YUSHAN_SPARK_DRIVER_HOST / _BIND_ADDRESS (see hardened_conf), never a caller's choice.
     "spark.driver.bindAddress": "127.0.0.1",
     "spark.driver.host": "127.0.0.1",
     # Hive support off: no SerDe, no TRANSFORM scripts, no Hive UDFs.
@@ -71,12 +76,118 @@ REMOVED_FUNCTIONS: tuple[str, ...] = (
 # Table-valued functions that read files.
 REMOVED_TABLE_FUNCTIONS: tuple[str, ...] = ("read_files",)
 
+# Settings that come from Yushan's own configuration: the operator's YUSHAN_SPARK_CONF may
+# not set them either (key -> what to do instead).
+OWN_SETTINGS: dict[str, str] = {
+    "spark.master": "set YUSHAN_SPARK_MASTER instead",
+    "spark.app.name": "Yushan names each session itself",
+    "spark.driver.host": "set YUSHAN_SPARK_DRIVER_HOST instead (used for a cluster master only)",
+    "spark.driver.bindAddress": "set YUSHAN_SPARK_DRIVER_BIND_ADDRESS instead (used for a "
+                                "cluster master only)",
+    "spark.ui.enabled": "set YUSHAN_SPARK_UI instead",
+    "spark.sql.shuffle.partitions": "set YUSHAN_SHUFFLE_PARTITIONS instead",
+    "spark.driver.memory": "set YUSHAN_SPARK_DRIVER_MEMORY instead",
+    "spark.sql.warehouse.dir": "Yushan keeps it under YUSHAN_HOME",
+    "spark.local.dir": "each executor's scratch directory is its own, under YUSHAN_HOME, "
+                       "removed when the executor stops",
+}
+
+
+def operator_refusal(key: str) -> str | None:
+    """Why the operator's YUSHAN_SPARK_CONF may not set ``key``; None if it may."""
+    if key in OWN_SETTINGS:
+        return OWN_SETTINGS[key]
+    if key in HARDENED_CONF:
+        return ("it is a hardened sandbox setting that nothing overrides "
+                "(docs/operations.md, \"Hardened Spark settings\")")
+    return None
+
+
+def is_local_master(master: str) -> bool:
+    """``local``, ``local[N]``, ``local-cluster[...]``: everything on this machine."""
+    return master.startswith("local")
+
+
+def hardened_conf(config: Config) -> dict[str, str]:
+    """HARDENED_CONF as it applies to this installation's master.
+
+    A local master's driver stays on 127.0.0.1 whatever is configured (its executors run in
+    a network namespace with nothing but loopback anyway). A cluster's executors must reach
+    the driver, so there it binds to and advertises the operator's address.
+    """
+    conf = dict(HARDENED_CONF)
+    if not is_local_master(config.spark_master):
+        conf["spark.driver.host"] = config.spark_driver_host
+        conf["spark.driver.bindAddress"] = config.spark_driver_bind_address or config.spark_driver_host
+    return conf
+
+
+def operator_conf(config: Config) -> dict[str, str]:
+    """The operator's extra settings (YUSHAN_SPARK_CONF), refused whole if one is Yushan's."""
+    for key in config.spark_conf:
+        refused = operator_refusal(key)
+        if refused:
+            source = (f"YUSHAN_SPARK_CONF={config.spark_conf_file}" if config.spark_conf_file
+                      else "the operator's Spark settings")
+            raise ConfigError(f"{source}: {key} may not be set there: {refused}; remove it")
+    return dict(config.spark_conf)
+
+
+def _is_loopback(address: str) -> bool:
+    if address.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def cluster_security_warnings(conf: Mapping[str, str]) -> list[str]:
+    """What is unprotected on the wire for a session with the effective settings ``conf``.
+
+    Only a cluster master with a driver reachable from other hosts is concerned. Without
+    ``spark.authenticate`` any host that reaches the driver's ports can talk to it as an
+    executor would (and be sent tasks and blocks holding merchant data); without RPC
+    encryption, tasks, shuffle blocks and the key of Spark's local-disk encryption cross the
+    network in the clear. A warning, not a refusal: Spark's own spark-defaults.conf may be
+    where the operator turned these on, which is why the effective settings are checked.
+    """
+    master = conf.get("spark.master", "")
+    addresses = {conf.get("spark.driver.host", ""), conf.get("spark.driver.bindAddress", "")}
+    if not master or is_local_master(master) or all(_is_loopback(a) for a in addresses if a):
+        return []
+
+    def on(key: str) -> bool:
+        return conf.get(key, "false").strip().lower() == "true"
+
+    warnings = []
+    where = f"the driver on {conf.get('spark.driver.host')} (master {master.split('://')[0]})"
+    if not on("spark.authenticate"):
+        warnings.append(
+            f"{where} accepts unauthenticated connections: any host that reaches it can pose "
+            "as a Spark executor and be sent job data; set spark.authenticate=true (and, "
+            "on a standalone cluster, spark.authenticate.secret) in YUSHAN_SPARK_CONF"
+        )
+    if not (on("spark.network.crypto.enabled") or on("spark.ssl.rpc.enabled")):
+        warnings.append(
+            f"{where} talks to its executors unencrypted: tasks, shuffle blocks and the "
+            "local-disk encryption key cross the network in the clear; set "
+            "spark.network.crypto.enabled=true (with spark.authenticate) in YUSHAN_SPARK_CONF"
+        )
+    return warnings
+
+
 _lock = threading.Lock()
 _session: SparkSession | None = None
 
 
 def session_conf(config: Config, app_name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The full configuration a Yushan SparkSession is built with."""
+    """The full configuration a Yushan SparkSession is built with.
+
+    Later layers win: Yushan's defaults, then the operator's YUSHAN_SPARK_CONF (refused if
+    it names a hardened key or one of OWN_SETTINGS), then the caller's ``extra``, then the
+    hardened settings with the driver's address (``hardened_conf``), which nothing overrides.
+    """
     conf = {
         "spark.app.name": app_name,
         "spark.master": config.spark_master,
@@ -94,8 +205,9 @@ def session_conf(config: Config, app_name: str, extra: dict[str, str] | None = N
     archived = java_options(config)  # Spark's classes ready-parsed: seconds off every cold start
     if archived:
         conf["spark.driver.extraJavaOptions"] = archived
+    conf.update(operator_conf(config))
     conf.update(extra or {})
-    conf.update(HARDENED_CONF)
+    conf.update(hardened_conf(config))
     return conf
 
 
@@ -117,7 +229,23 @@ def get_spark(config: Config, app_name: str = "yushan", extra: dict[str, str] | 
         _session.sparkContext.setLogLevel("ERROR")
         harden_session(_session)
         log.info("SparkSession started (master %s)", config.spark_master)
+        _announce_driver_address(config, _session)
         return _session
+
+
+def _announce_driver_address(config: Config, spark: SparkSession) -> None:
+    """Say where the driver listens; warn when a cluster reaches it unprotected."""
+    if is_local_master(config.spark_master):
+        if not _is_loopback(config.spark_driver_host):
+            log.info("YUSHAN_SPARK_DRIVER_HOST=%s is not used: a local master's driver stays "
+                     "on 127.0.0.1", config.spark_driver_host)
+        return
+    # The effective settings: Spark's own spark-defaults.conf may have added some.
+    effective = dict(spark.sparkContext.getConf().getAll())
+    log.info("Spark driver on %s (bound to %s)", effective.get("spark.driver.host"),
+             effective.get("spark.driver.bindAddress"))
+    for warning in cluster_security_warnings(effective):
+        log.warning("WARNING: %s", warning)
 
 
 def harden_session(spark: SparkSession) -> None:

@@ -89,3 +89,126 @@ def test_init_creates_owner_only_keys(make_config):
     before = config.master_key_path.read_bytes()
     initialise(config)  # idempotent: never replaces an existing key
     assert config.master_key_path.read_bytes() == before
+
+
+# --- the driver's address and the operator's Spark settings (YUSHAN_SPARK_CONF) -----------
+
+
+def _conf_file(tmp_path, text: str):
+    path = tmp_path / "spark.conf"
+    path.write_text(text)
+    return path
+
+
+def _from_env_with(monkeypatch, tmp_path, **variables) -> Config:
+    monkeypatch.setenv("YUSHAN_HOME", str(tmp_path / "home"))
+    for name in ("YUSHAN_SPARK_CONF", "YUSHAN_SPARK_DRIVER_HOST", "YUSHAN_SPARK_DRIVER_BIND_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, str(value))
+    return Config.from_env()
+
+
+def test_the_driver_address_defaults_to_loopback_and_follows_the_environment(tmp_path, monkeypatch):
+    config = _from_env_with(monkeypatch, tmp_path)
+    assert (config.spark_driver_host, config.spark_driver_bind_address) == ("127.0.0.1", "")
+    assert config.spark_conf == {} and config.spark_conf_file == ""
+    config = _from_env_with(monkeypatch, tmp_path, YUSHAN_SPARK_DRIVER_HOST="worker-1.internal",
+                            YUSHAN_SPARK_DRIVER_BIND_ADDRESS="10.0.0.7")
+    assert (config.spark_driver_host, config.spark_driver_bind_address) == ("worker-1.internal", "10.0.0.7")
+
+
+@pytest.mark.parametrize("value", ["10.0.0.7:7078", "spark://10.0.0.7", "two words", "-x"])
+def test_a_driver_address_that_is_not_an_address_names_the_setting(tmp_path, monkeypatch, value):
+    with pytest.raises(ConfigError, match=r"YUSHAN_SPARK_DRIVER_HOST=.* is not a host name or IP address"):
+        _from_env_with(monkeypatch, tmp_path, YUSHAN_SPARK_DRIVER_HOST=value)
+
+
+def test_an_operator_file_of_spark_settings_is_read(tmp_path, monkeypatch):
+    path = _conf_file(tmp_path, (
+        "# a comment, then a blank line\n"
+        "\n"
+        "spark.yarn.queue   cleanroom\n"
+        "spark.authenticate=true\n"
+        "  spark.network.crypto.enabled = true  \n"
+        "spark.driver.defaultJavaOptions -Dsun.net.inetaddr.ttl=30 -Dx=a=b\n"
+        "spark.kubernetes.driver.label.app.kubernetes.io/name yushan\n"
+        "    # an indented comment\n"
+    ))
+    config = _from_env_with(monkeypatch, tmp_path, YUSHAN_SPARK_CONF=path)
+    assert config.spark_conf_file == str(path.resolve())
+    assert config.spark_conf == {
+        "spark.yarn.queue": "cleanroom",
+        "spark.authenticate": "true",
+        "spark.network.crypto.enabled": "true",
+        "spark.driver.defaultJavaOptions": "-Dsun.net.inetaddr.ttl=30 -Dx=a=b",
+        "spark.kubernetes.driver.label.app.kubernetes.io/name": "yushan",
+    }
+    # A secret in the file is not shown when the configuration is printed.
+    _conf_file(tmp_path, "spark.authenticate.secret s3cr3t-value\n")
+    assert "s3cr3t-value" not in repr(_from_env_with(monkeypatch, tmp_path, YUSHAN_SPARK_CONF=path))
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "fragment"),
+    [
+        ("spark.yarn.queue\n", 1, "spark.yarn.queue has no value"),
+        ("# queue\nspark.yarn.queue =\n", 2, "spark.yarn.queue has no value"),
+        ("\n= cleanroom\n", 2, "not a setting"),
+        ("cleanroom\n", 1, "not a setting"),
+        ("spark.yarn.queue a\nyarn.queue b\n", 2, "'yarn.queue' is not a Spark setting"),
+        ("SPARK.yarn.queue b\n", 1, "is not a Spark setting"),
+        ("spark.yarn.queue: cleanroom\n", 1, "the key spark.yarn.queue... has a character other"),
+        ("spark.yarn.queue:cleanroom\n", 1, "the key spark.yarn.queue... has a character other"),
+        ("spark.executorEnv.A 1 \\\n", 1, "continuation lines"),
+        ("spark.yarn.queue a\n\nspark.yarn.queue b\n", 3, "already set on line 1"),
+    ],
+)
+def test_a_bad_line_names_the_file_and_line(tmp_path, monkeypatch, text, line, fragment):
+    path = _conf_file(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        _from_env_with(monkeypatch, tmp_path, YUSHAN_SPARK_CONF=path)
+    message = str(info.value)
+    assert message.startswith(f"YUSHAN_SPARK_CONF={path.resolve()}, line {line}: ")
+    assert fragment in message
+    assert "cleanroom" not in message  # values are never quoted: one may be a secret
+    # ... and says how to fix it.
+    assert any(fix in message for fix in ("write one", "fix the key", "one line", "keep one"))
+
+
+def _refused_keys() -> list[str]:
+    from sandbox.spark import HARDENED_CONF, OWN_SETTINGS
+
+    return sorted({*HARDENED_CONF, *OWN_SETTINGS})
+
+
+@pytest.mark.parametrize("key", _refused_keys())
+def test_an_operator_file_may_not_set_a_hardened_or_yushan_setting(tmp_path, monkeypatch, key):
+    path = _conf_file(tmp_path, f"spark.yarn.queue cleanroom\n{key} anything\n")
+    with pytest.raises(ConfigError) as info:
+        _from_env_with(monkeypatch, tmp_path, YUSHAN_SPARK_CONF=path)
+    assert f", line 2: {key} may not be set here: " in str(info.value)
+    assert str(info.value).endswith("remove the line")
+
+
+def test_a_hardened_key_is_refused_with_a_reason_and_a_driver_key_names_its_variable(tmp_path, monkeypatch):
+    path = _conf_file(tmp_path, "spark.sql.runSQLOnFiles true\n")
+    with pytest.raises(ConfigError, match="hardened sandbox setting"):
+        _from_env_with(monkeypatch, tmp_path, YUSHAN_SPARK_CONF=path)
+    path = _conf_file(tmp_path, "spark.driver.host 10.0.0.7\n")
+    with pytest.raises(ConfigError, match="set YUSHAN_SPARK_DRIVER_HOST instead"):
+        _from_env_with(monkeypatch, tmp_path, YUSHAN_SPARK_CONF=path)
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "not utf-8"])
+def test_an_unreadable_operator_file_is_reported(tmp_path, monkeypatch, kind):
+    path = tmp_path / "spark.conf"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "not utf-8":
+        path.write_bytes(b"spark.yarn.queue \xff\xfe\n")
+    with pytest.raises(ConfigError) as info:
+        _from_env_with(monkeypatch, tmp_path, YUSHAN_SPARK_CONF=path)
+    message = str(info.value)
+    assert message.startswith(f"YUSHAN_SPARK_CONF={path.resolve()} cannot be read (")
+    assert "point YUSHAN_SPARK_CONF at a readable" in message

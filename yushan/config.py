@@ -6,7 +6,9 @@ code base reads ``os.environ`` for Yushan settings: ask :func:`get_config` inste
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,91 @@ def _env_int(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+
+
+def _env_address(name: str, default: str) -> str:
+    """A host name or IP address (no scheme, no port) from the environment."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        ipaddress.ip_address(raw)
+        return raw
+    except ValueError:
+        pass
+    if _HOST_NAME.fullmatch(raw):
+        return raw
+    raise ConfigError(
+        f"{name}={raw!r} is not a host name or IP address; give the bare address the cluster "
+        "reaches this worker at, e.g. 10.0.0.7 or worker-1.internal (no scheme; a fixed port "
+        "is spark.driver.port in YUSHAN_SPARK_CONF)"
+    )
+
+
+# One setting per line, as in Spark's spark-defaults.conf: `key value` or `key=value`.
+_CONF_LINE = re.compile(r"(?P<key>[^\s=]+)(?:\s*=\s*|\s+)(?P<value>.*)")
+_CONF_KEY = re.compile(r"spark\.[A-Za-z0-9_./-]+")
+_CONF_FORM = "write one `spark.some.key value` or `spark.some.key=value` per line"
+
+
+def read_spark_conf(path: Path) -> dict[str, str]:
+    """The operator's extra Spark settings (``YUSHAN_SPARK_CONF``), checked line by line.
+
+    The format is spark-defaults.conf's common subset: ``key value`` or ``key=value``, ``#``
+    comment lines, blank lines; values are taken as written (no escapes, no continuation
+    lines). A key Yushan sets itself (the hardened settings, the driver's address, the
+    master, ...) is refused rather than ignored: the hardened settings win anyway, and the
+    others have their own ``YUSHAN_*`` variable or are the sandbox's own.
+    """
+    # sandbox.spark owns the list of what nobody may override (it imports this module).
+    from sandbox.spark import operator_refusal
+
+    name = f"YUSHAN_SPARK_CONF={path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(
+            f"{name} cannot be read ({reason}); point YUSHAN_SPARK_CONF at a readable UTF-8 "
+            f"file of Spark settings ({_CONF_FORM}), or unset it"
+        ) from None
+    settings: dict[str, str] = {}
+    first_seen: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        where = f"{name}, line {number}"
+        if line.endswith("\\"):
+            raise ConfigError(f"{where}: continuation lines (ending in \\) are not supported; "
+                              "put the whole setting on one line")
+        # Messages quote keys, never values (a value may be spark.authenticate.secret).
+        found = _CONF_LINE.fullmatch(line)  # fails only for "=..." and a lone word
+        key = found["key"] if found else ("" if line.startswith("=") else line)
+        value = found["value"].strip() if found else ""
+        if not key or not (found or key.startswith("spark.")):
+            raise ConfigError(f"{where}: not a setting; {_CONF_FORM}")
+        if not key.startswith("spark."):
+            raise ConfigError(f"{where}: {key!r} is not a Spark setting (keys start with "
+                              "'spark.'); fix the key or remove the line")
+        if not _CONF_KEY.fullmatch(key):
+            start = (_CONF_KEY.match(key) or re.match(r"spark\.", key)).group()
+            raise ConfigError(f"{where}: the key {start}... has a character other than letters, "
+                              f"digits and . _ - / (a ':' separator is not supported); {_CONF_FORM}")
+        if not value:
+            raise ConfigError(f"{where}: {key} has no value; {_CONF_FORM}")
+        refused = operator_refusal(key)
+        if refused:
+            raise ConfigError(f"{where}: {key} may not be set here: {refused}; remove the line")
+        if key in settings:
+            raise ConfigError(f"{where}: {key} is already set on line {first_seen[key]}; "
+                              "keep one of the two lines")
+        settings[key] = value
+        first_seen[key] = number
+    return settings
+
+
 @dataclass(frozen=True)
 class Config:
     """Settings of one Yushan installation (one ``YUSHAN_HOME``)."""
@@ -66,6 +153,14 @@ class Config:
     network_isolation: bool = True
     # "" = this installation's Spark class archive, "off" = none, else the archive's path
     class_archive: str = ""
+    # Where the Spark driver (each executor process) listens and what it advertises, for a
+    # cluster master only: a local master's driver stays on 127.0.0.1 (sandbox/spark.py).
+    spark_driver_host: str = "127.0.0.1"
+    spark_driver_bind_address: str = ""  # "" = the same as spark_driver_host
+    # The operator's extra Spark settings (YUSHAN_SPARK_CONF), already checked; may hold
+    # spark.authenticate.secret, hence kept out of repr.
+    spark_conf_file: str = ""
+    spark_conf: dict[str, str] = field(default_factory=dict, repr=False)
     extra: dict[str, str] = field(default_factory=dict)
 
     # Paths below the home; one place so that nothing hard-codes a layout.
@@ -159,7 +254,14 @@ class Config:
             ),
             network_isolation=_env_bool("YUSHAN_NETWORK_ISOLATION", True),
             class_archive=(os.environ.get("YUSHAN_CLASS_ARCHIVE") or "").strip(),
+            spark_driver_host=_env_address("YUSHAN_SPARK_DRIVER_HOST", "127.0.0.1"),
+            spark_driver_bind_address=_env_address("YUSHAN_SPARK_DRIVER_BIND_ADDRESS", ""),
         )
+        if "spark_conf" not in overrides:
+            conf_file = (os.environ.get("YUSHAN_SPARK_CONF") or "").strip()
+            if conf_file:
+                path = Path(conf_file).expanduser().resolve()
+                values.update(spark_conf_file=str(path), spark_conf=read_spark_conf(path))
         values.update(overrides)
         return cls(**values)
 
