@@ -25,6 +25,7 @@ from jobs.errors import (
     QueryTooLarge,
     StateConflict,
 )
+from jobs.wakeup import open_watch
 from sandbox.crypto import KeyStore
 from sandbox.output import read_output, remove_output
 from yushan.accounts import active_authorization, can_act_for
@@ -100,12 +101,14 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
     """Queue a job and give the submitter the policy's decision on it: the job comes back
     ``blocked`` with its violations when the policy denies it, else queued (or further on).
 
-    Commits the session twice. The job is committed as queued *before* this process checks
-    it, so that a worker can start on it meanwhile: the executor checks every job again on
-    its own catalog before anything runs (that check is the authoritative one), and this one
-    is the submitter's immediate answer. A deny from either check blocks the job wherever it
-    has got to (an output already made is shredded); the other then finds it blocked. Each
-    step is audited in its own transaction: ``job.submit``, then ``job.decision``.
+    Commits the session twice. The job is committed as queued *before* any check, so that
+    a worker can start on it at once: the executor checks every job on its own catalog
+    before anything runs (that check is the authoritative one). When a worker on this host
+    claims the job within moments, its executor's decision, relayed by the worker
+    (:class:`jobs.wakeup.JobWatch`), is the submitter's answer; otherwise this process
+    checks the query itself. A deny from either check blocks the job wherever it has got to
+    (an output already made is shredded); the other then finds it blocked. Each step is
+    audited in its own transaction: ``job.submit``, then ``job.decision``.
     """
     sql = _validate(kind, sql)
     merchant = _acting_merchant(session, user, merchant_slug)
@@ -124,23 +127,39 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
         params=params,
     )
     job_id = job.id
+    # Opened before the commit: the worker that claims the job tells this process at once.
+    watch = open_watch(config, job_id)
     session.commit()  # queued for good: idle workers are woken now
     # Nothing below touches the session until the decision is known: on SQLite, the next
     # statement takes the database's write lock, which the workers need meanwhile.
+    checked_in = "executor"
     try:
-        decision = evaluate(config, sql, kind, merchant_slug, datasets)
-    except Exception as exc:  # noqa: BLE001 - the executor's check still decides
-        log.warning("job %s: the submission-time check failed (%s); the executor decides",
-                    job_id, type(exc).__name__)
-        return job
-    return record_submission_decision(session, job, decision, actor)
+        decision = watch.executor_decision() if watch is not None else None
+    finally:
+        if watch is not None:
+            watch.close()
+    if decision is None:  # no free worker took it at once: check it here
+        checked_in = "web"
+        try:
+            decision = evaluate(config, sql, kind, merchant_slug, datasets)
+        except Exception as exc:  # noqa: BLE001 - the executor's check still decides
+            log.warning("job %s: the submission-time check failed (%s); the executor decides",
+                        job_id, type(exc).__name__)
+            return job
+    return record_submission_decision(session, job, decision, actor, checked_in=checked_in)
 
 
-def record_submission_decision(session: Session, job: Job, decision: dict[str, Any], actor: Actor) -> Job:
-    """The submission-time decision, audited; a deny blocks the job wherever it is by now."""
+def record_submission_decision(session: Session, job: Job, decision: dict[str, Any], actor: Actor,
+                               *, checked_in: str = "web") -> Job:
+    """The submission-time decision, audited; a deny blocks the job wherever it is by now.
+
+    ``checked_in`` says whose check answered the submitter: this process's own (``web``),
+    or the executor's, relayed by the worker that took the job (``executor``).
+    """
     details = {"decision": decision.get("decision"), "violations": decision.get("violations") or [],
                "columns_read": decision.get("columns_read"),
-               "datasets_read": decision.get("datasets_read"), "stage": "submission"}
+               "datasets_read": decision.get("datasets_read"), "stage": "submission",
+               "checked_in": checked_in}
     denied = decision.get("decision") != "allow"
     for _ in range(10):  # each lost race means a worker moved the job on: try again
         session.refresh(job)

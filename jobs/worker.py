@@ -30,12 +30,14 @@ from jobs.queue import (
     worker_identity,
 )
 from jobs.service import sweep_shredded_outputs
-from jobs.wakeup import WakeListener
+from jobs.wakeup import CLAIMED, DECIDED, WakeListener, tell_submitter
+from sandbox import cgroup
 from sandbox.executor import JobOutcome, dataset_to_message
 from sandbox.limits import Limits
-from sandbox.netns import SETTING_KEY, NetworkPlan, announce, plan_network
+from sandbox.netns import announce, plan_network
 from sandbox.output import StoredOutput, remove_output
 from sandbox.pool import Executor, ExecutorFault, ExecutorPool, RunReport, StopReason
+from sandbox.protection import BY_KEY, MEMORY_KEY, NETWORK_KEY
 from sandbox.workspace import remove_workspace, sweep_orphans
 from yushan.catalog import readable_datasets
 from yushan.config import Config
@@ -50,21 +52,26 @@ REAP_SECONDS = 5.0
 HEARTBEAT_SECONDS = 2.0  # also how soon a cancel reaches a running job
 
 
-def record_network_plan(config: Config, plan: NetworkPlan) -> None:
-    """Keep the executors' isolation where the admin page reads it (audited on change)."""
-    value = plan.as_setting()
+def record_sandbox_setting(config: Config, key: str, value: dict) -> bool:
+    """Keep one of the executors' protections where the admin page reads it (audited on change).
+
+    ``key`` is one of :data:`sandbox.protection.PROTECTIONS`; ``value`` the plan's
+    ``as_setting()``. True when the recorded value changed.
+    """
+    protection = BY_KEY[key]
     with session_scope(config) as session:
-        setting = session.get(Setting, SETTING_KEY)
+        setting = session.get(Setting, key)
         if setting is not None and setting.value == value:
-            return
+            return False
         if setting is None:
-            session.add(Setting(key=SETTING_KEY, value=value))
+            session.add(Setting(key=key, value=value))
         else:
             setting.value = value
         record(
-            session, "admin.sandbox_network", actor=worker_actor(),
-            objects={"setting": SETTING_KEY}, details=value,
+            session, protection.action, actor=worker_actor(),
+            objects={"setting": key}, details=value,
         )
+    return True
 
 
 class Worker:
@@ -98,9 +105,15 @@ class Worker:
         swept = sweep_orphans(self.config)
         if swept:
             log.info("removed %d workspaces left by stopped executors", len(swept))
+        memory = cgroup.plan_memory()
+        cgroup.announce(memory)  # a kernel memory limit, or sampling only
+        record_sandbox_setting(self.config, MEMORY_KEY, memory.as_setting())
+        swept_groups = cgroup.sweep_groups()  # memory cgroups of executors of dead workers
+        if swept_groups:
+            log.info("removed %d memory cgroups left by stopped executors", len(swept_groups))
         plan = plan_network(self.config)
         announce(plan)
-        record_network_plan(self.config, plan)
+        record_sandbox_setting(self.config, NETWORK_KEY, plan.as_setting())
         try:
             self.wake = WakeListener(self.config)
         except OSError as exc:
@@ -124,6 +137,7 @@ class Worker:
                     with session_scope(self.config) as session:
                         sweep_shredded_outputs(session, self.config)
                     sweep_orphans(self.config)  # executors that died with another worker
+                    cgroup.sweep_groups()  # and their memory cgroups, once they are empty
                 if not any(t.is_alive() for t in slots):
                     break
                 self.stopping.wait(0.5)
@@ -224,8 +238,12 @@ class Worker:
                 return StopReason.SHUTDOWN
             return None
 
+        def decided(decision: dict) -> None:
+            tell_submitter(self.config, job.id, DECIDED, decision)
+
+        tell_submitter(self.config, job.id, CLAIMED)  # its submitter waits for the decision
         try:
-            report = executor.run(self._request(job), self.limits, tick)
+            report = executor.run(self._request(job), self.limits, tick, decided)
         except ExecutorFault as exc:
             log.error("job %s: executor fault (%s)", job.id, exc)
             self._give_back(job, "ExecutorCrashed", "the sandbox running this job stopped unexpectedly")

@@ -191,11 +191,14 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
             refused = screen(spark, sql)  # a command, not a query: the same deny as at submission
             lap("guard")
             if refused is not None:
+                channel.send({"type": "decision", "job_id": job_id, "decision": refused})
                 return {**answer, "outcome": JobOutcome.BLOCKED, "decision": refused}
             install_catalog(spark, datasets)
             lap("catalog")
             decision = _policy_check(spark, keystore, sql, kind, merchant, datasets)
             doc = decision.to_dict()
+            # The submitter's answer, relayed by the worker, before anything runs.
+            channel.send({"type": "decision", "job_id": job_id, "decision": doc})
             lap("check")
             if not decision.allowed:
                 return {**answer, "outcome": JobOutcome.BLOCKED, "decision": doc}

@@ -1,7 +1,12 @@
 """Per-job limits, and what a process tree uses (read from /proc by the worker).
 
 The worker watches each executor's whole process tree (Python and its JVM): wall clock,
-CPU seconds and resident memory per job. Output rows and bytes are checked inside the
+CPU seconds and resident memory per job, sampled from /proc every 0.5 s. Memory is also a
+hard limit where the OS allows: each executor runs in its own memory cgroup
+(:mod:`sandbox.cgroup`, entered in :func:`harden_child` before the executor execs), so the
+kernel stops an allocation spike between two samples by killing the JVM, and the worker
+reads the group's OOM-kill counter. Where the OS refuses a cgroup, the sampling is the only
+memory limit (a warning in the worker log). Output rows and bytes are checked inside the
 executor before anything is written. Each limit fails the job with its own error class.
 """
 
@@ -11,8 +16,12 @@ import os
 import resource
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from yushan.config import Config
+
+if TYPE_CHECKING:
+    from sandbox.cgroup import MemoryGroup
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -152,10 +161,13 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def harden_child() -> None:
-    """Run in the executor's child before exec: no core dumps (they would hold data).
+def harden_child(memory_group: MemoryGroup | None = None) -> None:
+    """Run in the executor's child before exec: no core dumps (they would hold data), and
+    into its memory cgroup, if any (whatever it starts later, the JVM too, is then inside).
 
     (Not PR_SET_PDEATHSIG: it fires when the *thread* that started the child ends, and
     executors are started by short-lived threads. The executor watches its parent instead.)
     """
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if memory_group is not None:
+        memory_group.enter()

@@ -1,6 +1,8 @@
 """Executors seen from the worker: start (warm, isolated), run a job under limits, recycle.
 
-An :class:`Executor` is one ``python -m sandbox.executor`` process (and the JVM it starts).
+An :class:`Executor` is one ``python -m sandbox.executor`` process (and the JVM it starts),
+in its own memory cgroup where the OS allows (:mod:`sandbox.cgroup`): the kernel enforces
+the memory limit, and a kill for it ends the job as ``MemoryLimitExceeded``, not as a crash.
 The :class:`ExecutorPool` keeps ``size`` of them started ahead of demand, hands out an
 idle one, and replaces one after ``max_jobs`` jobs or after any fault (limit exceeded,
 crash, cancel), so that the next job still finds a warm executor.
@@ -9,6 +11,8 @@ crash, cancel), so that the next job still finds a warm executor.
 from __future__ import annotations
 
 import enum
+import errno
+import functools
 import logging
 import os
 import queue
@@ -21,7 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.executor import config_to_message
+from sandbox.cgroup import MemoryGroup, plan_memory
+from sandbox.executor import JobOutcome, config_to_message
 from sandbox.limits import Limits, harden_child, limit_message, process_tree, usage_of
 from sandbox.netns import NetworkPlan, wrap_command
 from sandbox.protocol import Channel, ChannelClosed
@@ -68,6 +73,8 @@ class Executor:
         # The executor's processes (itself and its JVM) as last seen: the usage before and
         # after a job is read from these alone, so that finding them is not on a job's path.
         self.members: list[int] = []
+        # Its memory cgroup (None: the OS refused one, /proc sampling only).
+        self.memory_group: MemoryGroup | None = None
 
     @property
     def pid(self) -> int | None:
@@ -82,14 +89,22 @@ class Executor:
             "--read-fd", str(to_child_r), "--write-fd", str(from_child_w),
         ]
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(
-            wrap_command(self.network, argv),
-            pass_fds=(to_child_r, from_child_w),
-            stdin=subprocess.DEVNULL,
-            stdout=sys.stderr.fileno(),
-            preexec_fn=harden_child,
-            start_new_session=True,  # its own process group: one kill ends the JVM too
-        )
+        self.memory_group = self._new_memory_group()
+        try:
+            self.proc = subprocess.Popen(
+                wrap_command(self.network, argv),
+                pass_fds=(to_child_r, from_child_w),
+                stdin=subprocess.DEVNULL,
+                stdout=sys.stderr.fileno(),
+                # No core dumps, and into its memory cgroup before it execs.
+                preexec_fn=functools.partial(harden_child, self.memory_group),
+                start_new_session=True,  # its own process group: one kill ends the JVM too
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
+                os.close(fd)
+            self._remove_memory_group()
+            raise ExecutorFault(f"the executor did not start ({exc})") from None
         os.close(to_child_r)
         os.close(from_child_w)
         self.channel = Channel(from_child_r, to_child_w)
@@ -110,31 +125,97 @@ class Executor:
         self.kill()
         raise ExecutorFault("the executor did not start")
 
+    def _new_memory_group(self) -> MemoryGroup | None:
+        plan = plan_memory()
+        if plan.hierarchy is None:
+            return None
+        try:
+            return MemoryGroup.create(plan.hierarchy, self.config.executor_memory_bytes)
+        except OSError as exc:
+            log.warning(
+                "WARNING: an executor starts WITHOUT a kernel memory limit (%s); sampling only",
+                exc.strerror or exc,
+            )
+            return None
+
+    def _remove_memory_group(self) -> None:
+        if self.memory_group is not None and self.memory_group.remove():
+            self.memory_group = None
+
+    def _memory_kills(self, exact: bool = False) -> int | None:
+        """The group's OOM-kill counter; with ``exact``, None where the kernel only counts
+        how often the limit was hit (that alone does not mean a kill)."""
+        group = self.memory_group
+        if group is None or (exact and not group.counts_kills):
+            return None
+        return group.oom_kills()
+
+    def _killed_for_memory(self, before: int | None, wait: float = 0.0) -> bool:
+        """Did the kernel kill a process of the group for its limit since ``before``?
+
+        The kernel counts a kill just after it sends SIGKILL: where the executor's death was
+        seen first, ``wait`` gives the counter a moment.
+        """
+        if before is None:
+            return False
+        deadline = time.monotonic() + wait
+        while True:
+            now = self._memory_kills()
+            if now is not None and now > before:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
     def run(
         self,
         request: dict[str, Any],
         limits: Limits,
         tick: Callable[[float | None], StopReason | None],
+        on_decision: Callable[[dict[str, Any]], None] | None = None,
     ) -> RunReport:
         """Send a job and wait for its outcome, enforcing wall clock, CPU and memory.
 
         ``tick(progress)`` is called about every 0.2 s (with new progress, if any); when it
         returns a :class:`StopReason` the executor is killed and the job abandoned.
+        ``on_decision(decision)`` hears the policy's decision as soon as the executor has it,
+        before the job runs (the outcome still comes with the result).
         """
         assert self.channel and self.proc
         self.jobs_run += 1
         baseline = usage_of(self.members or process_tree(self.proc.pid))
         started = time.monotonic()
         next_sample = 0.0
+        memory_mib = limits.memory_bytes / 2**20
+        group = self.memory_group
+        kills_before = self._memory_kills()  # before a lower limit: v2 may kill at once
+        if group is not None:
+            if group.limit != limits.memory_bytes:
+                try:
+                    group.set_limit(limits.memory_bytes)
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY:  # v1: it already holds more than this job may use
+                        return self._over_limit("MemoryLimitExceeded", memory_mib)
+                    log.warning("executor %s: its memory cgroup refused the job's limit (%s)", self.pid, exc)
+            group.reset_peak()
         try:
             self.channel.send({"type": "run", **request, "limits": limits.as_dict()})
             while True:
                 message = self.channel.recv(timeout=TICK)
                 progress = None
                 if message and message.get("type") == "result":
-                    return RunReport(message=message, usage=self._usage(baseline, started))
+                    report = RunReport(message=message, usage=self._usage(baseline, started))
+                    if group is not None and group.counts_kills and self._killed_for_memory(kills_before):
+                        # The JVM was killed and the executor answered with the py4j error.
+                        if message.get("outcome") == JobOutcome.FAILED:
+                            return self._over_limit("MemoryLimitExceeded", memory_mib, report.usage)
+                        log.warning("executor %s: a process was killed for memory during a job", self.pid)
+                        report.faulted = True
+                    return report
                 if message and message.get("type") == "progress":
                     progress = float(message["progress"])
+                if message and message.get("type") == "decision" and on_decision is not None:
+                    on_decision(message.get("decision") or {})
                 stop = tick(progress)
                 if stop is not None:
                     self.kill()
@@ -149,31 +230,44 @@ class Executor:
                     if usage.cpu_seconds - baseline.cpu_seconds > limits.cpu_seconds:
                         return self._over_limit("CpuLimitExceeded", limits.cpu_seconds)
                     if usage.rss_bytes > limits.memory_bytes:
-                        return self._over_limit("MemoryLimitExceeded", limits.memory_bytes / 2**20)
+                        return self._over_limit("MemoryLimitExceeded", memory_mib)
                 if self.proc.poll() is not None:
+                    if self._killed_for_memory(kills_before, wait=0.2):
+                        return self._over_limit("MemoryLimitExceeded", memory_mib, self._usage(baseline, started))
                     raise ExecutorFault("the executor exited during the job")
         except ChannelClosed:
+            if self._killed_for_memory(kills_before, wait=0.2):  # not a crash: not retried
+                return self._over_limit("MemoryLimitExceeded", memory_mib, self._usage(baseline, started))
             self.kill()
             raise ExecutorFault("the executor exited during the job") from None
 
     def _usage(self, baseline, started: float) -> dict[str, float]:
         now = usage_of(self.members) if self.proc else baseline
-        return {
+        usage = {
             "wall_seconds": round(time.monotonic() - started, 3),
             "cpu_seconds": round(now.cpu_seconds - baseline.cpu_seconds, 3),
             "rss_bytes": now.rss_bytes,
         }
+        peak = self.memory_group.peak_bytes() if self.memory_group is not None else None
+        if peak is not None:  # the kernel's count: the job's peak (v1), the executor's (v2)
+            usage["memory_peak_bytes"] = peak
+        return usage
 
-    def _over_limit(self, error_class: str, limit: float) -> RunReport:
+    def _over_limit(self, error_class: str, limit: float, usage: dict[str, float] | None = None) -> RunReport:
         self.kill()
         err = limit_error(error_class, limit_message(error_class, limit))
         return RunReport(
             message={"type": "result", "outcome": "failed", "error": err.public(), "detail": err.full_text},
             faulted=True,
+            usage=usage or {},
         )
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def healthy(self) -> bool:
+        """Alive, and nothing of it (its JVM, say) was killed for memory while it was idle."""
+        return self.alive() and not self._memory_kills(exact=True)
 
     def stop(self, grace: float = 10.0) -> None:
         """Ask the executor to finish; kill it if it does not."""
@@ -201,6 +295,8 @@ class Executor:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if self.memory_group is not None:
+            self.memory_group.kill_members()  # whatever else is still in its cgroup
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -208,6 +304,7 @@ class Executor:
         if self.channel:
             self.channel.close()
             self.channel = None
+        self._remove_memory_group()  # once its last process (the JVM) has gone
 
 
 class ExecutorPool:
@@ -255,11 +352,17 @@ class ExecutorPool:
             return
 
     def acquire(self, timeout: float | None = None) -> Executor | None:
-        """An idle warm executor, or None after ``timeout`` seconds."""
+        """An idle warm executor, or None after ``timeout`` seconds (or if the one waiting
+        died while idle, e.g. its JVM killed for memory during the warm-up: it is replaced)."""
         try:
-            return self._idle.get(timeout=timeout)
+            executor = self._idle.get(timeout=timeout)
         except queue.Empty:
             return None
+        if not executor.healthy():
+            log.warning("executor %s died or lost its JVM while idle; replacing it", executor.pid)
+            self.release(executor, faulted=True)
+            return None
+        return executor
 
     def release(self, executor: Executor, faulted: bool = False) -> None:
         """Return an executor after a job; recycle it after a fault or ``max_jobs`` jobs."""

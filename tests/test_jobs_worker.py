@@ -207,11 +207,36 @@ def test_when_the_submission_time_check_fails_the_executor_decides(demo_config, 
         raise RuntimeError("the web process lost its Spark session")
 
     monkeypatch.setattr(service, "evaluate", lost_session)
+    monkeypatch.setattr(service, "open_watch", lambda config, job_id: None)  # no relay either
     job_id = submit(demo_config, JOIN_SQL.format(floor=4))
     assert job_state(demo_config, job_id).state in ("queued", "running", "awaiting_approval")
     assert wait(demo_config, job_id).state == "awaiting_approval"
     denied = wait(demo_config, submit(demo_config, DENIED_SQL))
     assert denied.state == "blocked" and denied.violations
+
+
+def test_a_free_worker_answers_the_submitter_with_its_executors_check(demo_config, worker, monkeypatch):
+    # A worker takes the job at once: the submitter is answered with the executor's own
+    # decision, relayed by the worker, and this process does not check the query again.
+    def second_check(*args, **kwargs):
+        raise AssertionError("the submitting process checked the query itself")
+
+    assert wait(demo_config, submit(demo_config, OWN_SQL)).state == "awaiting_approval"  # warm, free
+    monkeypatch.setattr(service, "evaluate", second_check)
+    allowed = submit(demo_config, JOIN_SQL.format(floor=5))
+    assert wait(demo_config, allowed).state == "awaiting_approval"  # the worker is free again
+    with session_scope(demo_config) as session:
+        submitter = user(session, "insight_isv")
+        denied = service.submit(session, demo_config, submitter, "hanfu_house", "aggregate", DENIED_SQL)
+        # The answer comes back with the submission, blocked with its violations.
+        assert denied.state == "blocked" and "P1" in {v["rule"] for v in denied.violations}
+        denied_id = denied.id
+    with session_scope(demo_config) as session:
+        for job_id, answer in ((allowed, "allow"), (denied_id, "deny")):
+            decisions = audit.query(session, job=job_id, action="job.decision")
+            submission = [e["details"] for e in decisions if e["details"].get("stage") == "submission"]
+            assert [(d["decision"], d["checked_in"]) for d in submission] == [(answer, "executor")]
+        assert audit.query(session, job=allowed, action="job.decision")[0]["details"]["columns_read"]
 
 
 def test_a_runtime_error_shows_its_class_and_the_audit_trail_keeps_the_rest(demo_config, worker):
@@ -311,3 +336,4 @@ def test_a_worker_killed_mid_job_loses_nothing(demo_config, worker):
     finally:
         rescuer.stop()
         thread.join(timeout=60)
+

@@ -86,7 +86,7 @@ def test_without_isolation_the_worker_says_so_loudly(make_config, caplog):
 def test_the_network_plan_is_recorded_for_the_admin_page(any_db_config):
     from jobs_support import small_world
 
-    from jobs.worker import record_network_plan
+    from jobs.worker import record_sandbox_setting
     from sandbox.netns import SETTING_KEY
     from yushan.db import session_scope
     from yushan.models import Setting
@@ -95,8 +95,9 @@ def test_the_network_plan_is_recorded_for_the_admin_page(any_db_config):
     import dataclasses
 
     plan = plan_network(dataclasses.replace(any_db_config, network_isolation=False))
-    record_network_plan(any_db_config, plan)
-    record_network_plan(any_db_config, plan)  # unchanged: no second audit entry
+    assert record_sandbox_setting(any_db_config, SETTING_KEY, plan.as_setting())
+    # unchanged: no second audit entry
+    assert not record_sandbox_setting(any_db_config, SETTING_KEY, plan.as_setting())
     with session_scope(any_db_config) as session:
         assert session.get(Setting, SETTING_KEY).value["mode"] == "disabled"
         import audit

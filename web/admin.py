@@ -1,4 +1,5 @@
-"""Admin pages: tenants, users, and platform datasets with column classes, entity and k."""
+"""Admin pages: how executors are protected, tenants, users, and platform datasets with
+column classes, entity and k."""
 
 from __future__ import annotations
 
@@ -7,12 +8,23 @@ from flask_babel import gettext
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from sandbox.protection import BY_KEY, PROTECTIONS, Recorded
 from web.auth import actor_for, audit_record, db, page_user, roles_required
 from yushan.accounts import PLATFORM
-from yushan.models import ColumnClass, Dataset, Role, Tenant, User
+from yushan.models import ColumnClass, Dataset, Role, Setting, Tenant, User
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 MAX_K = 1_000_000
+
+
+def sandbox_protections(session) -> list[Recorded]:
+    """Network isolation and memory limit of executors, as the workers last recorded them."""
+    rows = {s.key: s for s in session.scalars(select(Setting).where(Setting.key.in_(BY_KEY)))}
+    return [
+        Recorded.of(p, rows[p.key].value, rows[p.key].updated_at) if p.key in rows
+        else Recorded(p, None)
+        for p in PROTECTIONS
+    ]
 
 
 @bp.get("/")
@@ -31,7 +43,8 @@ def overview():
         .order_by(Dataset.full_name)
     ))
     return render_template("admin.html", tenants=tenants, users=users, datasets=datasets,
-                           classes=[c.value for c in ColumnClass])
+                           classes=[c.value for c in ColumnClass],
+                           sandbox=sandbox_protections(session))
 
 
 @bp.post("/datasets/<int:dataset_id>")
