@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import hmac
 import json
 import logging
+import os
 import secrets
 import select
 import socket
@@ -158,9 +160,15 @@ def watch_dir(config: Config) -> Path:
 
 
 def _relay_key(config: Config) -> bytes:
+    return _relay_key_at(config.master_key_path)
+
+
+@functools.lru_cache(maxsize=8)
+def _relay_key_at(master_key_path: Path) -> bytes:
+    """Read once per process and home: every submission and claim needs it."""
     from sandbox.crypto import KeyStore, derive_key
 
-    return derive_key(KeyStore(config.master_key_path).master, "job-decision-relay")
+    return derive_key(KeyStore(master_key_path).master, "job-decision-relay")
 
 
 def _tag(key: bytes, body: bytes) -> bytes:
@@ -220,6 +228,25 @@ class JobWatch(_Listener):
         if message is None or message["event"] != DECIDED:
             return None
         return message.get("decision") or None
+
+
+STALE_WATCH_SECONDS = 600.0  # a watch lives a few seconds; older registrations are leftovers
+
+
+def sweep_watches(config: Config) -> int:
+    """Forget registrations left by submitting processes that died while waiting."""
+    removed = 0
+    try:
+        entries = list(os.scandir(watch_dir(config)))
+    except OSError:
+        return 0
+    cutoff = time.time() - STALE_WATCH_SECONDS
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if entry.stat().st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed += 1
+    return removed
 
 
 def open_watch(config: Config, job_id: int) -> JobWatch | None:

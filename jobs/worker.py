@@ -30,7 +30,7 @@ from jobs.queue import (
     worker_identity,
 )
 from jobs.service import sweep_shredded_outputs
-from jobs.wakeup import CLAIMED, DECIDED, WakeListener, tell_submitter
+from jobs.wakeup import CLAIMED, DECIDED, WakeListener, sweep_watches, tell_submitter
 from sandbox import cgroup
 from sandbox.executor import JobOutcome, dataset_to_message
 from sandbox.limits import Limits
@@ -138,6 +138,7 @@ class Worker:
                         sweep_shredded_outputs(session, self.config)
                     sweep_orphans(self.config)  # executors that died with another worker
                     cgroup.sweep_groups()  # and their memory cgroups, once they are empty
+                    sweep_watches(self.config)  # submitters that died waiting for a decision
                 if not any(t.is_alive() for t in slots):
                     break
                 self.stopping.wait(0.5)

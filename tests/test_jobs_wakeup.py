@@ -5,6 +5,7 @@ hears the executor's decision from the worker that claimed its job, and nothing 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 import time
@@ -18,12 +19,14 @@ from jobs.service import actor_for, record_submission_decision
 from jobs.wakeup import (
     CLAIMED,
     DECIDED,
+    STALE_WATCH_SECONDS,
     JobWatch,
     WakeListener,
     _relay_key,
     _tag,
     notify,
     registry_dir,
+    sweep_watches,
     tell_submitter,
     watch_dir,
 )
@@ -166,3 +169,13 @@ def test_a_dead_submitters_registration_is_forgotten(home):
     watch.sock.close()  # killed without removing its registration
     assert tell_submitter(home, 12, CLAIMED) == 0
     assert not any(watch_dir(home).iterdir())
+
+
+def test_registrations_left_by_dead_submitters_are_swept_only_when_stale(home):
+    with JobWatch(home, 13) as live:
+        old = watch_dir(home) / "14.deadbeef"
+        old.touch()
+        long_ago = time.time() - STALE_WATCH_SECONDS - 60
+        os.utime(old, (long_ago, long_ago))
+        assert sweep_watches(home) == 1
+        assert [p.name for p in watch_dir(home).iterdir()] == [live.name]
