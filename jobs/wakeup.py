@@ -250,7 +250,14 @@ def sweep_watches(config: Config) -> int:
 
 
 def open_watch(config: Config, job_id: int) -> JobWatch | None:
-    """A :class:`JobWatch`, or None where this host cannot have one (then: check yourself)."""
+    """A :class:`JobWatch`, or None where nothing could answer it (then: check yourself):
+    no worker listens on this host (workers elsewhere cannot reach this socket, so the
+    submitter would only wait for nothing), or this host cannot have one."""
+    try:
+        if not any(entry.name.startswith(_PREFIX) for entry in registry_dir(config).iterdir()):
+            return None
+    except OSError:
+        return None
     try:
         return JobWatch(config, job_id)
     except Exception:  # noqa: BLE001 - no socket, no master key: the submitter checks itself

@@ -25,6 +25,7 @@ from jobs.wakeup import (
     _relay_key,
     _tag,
     notify,
+    open_watch,
     registry_dir,
     sweep_watches,
     tell_submitter,
@@ -179,3 +180,11 @@ def test_registrations_left_by_dead_submitters_are_swept_only_when_stale(home):
         os.utime(old, (long_ago, long_ago))
         assert sweep_watches(home) == 1
         assert [p.name for p in watch_dir(home).iterdir()] == [live.name]
+
+
+def test_no_watch_is_opened_where_no_worker_listens_on_this_host(home):
+    assert open_watch(home, 15) is None  # the submitter checks at once instead of waiting
+    with WakeListener(home):
+        watch = open_watch(home, 15)
+        assert isinstance(watch, JobWatch)
+        watch.close()
