@@ -132,11 +132,13 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
     session.commit()  # queued for good: idle workers are woken now
     # Nothing below touches the session until the decision is known: on SQLite, the next
     # statement takes the database's write lock, which the workers need meanwhile.
-    checked_in = "executor"
-    try:
-        decision = watch.executor_decision() if watch is not None else None
-    finally:
-        if watch is not None:
+    checked_in, decision = "executor", None
+    if watch is not None:
+        try:
+            decision = watch.executor_decision()
+        except Exception:  # noqa: BLE001 - only a shortcut: this process checks instead
+            log.debug("job %s: no relayed decision", job_id, exc_info=True)
+        finally:
             watch.close()
     if decision is None:  # no free worker took it at once: check it here
         checked_in = "web"
