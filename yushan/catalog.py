@@ -25,6 +25,8 @@ class ColumnInfo:
     name: str
     data_type: str  # Spark SQL type, e.g. "bigint", "decimal(12,2)"
     column_class: str  # identifier | private | quasi | public
+    lower_bound: float | None = None  # per-consumer bounds for dp sums (None: not summable)
+    upper_bound: float | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class DatasetInfo:
     storage_path: Path  # absolute
     encrypted: bool
     wrapped_key: bytes | None = None
+    release_mode: str | None = None  # consumer data: "dp" | "threshold"
+    max_groups: int | None = None  # dp: groups one consumer may contribute to
+    max_rows: int | None = None  # dp: rows one consumer may contribute per group
+    one_row_per_unit: bool = False  # the entity column is unique in this dataset
 
     @property
     def is_platform(self) -> bool:
@@ -57,7 +63,8 @@ def dataset_info(config: Config, ds: Dataset) -> DatasetInfo:
         full_name=ds.full_name,
         owner=ds.tenant.slug,
         name=ds.name,
-        columns=tuple(ColumnInfo(c.name, c.data_type, c.column_class) for c in ds.columns),
+        columns=tuple(ColumnInfo(c.name, c.data_type, c.column_class, c.lower_bound, c.upper_bound)
+                      for c in ds.columns),
         is_consumer_data=ds.is_consumer_data,
         entity_column=ds.entity_column,
         k=ds.k,
@@ -65,6 +72,10 @@ def dataset_info(config: Config, ds: Dataset) -> DatasetInfo:
         storage_path=(config.home / ds.storage_path).resolve(),
         encrypted=ds.encrypted,
         wrapped_key=ds.wrapped_key,
+        release_mode=(ds.release_mode or "dp") if ds.is_consumer_data else None,
+        max_groups=ds.max_groups,
+        max_rows=ds.max_rows,
+        one_row_per_unit=bool(ds.one_row_per_unit),
     )
 
 

@@ -70,6 +70,7 @@ PLATFORM_DATASETS: dict[str, dict] = {
         "description": "Consumer profiles",
         "entity": "user_id",
         "k": 50,
+        "one_row_per_unit": True,
         "columns": [
             ("user_id", "bigint", "identifier"), ("nick", "string", "private"),
             ("phone", "string", "private"), ("phone_hash", "string", "identifier"),
@@ -370,17 +371,31 @@ def _register_platform(session: Session, config: Config, platform: Tenant, count
             is_consumer_data=spec["entity"] is not None,
             entity_column=spec["entity"],
             k=spec["k"],
+            release_mode="dp" if spec["entity"] is not None else None,
+            max_groups=4 if spec["entity"] is not None else None,
+            max_rows=20 if spec["entity"] is not None else None,
+            one_row_per_unit=bool(spec.get("one_row_per_unit")),
             shared=True,
             storage_path=str((config.platform_warehouse_dir / name).relative_to(config.home)),
             encrypted=False,
             row_count=counts[name],
         )
         ds.columns = [
-            DatasetColumn(position=i, name=c, data_type=t, column_class=cls)
+            DatasetColumn(position=i, name=c, data_type=t, column_class=cls,
+                          lower_bound=DEMO_BOUNDS.get((name, c), (None, None))[0],
+                          upper_bound=DEMO_BOUNDS.get((name, c), (None, None))[1])
             for i, (c, t, cls) in enumerate(spec["columns"])
         ]
         session.add(ds)
     session.flush()
+
+
+# Per-consumer bounds of summable columns (dp mode), as the demo-data contract gives them.
+DEMO_BOUNDS = {
+    ("orders", "amount"): (0.0, 20000.0),
+    ("consumers", "birth_year"): (1950.0, 2008.0),
+    ("consumers", "vip_level"): (0.0, 7.0),
+}
 
 
 def _register_merchant_dataset(

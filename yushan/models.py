@@ -65,6 +65,13 @@ class ColumnClass(enum.StrEnum):
     PUBLIC = "public"
 
 
+class ReleaseMode(enum.StrEnum):
+    """How a consumer dataset's statistics are released (policy contract v2)."""
+
+    DP = "dp"  # differentially private, charged to the merchant's budget (default)
+    THRESHOLD = "threshold"  # exact, each released row over >= k consumers (admin's choice)
+
+
 class JobState(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -184,6 +191,14 @@ class Dataset(Base):
     is_consumer_data: Mapped[bool] = mapped_column(Boolean, default=False)
     entity_column: Mapped[str | None] = mapped_column(String(128), nullable=True)
     k: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Consumer data only: how released statistics are protected (ReleaseMode), and in dp
+    # mode how much one consumer may contribute (groups, rows per group).
+    release_mode: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    max_groups: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    max_rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # True when the entity column is unique (one row per consumer, e.g. profiles): a group
+    # key taken from such a row puts each consumer in exactly one group.
+    one_row_per_unit: Mapped[bool] = mapped_column(Boolean, default=False)
     # Platform datasets shared with merchants may be read by their jobs.
     shared: Mapped[bool] = mapped_column(Boolean, default=True)
     member_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
@@ -222,6 +237,10 @@ class DatasetColumn(Base):
     data_type: Mapped[str] = mapped_column(String(64))
     column_class: Mapped[str] = mapped_column(String(16), default=ColumnClass.PUBLIC.value)
     description: Mapped[str] = mapped_column(Text, default="")
+    # Per-consumer bounds of a summable numeric column (dp mode clamps each consumer's
+    # per-group sum to them); None: the column may not be summed in dp mode.
+    lower_bound: Mapped[float | None] = mapped_column(Float, nullable=True)
+    upper_bound: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     dataset: Mapped[Dataset] = relationship(back_populates="columns")
 

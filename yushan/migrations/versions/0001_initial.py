@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-25 15:18:38.783167
+Create Date: 2026-12-03 09:36:44.493704
 """
 
 from alembic import op
@@ -158,6 +158,10 @@ def upgrade() -> None:
         sa.Column("is_consumer_data", sa.Boolean(), nullable=False),
         sa.Column("entity_column", sa.String(length=128), nullable=True),
         sa.Column("k", sa.Integer(), nullable=True),
+        sa.Column("release_mode", sa.String(length=16), nullable=True),
+        sa.Column("max_groups", sa.Integer(), nullable=True),
+        sa.Column("max_rows", sa.Integer(), nullable=True),
+        sa.Column("one_row_per_unit", sa.Boolean(), nullable=False),
         sa.Column("shared", sa.Boolean(), nullable=False),
         sa.Column("member_key", sa.String(length=128), nullable=True),
         sa.Column("storage_path", sa.String(length=500), nullable=False),
@@ -236,6 +240,8 @@ def upgrade() -> None:
         sa.Column("data_type", sa.String(length=64), nullable=False),
         sa.Column("column_class", sa.String(length=16), nullable=False),
         sa.Column("description", sa.Text(), nullable=False),
+        sa.Column("lower_bound", sa.Float(), nullable=True),
+        sa.Column("upper_bound", sa.Float(), nullable=True),
         sa.ForeignKeyConstraint(
             ["dataset_id"],
             ["datasets.id"],
