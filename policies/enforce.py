@@ -65,6 +65,11 @@ class ExecutionResult:
         self._total = total
         self._metrics = metrics  # (the released rows' QueryExecution, the collector's name)
         self._recheck = recheck
+        # dp jobs: the 95% half-width of each released column ({column: {"ci95": x}}),
+        # and the privacy cost actually spent.
+        self.accuracy: dict[str, dict[str, float]] = {}
+        self.epsilon: float | None = None
+        self.delta: float | None = None
 
     def confirm(self) -> None:
         """Wait for the enforced plan's re-check; raise :class:`EnforcementError` if it failed."""

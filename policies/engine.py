@@ -37,6 +37,13 @@ class Decision:
     final: FinalAggregation | None = None
     carry: CarryPlan | None = None
     datasets: Mapping[str, DatasetInfo] | None = None
+    # How released values are protected: "dp", "threshold", or None (no consumer data).
+    release: str | None = None
+    # dp: the job's privacy cost (charged to the merchant's budget when it starts running)
+    # and the expected 95% half-width of each output column ({column: {"ci95": x}}).
+    epsilon: float | None = None
+    delta: float | None = None
+    accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def allowed(self) -> bool:
@@ -55,6 +62,10 @@ class Decision:
             "columns": list(self.columns),
             "kind": self.kind,
             "k": self.k,
+            "release": self.release,
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "accuracy": dict(self.accuracy),
             "enforcement": self.enforcement_summary(),
         }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 # Column classes of platform consumer data (see the contract), plus two of our own:
@@ -63,6 +63,12 @@ class Violation:
     sources: tuple[Source, ...]
     message: str
     suggestion: str
+    # For translation (P9, the user's language): the English templates the message and
+    # suggestion were formatted from, and their parameters (names, never data values).
+    # The web layer looks the templates up in its catalog and formats them with params.
+    message_template: str = ""
+    suggestion_template: str = ""
+    params: dict = field(default_factory=dict, compare=False, hash=False)
 
     def to_dict(self) -> dict:
         return {
