@@ -30,6 +30,7 @@ from jobs.queue import (
     worker_identity,
 )
 from jobs.service import sweep_shredded_outputs
+from jobs.templates.registry import preparation_of
 from jobs.wakeup import CLAIMED, DECIDED, WakeListener, sweep_watches, tell_submitter
 from sandbox import cgroup
 from sandbox.executor import JobOutcome, dataset_to_message
@@ -206,14 +207,14 @@ class Worker:
         with session_scope(self.config) as session:
             datasets = readable_datasets(session, self.config, job.merchant)
             row = session.get(Job, job.id)
-            # Template jobs: the executor may run the template's preparation step.
-            template = {"name": row.template, "params": row.params} if row and row.template else None
+            # Template jobs: the preparation step the executor runs, rendered here.
+            prepare = preparation_of(row.template, row.params, job.merchant) if row else None
         return {
             "job_id": job.id,
             "merchant": job.merchant,
             "kind": job.kind,
             "sql": job.sql,
-            "template": template,
+            "prepare": prepare,
             "datasets": {name: dataset_to_message(info) for name, info in datasets.items()},
         }
 

@@ -29,10 +29,10 @@ from policies import functions as fn
 from policies.carry import output_ids
 from policies.engine import MAX_SEGMENT_LABELS, Decision, decide
 from policies.implied import NON_ZERO, NOT_NULL, argument_column, facts_about
+from policies.jvm import jvm_class, jvm_constant
 from policies.segment import platform_token_matcher
 from policies.sparkplan import AnalyzedQuery
 from policies.tree import parse_plan_json
-from sandbox.spark import jvm_class, jvm_constant
 
 COUNT_PREFIX = "__yushan_k"
 
@@ -133,7 +133,7 @@ class _Jvm:
     """Small helpers for building Catalyst objects through py4j.
 
     Every ``jvm.a.b.C`` lookup is a round trip to the JVM, so classes are looked up once
-    per JVM and kept (:func:`sandbox.spark.jvm_class`).
+    per JVM and kept (:func:`policies.jvm.jvm_class`).
     """
 
     def __init__(self, spark: SparkSession):

@@ -18,8 +18,8 @@ import weakref
 
 from pyspark.sql import SparkSession
 
+from policies.jvm import jvm_constant
 from policies.tree import Node
-from sandbox.spark import jvm_constant
 
 FUNCTION_NAME = "segment_token"
 _BLOCK = 64  # SHA-256 block size

@@ -14,9 +14,9 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from policies.jvm import jvm_constant
 from policies.model import Violation
 from policies.tree import Node, parse_plan_json
-from sandbox.spark import jvm_constant
 
 # Parsed (unresolved) plan nodes a plain query is made of. Commands, DDL/DML, scripts,
 # TRANSFORM, table-valued functions (read_files, ...) and anything else are refused.

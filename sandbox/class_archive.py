@@ -19,7 +19,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -87,7 +86,7 @@ def build(config: Config, force: bool = False, echo=print) -> Path | None:
     echo(f"building the Spark class archive {path.name} (once per installation, about 30 s)")
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "sandbox.class_archive", "--train", str(partial)],
+        [sys.executable, "-m", "sandbox.warmup", "--train-class-archive", str(partial)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
     )
     if result.returncode != 0 or not partial.is_file():
@@ -106,43 +105,11 @@ def build(config: Config, force: bool = False, echo=print) -> Path | None:
     return path
 
 
-def _train(target: Path) -> None:
-    """Load what a job loads (session, Parquet scan, join, aggregation, plan JSON), then
-    let the JVM exit normally, which is when it writes the archive."""
-    from pyspark import SparkContext
-
-    from sandbox.executor import _WarmUp
-    from sandbox.spark import get_spark, stop_spark
-
-    with tempfile.TemporaryDirectory(prefix="yushan-class-archive-") as scratch:
-        # Local, whatever YUSHAN_SPARK_MASTER says: only the driver's classes are archived.
-        # (The training JVM's own options, below, replace any archive it would start from.)
-        config = Config.from_env(home=Path(scratch) / "home", database_url="sqlite://",
-                                 spark_master="local[2]", class_archive="off")
-        options = f"-XX:ArchiveClassesAtExit={target} -Xlog:cds=off -Xlog:cds+dynamic=off"
-        spark = get_spark(config, "yushan-class-archive",
-                          extra={"spark.driver.extraJavaOptions": options})
-        warm_up = _WarmUp(spark, Path(scratch))
-        warm_up._rounds()
-        frame = spark.read.parquet(str(warm_up.path)).groupBy("city").count()
-        frame._jdf.queryExecution().analyzed().toJSON()
-        proc = SparkContext._gateway.proc
-        stop_spark()
-        # The JVM exits when its standard input closes; the archive is written then.
-        proc.stdin.close()
-        if proc.wait(timeout=300) != 0:
-            raise SystemExit(f"the training JVM exited with status {proc.returncode}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sandbox.class_archive",
                                      description="Build the Spark class archive if missing.")
     parser.add_argument("--force", action="store_true", help="rebuild even if it exists")
-    parser.add_argument("--train", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.train:
-        _train(args.train)
-        return 0
     build(Config.from_env(), force=args.force)
     return 0
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox.protocol import Channel, ChannelClosed
+from sandbox.warmup import WarmUp
 from yushan.catalog import ColumnInfo, DatasetInfo
 from yushan.config import Config
 
@@ -124,21 +125,20 @@ def _policy_check(spark, keystore, sql: str, kind: str, merchant: str, datasets:
     return check(spark, sql, kind=kind, merchant=merchant, datasets=datasets)
 
 
-def _template_sql(spark, request: dict[str, Any], sql: str) -> str | None:
-    """Template hook: the final SQL of a template job with a preparation step, else None.
+def _template_sql(spark, request: dict[str, Any]) -> str | None:
+    """The final SQL of a template job with a preparation step, else None.
 
     A trusted template (jobs/templates) may compute part of its final query here, inside
     the sandbox, with the job's catalog installed (e.g. the lookalike model's weights). The
-    query it returns is guarded and policy-checked again before it runs.
+    worker sends the step already rendered (``request["prepare"]``); the query it returns is
+    guarded and policy-checked again before it runs.
     """
-    template = request.get("template")
-    if not template:
+    spec = request.get("prepare")
+    if not spec:
         return None
-    from jobs.templates.registry import get_template, prepare_sql
+    from sandbox.prepare import prepared_sql
 
-    if get_template(template["name"]).prepare is None:
-        return None
-    return prepare_sql(spark, template["name"], template.get("params"), request["merchant"], sql)
+    return prepared_sql(spark, spec)
 
 
 def _forget_job_state(spark, group: str) -> None:
@@ -214,7 +214,7 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
                 doc = decision.to_dict()
                 if not decision.allowed:
                     return {**answer, "outcome": JobOutcome.BLOCKED, "decision": doc}
-            prepared = _template_sql(spark, request, sql)
+            prepared = _template_sql(spark, request)
             if prepared is not None:  # a template's final query: checked like any job
                 sql = prepared
                 refused = screen(spark, sql)
@@ -287,82 +287,7 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-WARM_UP_ROUNDS = 3
 IDLE_BEFORE_WARM_UP = 1.0  # seconds without a job before an executor (re)starts warming up
-WARM_UP_GROUP = "yushan-warm-up"
-
-
-class _WarmUp:
-    """Run a synthetic Parquet scan + join + distinct aggregation a few times, in the
-    background, whenever the executor is idle, until it has completed once.
-
-    A fresh JVM runs its first queries interpreted; a warm pool should hand out executors
-    whose scan, join and aggregation code is already compiled. The executor says it is
-    ready before warming up, so that a job arriving at a cold start waits only for the JVM:
-    the warm-up is then cancelled, and resumed the next time the executor is idle. Uses
-    generated data only.
-    """
-
-    def __init__(self, spark, scratch: Path):
-        self.spark = spark
-        self.path = scratch / "warm-up"
-        self.done = False
-        self.rounds_done = 0
-        self.stopping = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Start (or resume) warming up, unless it is done or running."""
-        if self.done or (self.thread is not None and self.thread.is_alive()):
-            return
-        self.stopping.clear()
-        self.thread = threading.Thread(target=self._run, daemon=True, name="warm-up")
-        self.thread.start()
-
-    def stop(self) -> None:
-        """Cancel what is still running and wait until the warm-up thread has let go."""
-        if self.thread is None or not self.thread.is_alive():
-            return
-        self.stopping.set()
-        self.spark.sparkContext.cancelJobGroup(WARM_UP_GROUP)
-        self.thread.join(timeout=30)
-
-    def _run(self) -> None:
-        import shutil
-
-        try:
-            self.spark.sparkContext.setJobGroup(WARM_UP_GROUP, "warm-up", interruptOnCancel=True)
-            self._rounds()
-        except Exception:  # noqa: BLE001 - cancelled by a job, or failed: the job runs anyway
-            if not self.stopping.is_set():
-                log.warning("warm-up did not finish")
-        finally:
-            if self.done:
-                shutil.rmtree(self.path, ignore_errors=True)
-
-    def _rounds(self) -> None:
-        from pyspark.sql import functions as F
-
-        spark = self.spark
-        written = self.path / "_SUCCESS"
-        if not written.exists():
-            spark.range(0, 400_000, numPartitions=2).selectExpr(
-                "id AS user_id", "CAST(id % 997 AS DECIMAL(12,2)) AS amount",
-                "CAST(id % 30 AS STRING) AS city",
-            ).write.mode("overwrite").parquet(str(self.path))
-        people = spark.range(0, 100_000).selectExpr("id AS user_id", "CAST(id % 2 AS STRING) AS gender")
-        while self.rounds_done < WARM_UP_ROUNDS:
-            if self.stopping.is_set():
-                return
-            facts = spark.read.parquet(str(self.path)).where(F.col("amount") >= self.rounds_done)
-            facts.join(people, "user_id").groupBy("city", "gender").agg(
-                F.round(F.avg("amount"), 2).alias("a"),
-                F.countDistinct("user_id").alias("n"),
-                F.count(F.when(F.col("amount") != 0, F.col("user_id"))).alias("m"),
-            ).toArrow()
-            self.rounds_done += 1
-        self.done = True
-        log.info("warm-up done")
 
 
 def _quiet_logs() -> None:
@@ -394,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         spark = get_spark(config, "yushan-executor", extra={"spark.local.dir": str(scratch)})
         # Task failures are logged by the JVM with the offending values: nothing is logged.
         spark.sparkContext.setLogLevel("OFF")
-        warm_up = _WarmUp(spark, scratch)  # JIT-compiles the hot paths while idle
+        warm_up = WarmUp(spark, scratch)  # JIT-compiles the hot paths while idle
         keystore = KeyStore(config.master_key_path)
         channel.send({"type": "ready", "pid": os.getpid()})
         while True:

@@ -12,7 +12,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
-from sandbox.spark import jvm_constant
+from policies.jvm import jvm_constant
 
 # Parsed-plan nodes that run programs, write, or change the session.
 FORBIDDEN_NODES = frozenset(

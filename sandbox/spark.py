@@ -15,51 +15,14 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from policies.jvm import forget_jvm
 from yushan.config import Config, ConfigError, require_java
+from yushan.spark_settings import HARDENED_CONF, operator_refusal
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
-
-# Settings no caller may override: each closes a way out of the sandbox.
-HARDENED_CONF: dict[str, str] = {
-    # `SELECT * FROM parquet.`/etc``` would read any file the process can read.
-    "spark.sql.runSQLOnFiles": "false",
-    # The catalog holds only the tables the current job may read (installed per job).
-    "spark.sql.catalogImplementation": "in-memory",
-    # No web UI or event log: both show query text, plans and sample values.
-    "spark.eventLog.enabled": "false",
-    "spark.ui.showConsoleProgress": "false",
-    # Runtime errors (overflow, bad casts, division by zero) fail the job instead of
-    # silently producing NULLs; the runner redacts them (P8).
-    "spark.sql.ansi.enabled": "true",
-    # JVM stack traces in Python exceptions may quote data values.
-    "spark.sql.pyspark.jvmStacktrace.enabled": "false",
-    # Loopback only: the driver neither listens on nor advertises a public address. The one
-    # exception is a cluster master, whose executors must reach the driver: there both are
-    # YUSHAN_SPARK_DRIVER_HOST / _BIND_ADDRESS (see hardened_conf), never a caller's choice.
-    "spark.driver.bindAddress": "127.0.0.1",
-    "spark.driver.host": "127.0.0.1",
-    # Hive support off: no SerDe, no TRANSFORM scripts, no Hive UDFs.
-    "spark.sql.legacy.createHiveTableByDefault": "false",
-    # `${spark.some.setting}` in a query would be replaced by the setting's value.
-    "spark.sql.variable.substitute": "false",
-    # SQL scripting (BEGIN ... END) runs several statements, commands included.
-    "spark.sql.scripting.enabled": "false",
-    # No jars, packages or files pulled in at start-up on a caller's say-so.
-    "spark.jars": "",
-    "spark.jars.packages": "",
-    "spark.files": "",
-    "spark.submit.pyFiles": "",
-    # Driver logs stay on this machine (and are quiet: see harden_session).
-    "spark.driver.log.persistToDfs.enabled": "false",
-    # Shuffle, spill and cached blocks on local disk are encrypted with a key that lives
-    # only in the JVM's memory: a job's intermediate data never sits in the clear under
-    # YUSHAN_HOME, even while a warm executor keeps old shuffle files around.
-    "spark.io.encryption.enabled": "true",
-    "spark.io.encryption.keySizeBits": "256",
-}
 
 # Built-in functions removed from every Yushan session: each reaches outside the query
 # (Java reflection, file names) or turns data into an error message (P7, P8).
@@ -75,33 +38,6 @@ REMOVED_FUNCTIONS: tuple[str, ...] = (
 )
 # Table-valued functions that read files.
 REMOVED_TABLE_FUNCTIONS: tuple[str, ...] = ("read_files",)
-
-# Settings that come from Yushan's own configuration: the operator's YUSHAN_SPARK_CONF may
-# not set them either (key -> what to do instead).
-OWN_SETTINGS: dict[str, str] = {
-    "spark.master": "set YUSHAN_SPARK_MASTER instead",
-    "spark.app.name": "Yushan names each session itself",
-    "spark.driver.host": "set YUSHAN_SPARK_DRIVER_HOST instead (used for a cluster master only)",
-    "spark.driver.bindAddress": "set YUSHAN_SPARK_DRIVER_BIND_ADDRESS instead (used for a "
-                                "cluster master only)",
-    "spark.ui.enabled": "set YUSHAN_SPARK_UI instead",
-    "spark.sql.shuffle.partitions": "set YUSHAN_SHUFFLE_PARTITIONS instead",
-    "spark.driver.memory": "set YUSHAN_SPARK_DRIVER_MEMORY instead",
-    "spark.sql.warehouse.dir": "Yushan keeps it under YUSHAN_HOME",
-    "spark.local.dir": "each executor's scratch directory is its own, under YUSHAN_HOME, "
-                       "removed when the executor stops",
-}
-
-
-def operator_refusal(key: str) -> str | None:
-    """Why the operator's YUSHAN_SPARK_CONF may not set ``key``; None if it may."""
-    if key in OWN_SETTINGS:
-        return OWN_SETTINGS[key]
-    if key in HARDENED_CONF:
-        return ("it is a hardened sandbox setting that nothing overrides "
-                "(docs/operations.md, \"Hardened Spark settings\")")
-    return None
-
 
 def is_local_master(master: str) -> bool:
     """``local``, ``local[N]``, ``local-cluster[...]``: everything on this machine."""
@@ -270,7 +206,7 @@ def stop_spark() -> None:
         if _session is not None:
             _session.stop()
             _session = None
-        _jvm_cache.clear()
+        forget_jvm()  # the next session has a new JVM
 
 
 def _python() -> str:
@@ -325,32 +261,3 @@ def _acknowledge_replies_at_once() -> None:
 
     ClientServerConnection.connect_to_java_server = connect_acknowledging
     ClientServerConnection._yushan_quick_ack = True
-
-
-_jvm_cache: dict[str, tuple[Any, Any]] = {}
-_jvm_cache_lock = threading.Lock()
-
-
-def jvm_constant(spark: SparkSession, key: str, make) -> Any:
-    """A JVM class or immutable JVM object, made once per JVM by ``make(jvm)``."""
-    jvm = spark._jvm
-    found = _jvm_cache.get(key)
-    if found is not None and found[0] is jvm:
-        return found[1]
-    value = make(jvm)
-    with _jvm_cache_lock:
-        _jvm_cache[key] = (jvm, value)
-    return value
-
-
-def jvm_class(spark: SparkSession, name: str) -> Any:
-    """The JVM class ``name`` (fully qualified; ``Outer$`` for a Scala object's class)."""
-
-    def find(jvm):
-        found = jvm
-        for part in name.split("."):
-            found = getattr(found, part)
-        return found
-
-    return jvm_constant(spark, "class:" + name, find)
-

@@ -177,7 +177,7 @@ def test_a_bad_line_names_the_file_and_line(tmp_path, monkeypatch, text, line, f
 
 
 def _refused_keys() -> list[str]:
-    from sandbox.spark import HARDENED_CONF, OWN_SETTINGS
+    from yushan.spark_settings import HARDENED_CONF, OWN_SETTINGS
 
     return sorted({*HARDENED_CONF, *OWN_SETTINGS})
 

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.spark
 
 @pytest.fixture
 def run_check(demo_config, spark, tmp_path):
-    from policies.cli import check_command
+    from jobs.cli import check_command
     from yushan.config import get_config, set_config
 
     # The command acts on the process's configuration, as `yushan --home ... check` would.

@@ -178,7 +178,7 @@ def fake_executor(monkeypatch, make_config):
 
 
 def _request(sql: str) -> dict:
-    return {"job_id": 1, "merchant": "m", "kind": "aggregate", "sql": sql, "template": None, "datasets": {}}
+    return {"job_id": 1, "merchant": "m", "kind": "aggregate", "sql": sql, "prepare": None, "datasets": {}}
 
 
 def _limits(config, memory_bytes: int) -> Limits:

@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from sandbox.executor import _WarmUp
+from sandbox.warmup import WarmUp
 
 pytestmark = pytest.mark.spark
 
 
 def test_a_job_arriving_during_warm_up_cancels_it_and_idle_time_finishes_it(spark, tmp_path):
-    warm_up = _WarmUp(spark, tmp_path)
+    warm_up = WarmUp(spark, tmp_path)
     warm_up.start()
     deadline = time.monotonic() + 60
     while not (tmp_path / "warm-up").exists() and time.monotonic() < deadline:

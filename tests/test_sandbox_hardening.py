@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from sandbox.guard import ForbiddenQuery, assert_single_query
-from sandbox.spark import HARDENED_CONF, session_conf
+from sandbox.spark import session_conf
+from yushan.spark_settings import HARDENED_CONF
 
 pytestmark = pytest.mark.spark
 

@@ -13,16 +13,15 @@ from types import SimpleNamespace
 
 import pytest
 
+from policies.jvm import jvm_class, jvm_constant
 from sandbox.spark import (
-    HARDENED_CONF,
     _announce_driver_address,
     _QuickAckSocket,
     cluster_security_warnings,
-    jvm_class,
-    jvm_constant,
     session_conf,
 )
 from yushan.config import ConfigError
+from yushan.spark_settings import HARDENED_CONF
 
 CLUSTER = "spark://10.0.0.5:7077"
 SECURE = {"spark.authenticate": "true", "spark.authenticate.secret": "s",

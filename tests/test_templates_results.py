@@ -60,7 +60,7 @@ def world(demo_config, spark, tmp_path_factory):
             template = get_template(name)
             parsed = template.parse_params(params)
             sql = template.render(parsed, merchant)
-            if template.prepare is not None:
+            if template.preparation is not None:
                 with CATALOG_LOCK:
                     self.install(merchant)
                     sql = prepare_sql(spark, name, template.params_json(parsed), merchant, sql)

@@ -13,6 +13,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from yushan.spark_settings import operator_refusal
+
 
 class ConfigError(Exception):
     """A setting is missing or wrong; the message names the setting and how to fix it."""
@@ -80,9 +82,6 @@ def read_spark_conf(path: Path) -> dict[str, str]:
     master, ...) is refused rather than ignored: the hardened settings win anyway, and the
     others have their own ``YUSHAN_*`` variable or are the sandbox's own.
     """
-    # sandbox.spark owns the list of what nobody may override (it imports this module).
-    from sandbox.spark import operator_refusal
-
     name = f"YUSHAN_SPARK_CONF={path}"
     try:
         text = path.read_text(encoding="utf-8")

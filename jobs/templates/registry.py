@@ -5,8 +5,9 @@ through :func:`jobs.service.submit` like hand-written SQL, so the same policy ch
 sandbox, quarantine and approval apply. Parameters are never pasted into SQL unchecked:
 each is parsed to its declared type, range-checked, and rendered by a literal function of
 this module (numbers as numbers, dates as ``DATE 'yyyy-mm-dd'``, choices from a closed
-list). A template with a ``prepare`` step (lookalike) computes part of its final query
-inside the sandbox; the query that runs is checked again there (see sandbox/executor.py).
+list). A template with a preparation (lookalike) computes part of its final query inside
+the sandbox: it renders a description of the step here, the worker hands it to the
+executor, and :mod:`sandbox.prepare` runs it; the query that runs is checked again there.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from audit import record
 from jobs.errors import InvalidRequest, NotFound
+from sandbox.prepare import prepared_sql
 from yushan.config import Config
 from yushan.models import Job, JobKind, User
 
@@ -80,8 +82,9 @@ class Param:
         return self.to_json(self.default() if callable(self.default) else self.default)
 
 
-# A prepare step: (spark, params, merchant, sql) -> the final SQL, run inside the sandbox.
-PrepareStep = Callable[[Any, dict[str, Any], str, str], str]
+# A preparation: (validated params, merchant slug) -> the plain description of a step that
+# the sandbox runs before the final query (sandbox/prepare.py), e.g. training a model.
+Preparation = Callable[[dict[str, Any], str], dict[str, Any]]
 
 
 # The reporting period most templates take: the span of the demo world's orders.
@@ -108,7 +111,7 @@ class Template:
     chart: Callable[[list[str], list[dict[str, Any]]], dict[str, Any]]
     # The merchant datasets it reads (short names), e.g. ("members",).
     needs: tuple[str, ...] = ()
-    prepare: PrepareStep | None = None
+    preparation: Preparation | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def parse_params(self, raw: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -224,13 +227,18 @@ def check_template(session: Session, config: Config, user: User, merchant_slug: 
     return service.check(session, config, user, merchant_slug, template.kind.value, sql, origin=origin)
 
 
-def prepare_sql(spark, template_name: str, params: dict[str, Any] | None, merchant: str, sql: str) -> str:
-    """The query a template job runs: ``sql`` itself, or what its prepare step makes of it.
-
-    Called inside the sandbox (executor) with the job's catalog installed; the result is
-    checked by the policy again before it runs.
-    """
+def preparation_of(template_name: str | None, params: dict[str, Any] | None, merchant: str) -> dict[str, Any] | None:
+    """The sandbox step of a template job (rendered from its stored parameters), or None."""
+    if not template_name:
+        return None
     template = get_template(template_name)
-    if template.prepare is None:
-        return sql
-    return template.prepare(spark, template.parse_params(params), merchant, sql)
+    if template.preparation is None:
+        return None
+    return template.preparation(template.parse_params(params), merchant)
+
+
+def prepare_sql(spark, template_name: str, params: dict[str, Any] | None, merchant: str, sql: str) -> str:
+    """The query a template job runs: ``sql`` itself, or what its preparation makes of it
+    (on a session with the job's catalog installed, as inside the sandbox)."""
+    spec = preparation_of(template_name, params, merchant)
+    return sql if spec is None else prepared_sql(spark, spec)
