@@ -7,9 +7,9 @@ from pathlib import Path
 
 from flask import Flask, g, jsonify, request
 from flask_babel import Babel
-from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import text
 
+from web.extensions import LOCALE_COOKIE, LOCALES, csrf, select_locale
 from yushan.config import Config, get_config
 
 log = logging.getLogger(__name__)
@@ -17,8 +17,6 @@ log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent
 # Babel parses "zh_CN" as zh_Hans_CN and looks for that directory name.
 TRANSLATIONS_DIR = WEB_DIR / "translations"
-LOCALES = ("en", "zh_CN")
-LOCALE_COOKIE = "yushan_lang"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 # Scripts and styles only from our own origin: no inline script can run, so an injected
@@ -44,9 +42,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
 }
-
-csrf = CSRFProtect()
-
 
 def secure_cookies(config: Config) -> bool:
     """Secure-only cookies unless the app is served on loopback over plain HTTP.
@@ -75,14 +70,6 @@ def compile_translations() -> None:
                 write_mo(out, catalog)
         except OSError as exc:  # read-only install: the shipped .mo is used
             log.warning("cannot compile %s: %s", po_path, exc.strerror)
-
-
-def select_locale() -> str:
-    """Query ``?lang=`` first, then the cookie, then the browser's Accept-Language."""
-    chosen = request.args.get("lang") or request.cookies.get(LOCALE_COOKIE)
-    if chosen in LOCALES:
-        return chosen
-    return request.accept_languages.best_match(LOCALES, default="en") or "en"
 
 
 def create_app(config: Config | None = None) -> Flask:

@@ -26,7 +26,8 @@ from flask_babel import gettext
 
 from jobs import segments, service
 from jobs.errors import InvalidRequest, JobError
-from jobs.templates.registry import Template, get_template, submit_template, templates
+from jobs.templates.base import Template
+from jobs.templates.registry import get_template, submit_template, templates
 from web.auth import (
     api_user_required,
     app_config,
@@ -46,6 +47,7 @@ from web.common import (
     table_rows,
 )
 from web.errors import ApiError
+from web.extensions import csrf, select_locale
 from yushan.models import Job, JobKind, JobState, Role
 
 bp = Blueprint("templates", __name__)
@@ -53,8 +55,6 @@ RESULT_ROWS = 200
 
 
 def locale() -> str:
-    from web.app import select_locale
-
     return select_locale()
 
 
@@ -362,8 +362,6 @@ def api_review(job_id: int):
 
 def _exempt_api_views() -> None:
     """The API views take bearer tokens (no cookies): CSRF tokens do not apply there."""
-    from web.app import csrf
-
     for view in (api_templates, api_submit, api_segments, api_set_mode, api_review):
         csrf.exempt(view)
 

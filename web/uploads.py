@@ -35,6 +35,7 @@ from web.auth import (
     page_user,
     roles_required,
 )
+from web.extensions import csrf
 from yushan.models import Role, User
 
 bp = Blueprint("uploads", __name__)
@@ -146,8 +147,6 @@ def _download(user: User, name: str) -> Response:
 def _page(view: Callable[..., Any]) -> Callable[..., Any]:
     # The body is parsed by _receive (which checks the CSRF token itself): the global
     # check would parse it first, spooling the file outside the private workspace.
-    from web.app import csrf
-
     return csrf.exempt(view)
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from jobs.templates import charts
-from jobs.templates.registry import (
+from jobs.templates.base import (
     Param,
     ParamType,
     Template,

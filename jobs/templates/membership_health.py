@@ -13,7 +13,7 @@ from typing import Any
 import altair as alt
 
 from jobs.templates import charts
-from jobs.templates.registry import Param, ParamType, Template, sql_date, table_prefix
+from jobs.templates.base import Param, ParamType, Template, sql_date, table_prefix
 from yushan.models import JobKind
 
 HORIZONS = (30, 60, 90)

@@ -12,7 +12,7 @@ from typing import Any
 import altair as alt
 
 from jobs.templates import charts
-from jobs.templates.registry import PERIOD_PARAMS, Template, sql_date, table_prefix
+from jobs.templates.base import PERIOD_PARAMS, Template, sql_date, table_prefix
 from yushan.models import JobKind
 
 

@@ -14,7 +14,7 @@ from datetime import date
 from typing import Any
 
 from jobs.templates import charts
-from jobs.templates.registry import (
+from jobs.templates.base import (
     Param,
     ParamType,
     Template,
