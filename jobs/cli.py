@@ -181,7 +181,7 @@ def _visible(session, user, job_id: int):
 @click.option("--json", "as_json", is_flag=True)
 def approve_command(job_id: int, username: str, as_json: bool) -> None:
     """Approve a job's output for release (the job's merchant only)."""
-    from jobs import service
+    from jobs import quarantine, service
     from jobs.errors import JobError
     from yushan.config import get_config
     from yushan.db import session_scope
@@ -190,7 +190,7 @@ def approve_command(job_id: int, username: str, as_json: bool) -> None:
     try:
         with session_scope(config) as session:
             user = _user(session, username)
-            job = service.approve(session, user, _visible(session, user, job_id), origin=CLI_ORIGIN)
+            job = quarantine.approve(session, user, _visible(session, user, job_id), origin=CLI_ORIGIN)
             doc = service.job_json(job, user)
     except JobError as exc:
         _job_error(exc)
@@ -212,7 +212,7 @@ def download_command(job_id: int, username: str, fmt: str, output: str | None) -
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from jobs import service
+    from jobs import quarantine
     from jobs.errors import JobError
     from yushan.config import get_config
     from yushan.db import session_scope
@@ -223,8 +223,8 @@ def download_command(job_id: int, username: str, fmt: str, output: str | None) -
     try:
         with session_scope(config) as session:
             user = _user(session, username)
-            table = service.read_result(session, config, user, _visible(session, user, job_id),
-                                        origin=CLI_ORIGIN)
+            table = quarantine.read_result(session, config, user, _visible(session, user, job_id),
+                                           origin=CLI_ORIGIN)
     except JobError as exc:
         _job_error(exc)
     if fmt == "parquet":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from yushan.access import Permission
+
 
 class JobError(Exception):
     code = "job_error"
@@ -53,3 +55,13 @@ class StateConflict(InvalidState):
 
     code = "state_conflict"
     status = 409
+
+
+def require(permission: Permission) -> None:
+    """Raise what a refusal of :mod:`yushan.access` means here: ``NotFound`` when the object
+    must look missing (another tenant's), else ``NotAllowed`` with the reason."""
+    if permission.allowed:
+        return
+    if permission.hidden:
+        raise NotFound(permission.reason)
+    raise NotAllowed(permission.reason)

@@ -1,8 +1,8 @@
 """What the web API and the command line do with jobs. Callers own the transaction.
 
-Visibility: the submitter, the users of the job's merchant, and auditors (metadata only);
-for anyone else a job does not exist. Results: the job's merchant, and a provider whose
-active authorisation grants ``view_results``; only after the merchant approved.
+Who may see or act on a job is :mod:`yushan.access`'s answer (for anyone who may not see
+it, a job does not exist); its output, from the sandbox to its release, is
+:mod:`jobs.quarantine`'s.
 """
 
 from __future__ import annotations
@@ -10,28 +10,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pyarrow as pa
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from audit import Actor, record
-from jobs import lifecycle
+from jobs import lifecycle, quarantine
 from jobs.errors import (
     InvalidRequest,
     InvalidState,
-    NotAllowed,
-    NotApproved,
-    NotFound,
     QueryTooLarge,
     StateConflict,
+    require,
 )
 from jobs.wakeup import open_watch
 from sandbox.crypto import KeyStore
-from sandbox.output import read_output, remove_output
-from yushan.accounts import active_authorization, can_act_for
+from yushan import access
 from yushan.catalog import DatasetInfo, readable_datasets
 from yushan.config import Config
-from yushan.models import Job, JobKind, JobOutput, JobState, Role, User
+from yushan.models import Job, JobKind, JobState, User
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +36,7 @@ MAX_SQL_CHARS = 100_000
 
 
 def actor_for(user: User, origin: str | None = None) -> Actor:
-    return Actor(username=user.username, role=user.role, tenant=user.tenant.slug, origin=origin or "")
+    return Actor.for_user(user, origin or "")
 
 
 def _validate(kind: str, sql: str) -> str:
@@ -73,11 +69,9 @@ def evaluate(config: Config, sql: str, kind: str, merchant: str, datasets: dict[
 
 
 def _acting_merchant(session: Session, user: User, merchant_slug: str):
-    merchant = can_act_for(session, user, merchant_slug)
-    if merchant is None:
-        # Unknown merchant and not-your-merchant look the same.
-        raise NotFound("no such merchant")
-    return merchant
+    permission = access.act_for(session, user, merchant_slug)
+    require(permission)  # unknown merchant and not-your-merchant look the same
+    return permission.target
 
 
 def check(session: Session, config: Config, user: User, merchant_slug: str, kind: str, sql: str,
@@ -174,7 +168,7 @@ def record_submission_decision(session: Session, job: Job, decision: dict[str, A
                 session.rollback()
                 continue
             if state in (JobState.AWAITING_APPROVAL, JobState.APPROVED):
-                _shred_output(session, job)
+                quarantine.shred(job)
             return job
         # Allowed (or already ended): the executor's own decision, when it has one, stays.
         session.execute(
@@ -190,135 +184,26 @@ def record_submission_decision(session: Session, job: Job, decision: dict[str, A
     raise StateConflict(f"job {job.id} kept changing while its decision was recorded")
 
 
-def _is_merchant_user(user: User, job: Job) -> bool:
-    return user.role == Role.MERCHANT.value and user.tenant_id == job.merchant_id
-
-
 def get_visible_job(session: Session, user: User, job_id: int) -> Job | None:
     """The job, or None when it is missing or not visible to ``user``."""
     try:
         job = session.get(Job, int(job_id))
     except (TypeError, ValueError):
         return None
-    if job is None:
-        return None
-    if job.submitted_by == user.id or _is_merchant_user(user, job) or user.role == Role.AUDITOR.value:
-        return job
-    return None
+    return job if access.see_job(user, job) else None
 
 
 def cancel(session: Session, user: User, job: Job, *, origin: str | None = None) -> Job:
     """Cancel a queued, running or unreleased job (submitter or merchant)."""
-    if not (job.submitted_by == user.id or _is_merchant_user(user, job)):
-        raise NotAllowed("only the submitter or the merchant may cancel this job")
+    require(access.cancel_job(user, job))
     if JobState(job.state) not in lifecycle.CANCELLABLE:
         raise InvalidState(f"the job is {job.state}; only queued, running or unapproved jobs can be cancelled")
     had_output = job.state == JobState.AWAITING_APPROVAL.value
     lifecycle.transition(session, job, JobState.CANCELLED, actor=actor_for(user, origin),
                          details={"by": user.username})
     if had_output:
-        _shred_output(session, job)
+        quarantine.shred(job)
     return job
-
-
-def _require_merchant(user: User, job: Job, verb: str) -> None:
-    if not _is_merchant_user(user, job):
-        raise NotAllowed(f"only the job's merchant may {verb} its output")
-
-
-def approve(session: Session, user: User, job: Job, *, origin: str | None = None) -> Job:
-    _require_merchant(user, job, "approve")
-    if job.state != JobState.AWAITING_APPROVAL.value:
-        raise InvalidState(f"the job is {job.state}; only a job awaiting approval can be approved")
-    lifecycle.transition(session, job, JobState.APPROVED, actor=actor_for(user, origin))
-    if job.output is not None:
-        job.output.decided_by = user.id
-        job.output.decided_at = lifecycle.now()
-    return job
-
-
-def reject(session: Session, user: User, job: Job, *, origin: str | None = None) -> Job:
-    _require_merchant(user, job, "reject")
-    if job.state != JobState.AWAITING_APPROVAL.value:
-        raise InvalidState(f"the job is {job.state}; only a job awaiting approval can be rejected")
-    lifecycle.transition(session, job, JobState.REJECTED, actor=actor_for(user, origin))
-    _shred_output(session, job, decided_by=user.id)
-    return job
-
-
-def _shred_output(session: Session, job: Job, decided_by: int | None = None) -> None:
-    """Forget the output's data key: the rows are unrecoverable from then on (crypto-
-    shredding). Workers delete the ciphertext itself (:func:`sweep_shredded_outputs`)."""
-    output: JobOutput | None = job.output
-    if output is not None:
-        output.wrapped_key = None
-        output.decided_by = decided_by
-        output.decided_at = lifecycle.now()
-
-
-def sweep_shredded_outputs(session: Session, config: Config) -> list[int]:
-    """Delete output files whose key was destroyed, or which no job output refers to."""
-    removed: list[int] = []
-    if not config.outputs_dir.exists():
-        return removed
-    for entry in config.outputs_dir.iterdir():
-        if not entry.name.isdigit():
-            continue
-        job_id = int(entry.name)
-        job = session.get(Job, job_id)
-        keep = job is not None and (
-            (job.output is not None and job.output.wrapped_key is not None)
-            or job.state == JobState.RUNNING.value  # being written right now
-        )
-        if not keep:
-            remove_output(config, job_id)
-            removed.append(job_id)
-    return removed
-
-
-def may_read_results(session: Session, user: User, job: Job) -> bool:
-    if _is_merchant_user(user, job):
-        return True
-    if user.role == Role.PROVIDER.value:
-        auth = active_authorization(session, job.merchant_id, user.tenant_id)
-        return bool(auth and auth.view_results)
-    return False
-
-
-def read_result(session: Session, config: Config, user: User, job: Job, *, origin: str | None = None) -> pa.Table:
-    """The approved output's rows; raises NotAllowed, or NotApproved before approval."""
-    if not may_read_results(session, user, job):
-        raise NotAllowed("you may see this job's state and summary, not its rows")
-    output = job.output
-    if job.state != JobState.APPROVED.value or output is None or output.wrapped_key is None:
-        raise NotApproved("the output has not been approved by the merchant")
-    from jobs.segments import require_platform_review
-
-    require_platform_review(session, job)  # segment outputs, when the admin requires it
-    table = read_output(config, KeyStore(config.master_key_path), job.id, output.storage_path,
-                        output.wrapped_key, output.content_hash)
-    record(
-        session, "job.download", actor=actor_for(user, origin), objects=lifecycle.job_objects(job),
-        details={"rows": table.num_rows, "content_hash": output.content_hash},
-    )
-    return table
-
-
-def preview_result(session: Session, config: Config, user: User, job: Job, limit: int = 10,
-                   *, origin: str | None = None) -> pa.Table:
-    """The first rows of an output awaiting approval, for its merchant to decide (audited)."""
-    if not _is_merchant_user(user, job):
-        raise NotAllowed("only the job's merchant may preview its output")
-    output = job.output
-    if job.state != JobState.AWAITING_APPROVAL.value or output is None or output.wrapped_key is None:
-        raise InvalidState("only an output awaiting approval can be previewed")
-    table = read_output(config, KeyStore(config.master_key_path), job.id, output.storage_path,
-                        output.wrapped_key, output.content_hash).slice(0, max(0, int(limit)))
-    record(
-        session, "job.preview", actor=actor_for(user, origin), objects=lifecycle.job_objects(job),
-        details={"rows": table.num_rows, "content_hash": output.content_hash},
-    )
-    return table
 
 
 def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:

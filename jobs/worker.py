@@ -19,6 +19,7 @@ from sqlalchemy import select
 from audit import record, register_config
 from jobs.errors import InvalidState, StateConflict
 from jobs.lifecycle import transition
+from jobs.quarantine import sweep_shredded_outputs
 from jobs.queue import (
     Claimed,
     LeaseStatus,
@@ -29,7 +30,6 @@ from jobs.queue import (
     worker_actor,
     worker_identity,
 )
-from jobs.service import sweep_shredded_outputs
 from jobs.templates.registry import preparation_of
 from jobs.wakeup import CLAIMED, DECIDED, WakeListener, sweep_watches, tell_submitter
 from sandbox import cgroup

@@ -41,6 +41,11 @@ def not_found() -> OnboardingError:
     return OnboardingError(404, "not_found", "No such dataset.")
 
 
+def invalid(message: str) -> OnboardingError:
+    """Well-formed, but not a value the platform accepts (422)."""
+    return OnboardingError(422, "invalid", message)
+
+
 def conflict(message: str) -> OnboardingError:
     return OnboardingError(409, "conflict", message)
 

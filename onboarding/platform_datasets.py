@@ -11,15 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import select
+from sqlalchemy.orm import Session, selectinload
 
 from onboarding import errors
 from onboarding.ingest import active_dataset
 from onboarding.report import CheckResult, ValidationReport
 from onboarding.schema import HEX64_COLUMNS, HEX64_REGEX, check_dataset_name
+from yushan import access
 from yushan.accounts import PLATFORM, ensure_platform
 from yushan.config import Config
-from yushan.models import ColumnClass, Dataset, DatasetColumn, Role, User
+from yushan.models import ColumnClass, Dataset, DatasetColumn, Tenant, User
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from audit import Actor
 
 DEFAULT_K = 50
+MAX_K = 1_000_000
 CLASSES = tuple(c.value for c in ColumnClass)
 
 
@@ -39,7 +42,7 @@ def register_platform_dataset(
     """Validate ``source`` (Parquet file or directory) and register ``platform.<name>``."""
     from audit import record
 
-    if user.role != Role.ADMIN.value:
+    if not access.administer(user):
         raise errors.forbidden("Only the platform admin registers platform datasets.")
     short = check_dataset_name(name)
     full_name = f"{PLATFORM}.{short}"
@@ -97,6 +100,55 @@ def register_platform_dataset(
     })
     session.commit()
     return dataset
+
+
+def update_platform_dataset(
+    session: Session, user: User, dataset_id: int, *, k: Any = None, entity_column: str | None = None,
+    classes: dict[str, str] | None = None, actor: Actor,
+) -> Dataset:
+    """Change a platform dataset's k and entity column (consumer data) and its columns'
+    classes; audited (``admin.dataset_update``, before and after) in the same transaction.
+
+    ``classes`` maps column names to classes; a column left out keeps its class.
+    """
+    from audit import record
+
+    if not access.administer(user):
+        raise errors.forbidden("Only the platform admin changes platform datasets.")
+    dataset = session.scalar(
+        select(Dataset)
+        .join(Tenant, Dataset.tenant_id == Tenant.id)
+        .where(Dataset.id == dataset_id, Tenant.slug == PLATFORM, Dataset.withdrawn_at.is_(None))
+        .options(selectinload(Dataset.columns))
+    )
+    if dataset is None:
+        raise errors.not_found()
+    before = _settings(dataset)
+    names = {c.name for c in dataset.columns}
+    if dataset.is_consumer_data:
+        try:
+            k = int(k)
+        except (TypeError, ValueError):
+            raise errors.bad_request("k must be a whole number.") from None
+        if not 2 <= k <= MAX_K:
+            raise errors.invalid(f"k must be between 2 and {MAX_K}.")
+        if entity_column not in names:
+            raise errors.invalid("The entity column must be one of the dataset's columns.")
+        dataset.k, dataset.entity_column = k, entity_column
+    chosen = {c.name: (classes or {}).get(c.name, c.column_class) for c in dataset.columns}
+    bad = sorted(name for name, cls in chosen.items() if cls not in CLASSES)
+    if bad:
+        raise errors.invalid(f"Column {bad[0]} has an unknown class; use one of " + ", ".join(CLASSES) + ".")
+    for column in dataset.columns:
+        column.column_class = chosen[column.name]
+    record(session, "admin.dataset_update", actor=actor, objects={"dataset": dataset.full_name},
+           details={"before": before, "after": _settings(dataset)})
+    return dataset
+
+
+def _settings(dataset: Dataset) -> dict[str, Any]:
+    return {"k": dataset.k, "entity_column": dataset.entity_column,
+            "classes": {c.name: c.column_class for c in dataset.columns}}
 
 
 def _check(df, classes: dict[str, str], entity_column: str | None) -> ValidationReport:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from yushan.accounts import can_act_for
+from yushan.access import act_for
 from yushan.catalog import readable_datasets
 from yushan.demo import Sizes, build_platform
 from yushan.models import Authorization, Dataset, User
@@ -135,10 +135,10 @@ def test_demo_accounts_and_authorisations(db_session):
         "tea_owner": "merchant", "insight_isv": "provider", "other_isv": "provider",
     }
     assert all(u.is_demo for u in users.values())
-    assert can_act_for(db_session, users["insight_isv"], "hanfu_house") is not None
-    assert can_act_for(db_session, users["insight_isv"], "tea_garden") is None
-    assert can_act_for(db_session, users["other_isv"], "tea_garden") is not None
-    assert can_act_for(db_session, users["hanfu_owner"], "tea_garden") is None
+    assert act_for(db_session, users["insight_isv"], "hanfu_house").allowed
+    assert not act_for(db_session, users["insight_isv"], "tea_garden")
+    assert act_for(db_session, users["other_isv"], "tea_garden").allowed
+    assert not act_for(db_session, users["hanfu_owner"], "tea_garden")
     grants = {(a.merchant.slug, a.provider.slug): a.view_results
               for a in db_session.scalars(select(Authorization))}
     assert grants[("hanfu_house", "insight_isv")] is True

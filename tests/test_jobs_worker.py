@@ -16,7 +16,7 @@ import pytest
 from jobs_support import ALLOW, audit_actions, job_state, user
 
 import audit
-from jobs import lifecycle, service
+from jobs import lifecycle, quarantine, service
 from jobs.errors import NotAllowed, NotApproved
 from jobs.queue import reap_expired
 from jobs.worker import Worker
@@ -97,18 +97,18 @@ def test_a_demo_job_is_released_encrypted_and_readable_only_after_approval(demo_
         cipher = (demo_config.home / output.storage_path).read_bytes()
         assert b"PAR1" not in cipher and len(output.content_hash) == 64
         with pytest.raises(NotApproved):
-            service.read_result(session, demo_config, user(session, "hanfu_owner"), row)
+            quarantine.read_result(session, demo_config, user(session, "hanfu_owner"), row)
         with pytest.raises(NotAllowed):
-            service.approve(session, user(session, "insight_isv"), row)
-        service.approve(session, user(session, "hanfu_owner"), row)
+            quarantine.approve(session, user(session, "insight_isv"), row)
+        quarantine.approve(session, user(session, "hanfu_owner"), row)
     with session_scope(demo_config) as session:
         row = session.get(Job, job_id)
-        table = service.read_result(session, demo_config, user(session, "insight_isv"), row)
+        table = quarantine.read_result(session, demo_config, user(session, "insight_isv"), row)
         assert table.num_rows == job.released_rows
         assert table.column_names == ["city", "gender", "avg_amount", "buyers"]
         assert min(table.column("buyers").to_pylist()) >= 50  # k held
         with pytest.raises(NotAllowed):
-            service.read_result(session, demo_config, user(session, "auditor"), row)
+            quarantine.read_result(session, demo_config, user(session, "auditor"), row)
     actions = audit_actions(demo_config, job_id)
     # The submission-time decision runs beside the worker: it may come after job.start.
     assert actions.index("job.decision") > actions.index("job.submit")
@@ -199,7 +199,7 @@ def test_a_submission_time_deny_after_the_release_blocks_the_job_and_shreds_the_
         assert entry["details"]["from"] == "awaiting_approval" and entry["details"]["to"] == "blocked"
         assert entry["details"]["stage"] == "submission"
         with pytest.raises(NotApproved):
-            service.read_result(session, demo_config, user(session, "hanfu_owner"), session.get(Job, job_id))
+            quarantine.read_result(session, demo_config, user(session, "hanfu_owner"), session.get(Job, job_id))
 
 
 def test_when_the_submission_time_check_fails_the_executor_decides(demo_config, worker, monkeypatch):

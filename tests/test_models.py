@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
+from yushan.access import act_for
 from yushan.accounts import (
-    can_act_for,
     ensure_platform,
     ensure_tenant,
     ensure_user,
@@ -47,8 +47,8 @@ def test_models_round_trip(any_db_config):
         ds = s.scalar(select(Dataset).where(Dataset.full_name == "platform.consumers"))
         assert [c.column_class for c in ds.columns] == ["identifier"]
         prov = job.submitter
-        assert can_act_for(s, prov, "shop").slug == "shop"
-        assert can_act_for(s, prov, "other") is None
+        assert act_for(s, prov, "shop").target.slug == "shop"
+        assert act_for(s, prov, "other").hidden  # like a merchant that does not exist
 
 
 def test_active_dataset_names_are_unique_but_withdrawn_ones_free_the_name(any_db_config):

@@ -13,7 +13,7 @@ import pytest
 from web_support import WorkerThread, api_token, bearer, page_login
 
 import audit
-from jobs import segments, service
+from jobs import quarantine
 from jobs.errors import InvalidState, NotAllowed, NotApproved
 from jobs.templates.registry import submit_template
 from web import create_app
@@ -43,7 +43,7 @@ def client(demo_config):
 def review_off(demo_config):
     """Each test starts with platform review off, whatever the previous one did."""
     with session_scope(demo_config) as session:
-        setting = session.get(Setting, segments.REVIEW_SETTING)
+        setting = session.get(Setting, quarantine.REVIEW_SETTING)
         if setting is not None:
             session.delete(setting)
     yield
@@ -170,13 +170,13 @@ def test_platform_rejection_shreds_the_output_and_review_rules(demo_config, work
         admin, merchant = by_name(session, "admin"), by_name(session, "hanfu_owner")
         job = session.get(Job, job_id)
         with pytest.raises(NotAllowed):
-            segments.platform_review(session, demo_config, merchant, job, "approve")
-        segments.set_review_mode(session, admin, segments.ReviewMode.REQUIRED)
-        assert job in segments.pending_reviews(session)
-        segments.platform_review(session, demo_config, admin, job, "reject", origin="pytest")
+            quarantine.platform_review(session, demo_config, merchant, job, "approve")
+        quarantine.set_review_mode(session, admin, quarantine.ReviewMode.REQUIRED)
+        assert job in quarantine.pending_reviews(session)
+        quarantine.platform_review(session, demo_config, admin, job, "reject", origin="pytest")
         assert job.state == JobState.REJECTED.value and job.output.wrapped_key is None
         with pytest.raises(InvalidState):
-            segments.platform_review(session, demo_config, admin, job, "approve")
+            quarantine.platform_review(session, demo_config, admin, job, "approve")
         with pytest.raises(NotApproved):
-            service.read_result(session, demo_config, merchant, job)
+            quarantine.read_result(session, demo_config, merchant, job)
     assert "job.platform_review" in actions(demo_config, job_id)

@@ -10,7 +10,7 @@ import pytest
 from jobs_support import small_world, user
 
 import audit
-from jobs import lifecycle, segments, service
+from jobs import lifecycle, quarantine, segments, service
 from jobs.errors import NotAllowed, NotApproved
 from sandbox.crypto import KeyStore
 from sandbox.output import store_output
@@ -68,12 +68,12 @@ def test_summary_is_computed_from_the_encrypted_output_once_and_kept(config, tmp
 
 def test_the_switch_is_admin_only_and_audited(config):
     with session_scope(config) as session:
-        assert segments.review_mode(session) is segments.ReviewMode.NOT_REQUIRED
+        assert quarantine.review_mode(session) is quarantine.ReviewMode.NOT_REQUIRED
         with pytest.raises(NotAllowed):
-            segments.set_review_mode(session, user(session, "hanfu_owner"), "required")
-        segments.set_review_mode(session, user(session, "admin"), "required", origin="pytest")
+            quarantine.set_review_mode(session, user(session, "hanfu_owner"), "required")
+        quarantine.set_review_mode(session, user(session, "admin"), "required", origin="pytest")
     with session_scope(config) as session:
-        assert segments.review_mode(session) is segments.ReviewMode.REQUIRED
+        assert quarantine.review_mode(session) is quarantine.ReviewMode.REQUIRED
         entry = audit.query(session, action="admin.setting")[0]
         assert entry["actor"] == "admin" and entry["details"] == {"from": "not_required", "to": "required"}
 
@@ -82,24 +82,24 @@ def test_download_needs_both_approvals_when_review_is_required(config, tmp_path)
     job_id = make_output_job(config, tmp_path)
     aggregate_id = make_output_job(config, tmp_path, kind="aggregate")
     with session_scope(config) as session:
-        segments.set_review_mode(session, user(session, "admin"), segments.ReviewMode.REQUIRED)
-        assert [j.id for j in segments.pending_reviews(session)] == [job_id]  # segments only
+        quarantine.set_review_mode(session, user(session, "admin"), quarantine.ReviewMode.REQUIRED)
+        assert [j.id for j in quarantine.pending_reviews(session)] == [job_id]  # segments only
         merchant = user(session, "hanfu_owner")
         job = session.get(Job, job_id)
-        service.approve(session, merchant, job, origin="pytest")
+        quarantine.approve(session, merchant, job, origin="pytest")
         with pytest.raises(NotApproved):
-            service.read_result(session, config, merchant, job)
+            quarantine.read_result(session, config, merchant, job)
         # Aggregate outputs are not held back by the segment review.
-        service.approve(session, merchant, session.get(Job, aggregate_id))
-        assert service.read_result(session, config, merchant, session.get(Job, aggregate_id)).num_rows == 135
+        quarantine.approve(session, merchant, session.get(Job, aggregate_id))
+        assert quarantine.read_result(session, config, merchant, session.get(Job, aggregate_id)).num_rows == 135
     with session_scope(config) as session:
         job = session.get(Job, job_id)
-        segments.platform_review(session, config, user(session, "admin"), job, "approve", origin="pytest")
+        quarantine.platform_review(session, config, user(session, "admin"), job, "approve", origin="pytest")
     with session_scope(config) as session:
         job = session.get(Job, job_id)
         assert job.output.platform_reviewed_by == user(session, "admin").id
-        assert segments.pending_reviews(session) == []
-        table = service.read_result(session, config, user(session, "hanfu_owner"), job)
+        assert quarantine.pending_reviews(session) == []
+        table = quarantine.read_result(session, config, user(session, "hanfu_owner"), job)
         assert table.column_names == ["segment", "member"] and table.num_rows == 135
         review = audit.query(session, action="job.platform_review", job=job_id)[0]
         assert review["details"]["decision"] == "approve"
@@ -111,6 +111,6 @@ def test_without_review_the_merchants_approval_is_enough(config, tmp_path):
     with session_scope(config) as session:
         merchant = user(session, "hanfu_owner")
         job = session.get(Job, job_id)
-        assert segments.review_status(session, job)["required"] is False
-        service.approve(session, merchant, job)
-        assert service.read_result(session, config, merchant, job).num_rows == 135
+        assert quarantine.review_status(session, job)["required"] is False
+        quarantine.approve(session, merchant, job)
+        assert quarantine.read_result(session, config, merchant, job).num_rows == 135

@@ -8,13 +8,14 @@ from flask_babel import gettext
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from onboarding.errors import OnboardingError
+from onboarding.platform_datasets import update_platform_dataset
 from sandbox.protection import BY_KEY, PROTECTIONS, Recorded
-from web.auth import actor_for, audit_record, db, page_user, roles_required
+from web.auth import actor_for, db, page_user, roles_required
 from yushan.accounts import PLATFORM
 from yushan.models import ColumnClass, Dataset, Role, Setting, Tenant, User
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
-MAX_K = 1_000_000
 
 
 def sandbox_protections(session) -> list[Recorded]:
@@ -52,37 +53,16 @@ def overview():
 def update_dataset(dataset_id: int):
     """Change a platform dataset's k, entity column and column classes (audited)."""
     session = db()
-    dataset = session.scalar(
-        select(Dataset)
-        .join(Tenant, Dataset.tenant_id == Tenant.id)
-        .where(Dataset.id == dataset_id, Tenant.slug == PLATFORM, Dataset.withdrawn_at.is_(None))
-        .options(selectinload(Dataset.columns))
-    )
-    if dataset is None:
-        abort(404)
-    before = {"k": dataset.k, "entity_column": dataset.entity_column,
-              "classes": {c.name: c.column_class for c in dataset.columns}}
-    names = {c.name for c in dataset.columns}
-    if dataset.is_consumer_data:
-        try:
-            k = int(request.form.get("k", ""))
-        except ValueError:
-            abort(400)
-        entity = request.form.get("entity_column", "")
-        if not 2 <= k <= MAX_K or entity not in names:
-            abort(422)
-        dataset.k, dataset.entity_column = k, entity
-    allowed = {c.value for c in ColumnClass}
-    for column in dataset.columns:
-        chosen = request.form.get(f"class_{column.name}", column.column_class)
-        if chosen not in allowed:
-            abort(422)
-        column.column_class = chosen
-    after = {"k": dataset.k, "entity_column": dataset.entity_column,
-             "classes": {c.name: c.column_class for c in dataset.columns}}
-    audit_record(session, "admin.dataset_update", actor_for(page_user()),
-                 objects={"dataset": dataset.full_name},
-                 details={"before": before, "after": after})
+    user = page_user()
+    form = request.form
+    classes = {key.removeprefix("class_"): value for key, value in form.items() if key.startswith("class_")}
+    try:
+        update_platform_dataset(session, user, dataset_id, k=form.get("k"),
+                                entity_column=form.get("entity_column"), classes=classes,
+                                actor=actor_for(user))
+    except OnboardingError as exc:
+        session.rollback()
+        abort(exc.status)
     session.commit()
     flash(gettext("Dataset saved."), "info")
     return redirect(url_for("admin.overview"))

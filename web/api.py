@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from jobs import service
+from jobs import quarantine, service
 from web.auth import (
     LoginRefused,
     actor_for,
@@ -250,7 +250,7 @@ def job_result(job_id: int):
         raise ApiError(422, "invalid_format", "'format' must be one of: json, csv, parquet.")
     job = visible_job(job_id)
     # read_result refuses (403, 409) and audits the download in this transaction.
-    table = call_service(service.read_result, session, app_config(), user, job,
+    table = call_service(quarantine.read_result, session, app_config(), user, job,
                          origin=request_origin())
     body = render_result(table, fmt)
     session.commit()

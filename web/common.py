@@ -14,18 +14,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from yushan import access
 from yushan.accounts import PLATFORM
 from yushan.catalog import DatasetInfo, readable_datasets
 from yushan.config import Config
 from yushan.models import (
-    Authorization,
     Dataset,
     Job,
     JobKind,
     JobState,
     Role,
     Tenant,
-    TenantKind,
     User,
 )
 
@@ -40,7 +39,7 @@ RESULT_FORMATS: dict[str, tuple[str, str]] = {
 }
 JOB_KINDS = tuple(k.value for k in JobKind)
 ACTIVE_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
-JOB_ROLES = (Role.PROVIDER.value, Role.MERCHANT.value)
+JOB_ROLES = access.JOB_ROLES
 
 
 class Refusal(Exception):
@@ -57,23 +56,8 @@ class Refusal(Exception):
 
 
 def acting_merchants(session: Session, user: User) -> list[Tenant]:
-    """Merchants ``user`` may run jobs for: its own (merchant) or those that authorised it."""
-    if user.role == Role.MERCHANT.value:
-        return [user.tenant]
-    if user.role != Role.PROVIDER.value:
-        return []
-    return list(
-        session.scalars(
-            select(Tenant)
-            .join(Authorization, Authorization.merchant_id == Tenant.id)
-            .where(
-                Authorization.provider_id == user.tenant_id,
-                Authorization.revoked_at.is_(None),
-                Tenant.kind == TenantKind.MERCHANT.value,
-            )
-            .order_by(Tenant.slug)
-        )
-    )
+    """Merchants ``user`` may run jobs for (:func:`yushan.access.acting_merchants`)."""
+    return access.acting_merchants(session, user)
 
 
 def visible_datasets(session: Session, config: Config, user: User) -> list[DatasetInfo]:
@@ -124,13 +108,10 @@ def visible_jobs(session: Session, user: User, *, states: tuple[str, ...] | None
                  merchant_id: int | None = None, limit: int = 100) -> list[Job]:
     """Jobs ``user`` may see, newest first: a provider its own submissions, a merchant
     the jobs run for it, an auditor all of them; an admin none (admins read no jobs)."""
-    stmt = select(Job).options(selectinload(Job.merchant), selectinload(Job.submitter))
-    if user.role == Role.PROVIDER.value:
-        stmt = stmt.where(Job.submitted_by == user.id)
-    elif user.role == Role.MERCHANT.value:
-        stmt = stmt.where(Job.merchant_id == user.tenant_id)
-    elif user.role != Role.AUDITOR.value:
+    scope = access.job_scope(user)
+    if scope is None:
         return []
+    stmt = select(Job).options(selectinload(Job.merchant), selectinload(Job.submitter)).where(scope)
     if states:
         stmt = stmt.where(Job.state.in_(states))
     if merchant_id is not None:
@@ -140,7 +121,7 @@ def visible_jobs(session: Session, user: User, *, states: tuple[str, ...] | None
 
 def may_decide(user: User, job: Job) -> bool:
     """Only the job's merchant approves or rejects its output."""
-    return user.role == Role.MERCHANT.value and user.tenant_id == job.merchant_id
+    return access.decide_job(user, job).allowed
 
 
 @dataclass(frozen=True)
@@ -179,14 +160,12 @@ def parse_job_request(body: Any, *, with_name: bool) -> JobRequest:
 def require_acting_merchant(session: Session, user: User, merchant: str) -> Tenant:
     """The merchant ``user`` may act for, else 404 (a merchant that did not authorise the
     caller looks exactly like one that does not exist)."""
-    from yushan.accounts import can_act_for
-
-    if user.role not in JOB_ROLES:
-        raise Refusal(403, "forbidden", "Only merchants and service providers run jobs.")
-    tenant = can_act_for(session, user, merchant)
-    if tenant is None:
+    permission = access.act_for(session, user, merchant)
+    if permission.hidden:
         raise Refusal(404, "not_found", "No such merchant among those you may act for.")
-    return tenant
+    if not permission:
+        raise Refusal(403, "forbidden", "Only merchants and service providers run jobs.")
+    return permission.target
 
 
 def service_refusal(exc: Exception) -> Refusal | None:

@@ -7,19 +7,17 @@ from flask_babel import gettext
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from jobs import service
+from jobs import authorizations as authorization_service
+from jobs import quarantine, service
+from jobs.errors import JobError
 from web.auth import (
-    actor_for,
     app_config,
-    audit_record,
     db,
     page_user,
     request_origin,
     roles_required,
-    utcnow,
 )
 from web.common import Refusal, service_refusal, table_rows, visible_jobs
-from yushan.accounts import active_authorization, get_tenant, grant
 from yushan.models import Authorization, JobState, Role, Tenant, TenantKind
 
 bp = Blueprint("merchant", __name__)
@@ -43,26 +41,18 @@ def authorizations():
     return render_template("authorizations.html", authorizations=active, providers=providers)
 
 
-def _provider(slug: str) -> Tenant:
-    tenant = get_tenant(db(), slug or "")
-    if tenant is None or tenant.kind != TenantKind.PROVIDER.value:
-        abort(404)
-    return tenant
-
-
 @bp.post("/authorizations")
 @roles_required(Role.MERCHANT.value)
 def grant_authorization():
     """Grant (or change ``view_results`` of) a provider's authorisation."""
     session = db()
-    user = page_user()
-    provider = _provider(request.form.get("provider", ""))
-    view_results = request.form.get("view_results") in ("1", "on", "true")
-    auth = grant(session, user.tenant, provider, view_results=view_results, by=user)
-    audit_record(session, "authorization.grant", actor_for(user),
-                 objects={"merchant": user.tenant.slug, "provider": provider.slug,
-                          "authorization": auth.id},
-                 details={"view_results": view_results})
+    try:
+        authorization_service.grant_authorization(
+            session, page_user(), request.form.get("provider", ""),
+            view_results=request.form.get("view_results") in ("1", "on", "true"), origin=request_origin())
+    except JobError as exc:
+        session.rollback()
+        abort(exc.status)
     session.commit()
     flash(gettext("Authorisation saved."), "info")
     return redirect(url_for("merchant.authorizations"))
@@ -72,15 +62,11 @@ def grant_authorization():
 @roles_required(Role.MERCHANT.value)
 def revoke_authorization(provider_slug: str):
     session = db()
-    user = page_user()
-    provider = _provider(provider_slug)
-    auth = active_authorization(session, user.tenant_id, provider.id)
-    if auth is None:
-        abort(404)
-    auth.revoked_at = utcnow()
-    audit_record(session, "authorization.revoke", actor_for(user),
-                 objects={"merchant": user.tenant.slug, "provider": provider.slug,
-                          "authorization": auth.id})
+    try:
+        authorization_service.revoke_authorization(session, page_user(), provider_slug, origin=request_origin())
+    except JobError as exc:
+        session.rollback()
+        abort(exc.status)
     session.commit()
     flash(gettext("Authorisation revoked."), "info")
     return redirect(url_for("merchant.authorizations"))
@@ -89,7 +75,7 @@ def revoke_authorization(provider_slug: str):
 def preview(job) -> tuple[list[str], list[dict]] | None:
     """The first rows of a quarantined output for its merchant (None when refused)."""
     try:
-        table = service.preview_result(db(), app_config(), page_user(), job, limit=PREVIEW_ROWS)
+        table = quarantine.preview_result(db(), app_config(), page_user(), job, limit=PREVIEW_ROWS)
     except Exception as exc:
         if service_refusal(exc) is None:
             raise

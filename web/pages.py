@@ -20,7 +20,7 @@ from flask import (
 from flask_babel import gettext
 from flask_login import current_user
 
-from jobs import service
+from jobs import quarantine, service
 from web.auth import app_config, db, page_user, request_origin, roles_required
 from web.common import (
     ACTIVE_STATES,
@@ -35,6 +35,7 @@ from web.common import (
     visible_datasets,
     visible_jobs,
 )
+from yushan import access
 from yushan.models import Job, JobState, Role
 
 bp = Blueprint("pages", __name__)
@@ -112,10 +113,10 @@ def job(job_id: int):
     user = page_user()
     found = visible_job_or_404(job_id)
     columns, rows, shown = [], [], False
-    can_view = service.may_read_results(session, user, found)
+    can_view = access.read_results(session, user, found).allowed
     if can_view and found.state == JobState.APPROVED.value:
         try:
-            table = service.read_result(session, app_config(), user, found,
+            table = quarantine.read_result(session, app_config(), user, found,
                                               origin=request_origin())
         except Exception as exc:
             refusal_status(exc)
@@ -171,7 +172,7 @@ def download(job_id: int):
     found = visible_job_or_404(job_id)
     try:
         # read_result refuses (403, 409) and audits the download in this transaction.
-        table = service.read_result(session, app_config(), user, found,
+        table = quarantine.read_result(session, app_config(), user, found,
                                           origin=request_origin())
     except Exception as exc:
         abort(refusal_status(exc))

@@ -24,7 +24,7 @@ from flask import (
 )
 from flask_babel import gettext
 
-from jobs import segments, service
+from jobs import quarantine, segments, service
 from jobs.errors import InvalidRequest, JobError
 from jobs.templates.base import Template
 from jobs.templates.registry import get_template, submit_template, templates
@@ -48,6 +48,7 @@ from web.common import (
 )
 from web.errors import ApiError
 from web.extensions import csrf, select_locale
+from yushan import access
 from yushan.models import Job, JobKind, JobState, Role
 
 bp = Blueprint("templates", __name__)
@@ -89,10 +90,10 @@ def _segment_helpers() -> dict[str, Any]:
         if job is None or user is None or job.kind != JobKind.SEGMENT.value:
             return None
         session = db()
-        if not segments.may_see_summary(session, user, job):
+        if not segments.may_see_summary(user, job):
             return None
         return {"segments": segments.segment_summary(session, app_config(), job),
-                "review": segments.review_status(session, job)}
+                "review": quarantine.review_status(session, job)}
 
     return {"segment_box": segment_box}
 
@@ -178,10 +179,10 @@ def result(job_id: int):
     user = page_user()
     job, template = template_job_or_404(job_id)
     columns, rows, shown, status = [], [], False, 200
-    can_view = service.may_read_results(session, user, job)
+    can_view = access.read_results(session, user, job).allowed
     if can_view and job.state == JobState.APPROVED.value:
         try:
-            table = service.read_result(session, app_config(), user, job, origin=request_origin())
+            table = quarantine.read_result(session, app_config(), user, job, origin=request_origin())
         except Exception as exc:
             refusal_for(exc)  # e.g. awaiting the platform's review: no rows yet
             session.rollback()
@@ -206,7 +207,7 @@ def chart(job_id: int):
     user = page_user()
     job, template = template_job_or_404(job_id)
     if template.kind is JobKind.SEGMENT:
-        if not segments.may_see_summary(session, user, job):
+        if not segments.may_see_summary(user, job):
             abort(404)
         sizes = segments.segment_summary(session, app_config(), job)
         if sizes is None:
@@ -214,7 +215,7 @@ def chart(job_id: int):
         spec = template.chart(["segment", "members"], sizes)
     else:
         try:
-            table = service.read_result(session, app_config(), user, job, origin=request_origin())
+            table = quarantine.read_result(session, app_config(), user, job, origin=request_origin())
         except Exception as exc:
             refusal = refusal_for(exc)
             session.rollback()
@@ -232,12 +233,12 @@ def chart(job_id: int):
 @roles_required(Role.ADMIN.value)
 def review_queue():
     session = db()
-    pending = segments.pending_reviews(session)
+    pending = quarantine.pending_reviews(session)
     items = [{"job": j, "segments": segments.segment_summary(session, app_config(), j)} for j in pending]
-    mode = segments.review_mode(session)
+    mode = quarantine.review_mode(session)
     session.commit()  # summaries computed now are kept
     return render_template("tmpl_review.html", items=items, mode=mode.value,
-                           modes=[m.value for m in segments.ReviewMode])
+                           modes=[m.value for m in quarantine.ReviewMode])
 
 
 @bp.post("/admin/segment-review/mode")
@@ -245,7 +246,7 @@ def review_queue():
 def set_mode():
     session = db()
     try:
-        segments.set_review_mode(session, page_user(), request.form.get("mode", ""), origin=request_origin())
+        quarantine.set_review_mode(session, page_user(), request.form.get("mode", ""), origin=request_origin())
     except Exception as exc:
         refusal = refusal_for(exc)
         session.rollback()
@@ -263,7 +264,7 @@ def review(job_id: int, decision: str):
     if job is None:
         abort(404)
     try:
-        segments.platform_review(session, app_config(), page_user(), job, decision, origin=request_origin())
+        quarantine.platform_review(session, app_config(), page_user(), job, decision, origin=request_origin())
     except Exception as exc:
         refusal = refusal_for(exc)
         session.rollback()
@@ -324,12 +325,12 @@ def api_segments(job_id: int):
     session = db()
     user = current_api_user()
     job = session.get(Job, job_id)
-    if job is None or not segments.may_see_summary(session, user, job):
+    if job is None or not segments.may_see_summary(user, job):
         raise ApiError(404, "not_found", "No such job.")
     sizes = api_call(segments.segment_summary, session, app_config(), job)
     if sizes is None:
         raise ApiError(409, "no_output", "This job has no segment output.")
-    review = segments.review_status(session, job)
+    review = quarantine.review_status(session, job)
     session.commit()
     return jsonify({"segments": sizes, "review": review})
 
@@ -339,7 +340,7 @@ def api_segments(job_id: int):
 def api_set_mode():
     """``{"mode": "required" | "not_required"}``: platform review of segment outputs."""
     session = db()
-    mode = api_call(segments.set_review_mode, session, current_api_user(), api_body().get("mode", ""),
+    mode = api_call(quarantine.set_review_mode, session, current_api_user(), api_body().get("mode", ""),
                     origin=request_origin())
     session.commit()
     return jsonify({"mode": mode.value})
@@ -354,7 +355,7 @@ def api_review(job_id: int):
     if job is None:
         raise ApiError(404, "not_found", "No such job.")
     decision = api_body().get("decision", "")
-    api_call(segments.platform_review, session, app_config(), current_api_user(), job, decision,
+    api_call(quarantine.platform_review, session, app_config(), current_api_user(), job, decision,
              origin=request_origin())
     session.commit()
     return jsonify(service.job_json(job, current_api_user()))

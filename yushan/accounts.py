@@ -1,4 +1,5 @@
-"""Tenants, users and authorisations: creation and password checks (one place for both)."""
+"""Tenants, users and authorisations: creation and password checks (one place for both).
+Who may act for whom is :mod:`yushan.access`'s answer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from yushan.access import active_authorization
 from yushan.models import Authorization, Role, Tenant, TenantKind, User
 
 PLATFORM = "platform"
@@ -151,16 +153,6 @@ def ensure_user(
     return user
 
 
-def active_authorization(session: Session, merchant_id: int, provider_id: int) -> Authorization | None:
-    return session.scalar(
-        select(Authorization).where(
-            Authorization.merchant_id == merchant_id,
-            Authorization.provider_id == provider_id,
-            Authorization.revoked_at.is_(None),
-        )
-    )
-
-
 def grant(
     session: Session, merchant: Tenant, provider: Tenant, *, view_results: bool, by: User | None
 ) -> Authorization:
@@ -177,21 +169,3 @@ def grant(
         auth.view_results = view_results
     session.flush()
     return auth
-
-
-def can_act_for(session: Session, user: User, merchant_slug: str) -> Tenant | None:
-    """The merchant tenant when ``user`` may submit jobs for it, else None.
-
-    A merchant's own users act for it; a service provider's users act for the merchants
-    that have an active authorisation for their provider organisation.
-    """
-    merchant = get_tenant(session, merchant_slug)
-    if merchant is None or merchant.kind != TenantKind.MERCHANT.value:
-        return None
-    if user.role == Role.MERCHANT.value and user.tenant_id == merchant.id:
-        return merchant
-    if user.role == Role.PROVIDER.value and active_authorization(
-        session, merchant.id, user.tenant_id
-    ):
-        return merchant
-    return None
