@@ -17,6 +17,21 @@ class InvalidRequest(JobError):
     status = 400
 
 
+class InvalidKind(InvalidRequest):
+    code = "invalid_kind"
+    status = 422
+
+
+class InvalidSQL(InvalidRequest):
+    code = "invalid_sql"
+    status = 422
+
+
+class InvalidName(InvalidRequest):
+    code = "invalid_name"
+    status = 422
+
+
 class QueryTooLarge(JobError):
     code = "too_large"
     status = 413

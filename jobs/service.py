@@ -16,7 +16,9 @@ from sqlalchemy.orm import Session
 from audit import Actor, record
 from jobs import lifecycle, quarantine
 from jobs.errors import (
-    InvalidRequest,
+    InvalidKind,
+    InvalidName,
+    InvalidSQL,
     InvalidState,
     QueryTooLarge,
     StateConflict,
@@ -31,22 +33,32 @@ from yushan.models import Job, JobKind, JobState, User
 
 log = logging.getLogger(__name__)
 
-KINDS = frozenset(k.value for k in JobKind)
-MAX_SQL_CHARS = 100_000
+KINDS = tuple(k.value for k in JobKind)
+MAX_SQL_BYTES = 100 * 1024
+MAX_NAME_CHARS = 200
 
 
 def actor_for(user: User, origin: str | None = None) -> Actor:
     return Actor.for_user(user, origin or "")
 
 
-def _validate(kind: str, sql: str) -> str:
+def validate_request(kind: str, sql: str, name: str = "") -> tuple[str, str, str]:
+    """A job request's kind, SQL and name checked (the one place: the API, the pages, the
+    CLI and templates all pass here); returns the SQL without a trailing ``;`` and the
+    name stripped. Messages are fixed text: they never quote the request."""
+    if len(sql.encode("utf-8")) > MAX_SQL_BYTES:
+        raise QueryTooLarge(f"The SQL is larger than {MAX_SQL_BYTES // 1024} KB.")
     if kind not in KINDS:
-        raise InvalidRequest(f"kind must be one of: {', '.join(sorted(KINDS))}")
-    if not isinstance(sql, str) or not sql.strip():
-        raise InvalidRequest("the query is empty")
-    if len(sql) > MAX_SQL_CHARS:
-        raise QueryTooLarge(f"the query is longer than {MAX_SQL_CHARS} characters")
-    return sql.strip().rstrip(";").strip()
+        raise InvalidKind("'kind' must be one of: " + ", ".join(KINDS) + ".")
+    if not sql.strip():
+        raise InvalidSQL("The SQL is empty.")
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidName(f"'name' is longer than {MAX_NAME_CHARS} characters.")
+    return kind, sql.strip().rstrip(";").strip(), name.strip()
+
+
+def _validate(kind: str, sql: str) -> str:
+    return validate_request(kind, sql)[1]
 
 
 def evaluate(config: Config, sql: str, kind: str, merchant: str, datasets: dict[str, DatasetInfo]) -> dict[str, Any]:

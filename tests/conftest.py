@@ -160,3 +160,13 @@ def hanfu_env(hanfu_world, spark):
     """``hanfu_world`` installed in the session: what a job for hanfu_house sees."""
     hanfu_world.install(spark)
     return hanfu_world
+
+
+@pytest.fixture(scope="module")
+def worker(demo_config: Config):
+    """One job worker with one warm executor on the demo world, in a thread of the test
+    process, for the test module."""
+    from jobs_support import WorkerThread
+
+    with WorkerThread(demo_config) as running:
+        yield running.worker

@@ -62,3 +62,23 @@ def audit_actions(config: Config, job_id: int) -> list[str]:
     """The job's audit actions, oldest first."""
     with session_scope(config) as session:
         return [e["action"] for e in reversed(audit.query(session, job=job_id, limit=1000))]
+
+
+class WorkerThread:
+    """The jobs package's worker, processing jobs in a thread of the test process."""
+
+    def __init__(self, config: Config):
+        import threading
+
+        from jobs.worker import Worker
+
+        self.worker = Worker(config, concurrency=1)
+        self.thread = threading.Thread(target=self.worker.run, daemon=True, name="test-worker")
+
+    def __enter__(self) -> WorkerThread:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.worker.stop()
+        self.thread.join(timeout=60)

@@ -4,10 +4,9 @@ name the columns read, no entry carries data values, and the chain verifies thro
 from __future__ import annotations
 
 import json
-import threading
-import time
 
 import pytest
+from web_support import api_token, bearer, wait_for_job
 
 import audit
 from yushan.demo import DEMO_PASSWORD
@@ -19,40 +18,17 @@ DENIED_SQL = "SELECT nick FROM platform.consumers"
 
 
 @pytest.fixture(scope="module")
-def platform(demo_config):
-    """The web app (test client) and one job worker on the demo world."""
-    from jobs.worker import Worker
+def platform(demo_config, worker):
+    """The web app (test client) on the demo world, with a job worker running."""
     from web import create_app
 
     app = create_app(demo_config)
     app.config.update(TESTING=True)
-    worker = Worker(demo_config, concurrency=1)
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    yield app.test_client()
-    worker.stop()
-    thread.join(timeout=60)
+    return app.test_client()
 
 
 def _token(client, username: str) -> str:
-    response = client.post("/api/v1/token",
-                           json={"username": username, "password": DEMO_PASSWORD})
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()["token"]
-
-
-def _wait(client, token: str, job_id: int, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/v1/jobs/{job_id}", headers=_auth(token)).get_json()
-        if job["state"] not in ("queued", "running"):
-            return job
-        time.sleep(0.2)
-    pytest.fail(f"job {job_id} did not finish")
-
-
-def _auth(token: str) -> dict:
-    return {"Authorization": f"Bearer {token}"}
+    return api_token(client, username, DEMO_PASSWORD)
 
 
 def test_every_action_of_a_session_is_audited(demo_config, platform):
@@ -63,29 +39,29 @@ def test_every_action_of_a_session_is_audited(demo_config, platform):
     body = {"merchant": "hanfu_house", "kind": "aggregate"}
 
     checked = client.post("/api/v1/jobs/check", json={**body, "sql": DENIED_SQL},
-                          headers=_auth(isv)).get_json()
+                          headers=bearer(isv)).get_json()
     assert checked["decision"] == "deny"
-    blocked = client.post("/api/v1/jobs", json={**body, "sql": DENIED_SQL}, headers=_auth(isv))
+    blocked = client.post("/api/v1/jobs", json={**body, "sql": DENIED_SQL}, headers=bearer(isv))
     assert blocked.get_json()["state"] == "blocked"
     approved_id = client.post("/api/v1/jobs", json={**body, "sql": ALLOWED_SQL},
-                              headers=_auth(isv)).get_json()["id"]
-    assert _wait(client, isv, approved_id)["state"] == "awaiting_approval"
+                              headers=bearer(isv)).get_json()["id"]
+    assert wait_for_job(client, isv, approved_id)["state"] == "awaiting_approval"
     assert client.post(f"/api/v1/jobs/{approved_id}/approve", json={},
-                       headers=_auth(owner)).status_code == 200
-    result = client.get(f"/api/v1/jobs/{approved_id}/result?format=csv", headers=_auth(owner))
+                       headers=bearer(owner)).status_code == 200
+    result = client.get(f"/api/v1/jobs/{approved_id}/result?format=csv", headers=bearer(owner))
     assert result.status_code == 200
     rejected_id = client.post("/api/v1/jobs", json={**body, "sql": ALLOWED_SQL + " ORDER BY n"},
-                              headers=_auth(isv)).get_json()["id"]
-    assert _wait(client, isv, rejected_id)["state"] == "awaiting_approval"
+                              headers=bearer(isv)).get_json()["id"]
+    assert wait_for_job(client, isv, rejected_id)["state"] == "awaiting_approval"
     assert client.post(f"/api/v1/jobs/{rejected_id}/reject", json={},
-                       headers=_auth(owner)).status_code == 200
+                       headers=bearer(owner)).status_code == 200
     cancelled_id = client.post("/api/v1/jobs", json={**body, "sql": ALLOWED_SQL + " LIMIT 5"},
-                               headers=_auth(isv)).get_json()["id"]
+                               headers=bearer(isv)).get_json()["id"]
     assert client.post(f"/api/v1/jobs/{cancelled_id}/cancel", json={},
-                       headers=_auth(isv)).status_code == 200
-    assert client.delete("/api/v1/token", headers=_auth(isv)).status_code == 204
+                       headers=bearer(isv)).status_code == 200
+    assert client.delete("/api/v1/token", headers=bearer(isv)).status_code == 204
 
-    listed = client.get("/api/v1/audit?limit=10000", headers=_auth(auditor)).get_json()
+    listed = client.get("/api/v1/audit?limit=10000", headers=bearer(auditor)).get_json()
     entries = listed["entries"]
     actions = {e["action"] for e in entries}
     required = {"demo.build", "auth.login_failed", "auth.token", "auth.logout", "job.check",
@@ -112,6 +88,6 @@ def test_every_action_of_a_session_is_audited(demo_config, platform):
     blob = json.dumps(entries)
     assert not [c for c in cells if f'"{c}"' in blob]
 
-    verified = client.get("/api/v1/audit/verify", headers=_auth(auditor)).get_json()
+    verified = client.get("/api/v1/audit/verify", headers=bearer(auditor)).get_json()
     assert verified["ok"] is True and verified["first_bad"] is None
     assert audit.verify(demo_config).ok

@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from web_support import PASSWORD, LiveServer, WorkerThread
+from jobs_support import WorkerThread
+from web_support import PASSWORD, LiveServer
 
 from web import create_app
 

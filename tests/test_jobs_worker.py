@@ -34,17 +34,6 @@ OWN_SQL = "SELECT tier, count(*) AS n FROM hanfu_house.members GROUP BY tier"
 FINAL = {"awaiting_approval", "blocked", "failed", "cancelled"}
 
 
-@pytest.fixture(scope="module")
-def worker(demo_config):
-    """One worker with one warm executor for the module, run in a thread."""
-    running = Worker(demo_config, concurrency=1)
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    yield running
-    running.stop()
-    thread.join(timeout=60)
-
-
 def submit(config, sql: str, username: str = "insight_isv", merchant: str = "hanfu_house", kind: str = "aggregate") -> int:
     with session_scope(config) as session:
         return service.submit(session, config, user(session, username), merchant, kind, sql).id
@@ -84,11 +73,26 @@ def no_job_workspaces(config, within: float = 0.0) -> bool:
         time.sleep(0.2)
 
 
-def test_a_demo_job_is_released_encrypted_and_readable_only_after_approval(demo_config, worker):
+def direct_buyers(spark, config, floor: float) -> list[int]:
+    """JOIN_SQL's distinct buyers per (city, gender), by plain Spark on the same files."""
+    from pyspark.sql import functions as F
+
+    orders = spark.read.parquet(str(config.platform_warehouse_dir / "orders"))
+    consumers = spark.read.parquet(str(config.platform_warehouse_dir / "consumers"))
+    groups = (orders.where(F.col("amount") >= floor).join(consumers, "user_id")
+              .groupBy("city", "gender").agg(F.countDistinct("user_id").alias("n")))
+    return [row.n for row in groups.collect()]
+
+
+def test_a_demo_job_is_released_encrypted_and_readable_only_after_approval(demo_config, worker, spark):
     job_id = submit(demo_config, JOIN_SQL.format(floor=0))
     job = wait(demo_config, job_id)
     assert job.state == "awaiting_approval", job.error
-    assert job.progress == 1.0 and job.released_rows > 0 and job.suppressed_rows >= 0
+    # Every group with at least k = 50 buyers is released; each smaller one is suppressed.
+    buyers = direct_buyers(spark, demo_config, 0)
+    assert job.progress == 1.0
+    assert job.released_rows == sum(n >= 50 for n in buyers) > 0
+    assert job.suppressed_rows == sum(n < 50 for n in buyers)
     with session_scope(demo_config) as session:
         row = session.get(Job, job_id)
         doc = service.job_json(row, user(session, "insight_isv"))
@@ -123,10 +127,14 @@ def test_merchant_data_is_decrypted_only_for_its_own_jobs(demo_config, worker):
     assert own.state == "awaiting_approval" and own.released_rows == 3
     # Even with the submit-time check skipped, the executor cannot see another merchant's data.
     foreign = force_queue(demo_config, OWN_SQL, merchant="tea_garden", username="tea_owner")
-    job = wait(demo_config, foreign)
-    assert job.state in ("blocked", "failed")
-    text = str(job.violations or job.error)
-    assert "hanfu_house.members" in text or "TABLE_OR_VIEW_NOT_FOUND" in text or "not exist" in text
+    missing = force_queue(demo_config, OWN_SQL.replace("members", "no_such_table"),
+                          merchant="tea_garden", username="tea_owner")
+    job, absent = wait(demo_config, foreign), wait(demo_config, missing)
+    # Blocked by the executor's own check, with the answer a table that does not exist gets.
+    assert (job.state, absent.state) == ("blocked", "blocked")
+    [violation], [expected] = job.violations, absent.violations
+    assert violation["rule"] == expected["rule"] == "P7"
+    assert violation["message"].replace("members", "no_such_table") == expected["message"]
     assert not (demo_config.outputs_dir / str(foreign)).exists()
     assert no_job_workspaces(demo_config)
 

@@ -10,7 +10,7 @@ import time
 
 import pyarrow.parquet as pq
 import pytest
-from web_support import WorkerThread, api_token, bearer, page_login
+from web_support import api_token, bearer, page_login
 
 import audit
 from jobs import quarantine
@@ -24,12 +24,6 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 K = 50
 FINAL = {"awaiting_approval", "blocked", "failed", "cancelled"}
 RFM_PARAMS = {"as_of": "2026-11-01", "lookback_days": 730}
-
-
-@pytest.fixture(scope="module")
-def worker(demo_config):
-    with WorkerThread(demo_config) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")

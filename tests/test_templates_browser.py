@@ -8,8 +8,9 @@ import re
 import time
 
 import pytest
+from jobs_support import WorkerThread
 from test_browser import CHROMIUM_ARGS, SHOTS, browser, chromium, login  # noqa: F401 - fixtures
-from web_support import LiveServer, WorkerThread
+from web_support import LiveServer
 
 from web import create_app
 

@@ -11,7 +11,6 @@ import re
 
 import pytest
 from web_support import (
-    WorkerThread,
     api_token,
     assert_documented,
     bearer,
@@ -25,13 +24,12 @@ GOOD_SQL = "SELECT gender, count(*) AS n FROM platform.consumers GROUP BY gender
 
 
 @pytest.fixture(scope="module")
-def live(demo_config):
+def live(demo_config, worker):
     app = create_app(demo_config)
     client = app.test_client()
     tokens = {u: api_token(client, u) for u in
               ("auditor", "hanfu_owner", "tea_owner", "insight_isv", "other_isv")}
-    with WorkerThread(demo_config):
-        yield demo_config, client, tokens
+    return demo_config, client, tokens
 
 
 def test_check_explains_a_denial_without_data(live):

@@ -133,26 +133,6 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
-class WorkerThread:
-    """The jobs package's worker, processing jobs in a thread of the test process."""
-
-    def __init__(self, config: Config):
-        import threading
-
-        from jobs.worker import Worker
-
-        self.worker = Worker(config, concurrency=1)
-        self.thread = threading.Thread(target=self.worker.run, daemon=True, name="test-worker")
-
-    def __enter__(self) -> WorkerThread:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self.worker.stop()
-        self.thread.join(timeout=60)
-
-
 def wait_for_job(client: FlaskClient, token: str, job_id: int, timeout: float = 300) -> dict:
     """Poll the API until the job leaves queued/running; return its document."""
     import time

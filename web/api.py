@@ -229,13 +229,16 @@ def reject_job(job_id: int):
     return _transition(job_id, "reject")
 
 
+TRANSITIONS = {"cancel": service.cancel, "approve": quarantine.approve, "reject": quarantine.reject}
+
+
 def _transition(job_id: int, action: str):
     user = current_api_user()
     session = db()
     job = visible_job(job_id)
     if action in ("approve", "reject") and not may_decide(user, job):
         raise ApiError(403, "forbidden", "Only the job's merchant approves or rejects it.")
-    call_service(getattr(service, action), session, user, job, origin=request_origin())
+    call_service(TRANSITIONS[action], session, user, job, origin=request_origin())
     session.commit()
     return jsonify(service.job_json(job, user))
 

@@ -14,6 +14,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from jobs.errors import JobError
+from jobs.service import KINDS, validate_request
 from yushan import access
 from yushan.accounts import PLATFORM
 from yushan.catalog import DatasetInfo, readable_datasets
@@ -21,23 +23,20 @@ from yushan.config import Config
 from yushan.models import (
     Dataset,
     Job,
-    JobKind,
     JobState,
     Role,
     Tenant,
     User,
 )
 
-MAX_SQL_BYTES = 100 * 1024
 MAX_JSON_BYTES = 1024 * 1024
-MAX_NAME_CHARS = 200
 RESULT_FORMATS: dict[str, tuple[str, str]] = {
     # format -> (file extension, media type)
     "json": ("json", "application/json"),
     "csv": ("csv", "text/csv; charset=utf-8"),
     "parquet": ("parquet", "application/vnd.apache.parquet"),
 }
-JOB_KINDS = tuple(k.value for k in JobKind)
+JOB_KINDS = KINDS
 ACTIVE_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
 JOB_ROLES = access.JOB_ROLES
 
@@ -146,14 +145,10 @@ def parse_job_request(body: Any, *, with_name: bool) -> JobRequest:
         name = ""
     if not isinstance(name, str):
         raise Refusal(400, "bad_request", "'name' must be a string.")
-    if len(sql.encode("utf-8")) > MAX_SQL_BYTES:
-        raise Refusal(413, "too_large", f"The SQL is larger than {MAX_SQL_BYTES // 1024} KB.")
-    if kind not in JOB_KINDS:
-        raise Refusal(422, "invalid_kind", "'kind' must be one of: " + ", ".join(JOB_KINDS) + ".")
-    if not sql.strip():
-        raise Refusal(422, "invalid_sql", "The SQL is empty.")
-    if len(name) > MAX_NAME_CHARS:
-        raise Refusal(422, "invalid_name", f"'name' is longer than {MAX_NAME_CHARS} characters.")
+    try:
+        validate_request(kind, sql, name)  # the service's own checks, answered here first
+    except JobError as exc:
+        raise Refusal(exc.status, exc.code, str(exc)) from None  # fixed, value-free texts
     return JobRequest(merchant=merchant.strip(), kind=kind, sql=sql, name=name.strip())
 
 
@@ -172,7 +167,6 @@ def service_refusal(exc: Exception) -> Refusal | None:
     """The HTTP refusal for an exception raised by the jobs service, or None when it is
     not a refusal (then it is a server error). ``jobs.errors.JobError`` carries its status
     and code; the message is ours and fixed (exception texts may quote data)."""
-    from jobs.errors import JobError
     from web.errors import GENERIC_MESSAGES
 
     if isinstance(exc, JobError):
