@@ -35,8 +35,9 @@ from onboarding.errors import OnboardingError
 from onboarding.parquet_reader import number_parquet
 from onboarding.report import FileRejected, ValidationReport
 from onboarding.schema import UploadSchema, check_dataset_name, parse_schema
+from yushan import access
 from yushan.config import Config
-from yushan.models import ColumnClass, Dataset, DatasetColumn, Role, Tenant, User
+from yushan.models import ColumnClass, Dataset, DatasetColumn, Tenant, User
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -67,8 +68,9 @@ def upload_workspace(config: Config) -> Iterator[Path]:
 
 def merchant_of(session: Session, user: User) -> Tenant:
     """The merchant a user uploads for: its own tenant, for merchant users only."""
-    if user.role != Role.MERCHANT.value:
-        raise errors.forbidden("Only a merchant's own users may upload or withdraw its data.")
+    permission = access.manage_own_data(user)
+    if not permission:
+        raise errors.forbidden(permission.reason)
     tenant = session.get(Tenant, user.tenant_id)
     if tenant is None:
         raise errors.forbidden()

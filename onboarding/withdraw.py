@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from onboarding import errors
 from onboarding.ingest import merchant_of, upload_workspace
+from yushan import access
 from yushan.config import Config
 from yushan.models import Dataset, User
 
@@ -35,7 +36,7 @@ def find_own_dataset(session: Session, user: User, name: str) -> Dataset | None:
 
     None for missing, withdrawn and other tenants' datasets alike.
     """
-    if user.role != "merchant" or not isinstance(name, str) or len(name) > 200:
+    if not access.manage_own_data(user) or not isinstance(name, str) or len(name) > 200:
         return None
     merchant = merchant_of(session, user)
     prefix = f"{merchant.slug}."

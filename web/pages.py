@@ -133,7 +133,7 @@ def job(job_id: int):
         rows_shown=shown,
         can_view=can_view,
         can_decide=may_decide(user, found),
-        can_cancel=user.role in JOB_ROLES and found.state in ACTIVE_STATES,
+        can_cancel=access.cancel_job(user, found).allowed and found.state in ACTIVE_STATES,
         formats=list(RESULT_FORMATS),
         active=found.state in ACTIVE_STATES,
     )

@@ -16,7 +16,8 @@ rules, in short:
 - merchants: a merchant's own users act for it (run and check jobs); a provider's users act
   for the merchants that have an active authorisation for their organisation.
 - segment sizes: whoever sees the job except auditors (no output figures), and admins.
-- platform settings and reviews: platform admins.
+- a merchant's own datasets (upload, withdraw, export) and its authorisations: its users.
+- platform settings, reviews and platform datasets: platform admins.
 """
 
 from __future__ import annotations
@@ -173,6 +174,13 @@ def see_segment_summary(user: User, job: Job) -> Permission:
     if user.role == Role.AUDITOR.value:
         return hide("auditors read metadata, not output figures")
     return see_job(user, job)
+
+
+def manage_own_data(user: User) -> Permission:
+    """Upload, withdraw and export a merchant's own datasets: its own users only."""
+    if user.role == Role.MERCHANT.value:
+        return allow("a merchant's user")
+    return deny("Only a merchant's own users may upload or withdraw its data.")
 
 
 def manage_authorizations(user: User) -> Permission:
