@@ -63,6 +63,7 @@ def _validate(kind: str, sql: str) -> str:
 
 def evaluate(config: Config, sql: str, kind: str, merchant: str, datasets: dict[str, DatasetInfo]) -> dict[str, Any]:
     """The policy decision for a query, on this process's own SparkSession."""
+    # Late on purpose: a web process loads pyspark only when it first checks a query.
     import policies
     from policies.segment import register_segment_token
     from sandbox.catalog import CATALOG_LOCK, install_catalog

@@ -117,7 +117,7 @@ def job(job_id: int):
     if can_view and found.state == JobState.APPROVED.value:
         try:
             table = quarantine.read_result(session, app_config(), user, found,
-                                              origin=request_origin())
+                                           origin=request_origin())
         except Exception as exc:
             refusal_status(exc)
         else:
