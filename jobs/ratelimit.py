@@ -56,13 +56,13 @@ class _Tally:
 
 
 _lock = threading.Lock()
-_tallies: dict[str, _Tally] = {}
+_tallies: dict[tuple[str, str], _Tally] = {}  # by (installation's database, merchant)
 
 
-def refusals(merchant: str) -> int:
+def refusals(config: Config, merchant: str) -> int:
     """How many submissions for ``merchant`` this process refused for the limit."""
     with _lock:
-        tally = _tallies.get(merchant)
+        tally = _tallies.get((config.database_url, merchant))
         return tally.total if tally else 0
 
 
@@ -88,21 +88,21 @@ def check_rate(session: Session, config: Config, merchant: Tenant, actor: Actor)
     freeing = session.scalar(recent.order_by(Job.created_at).offset(count - limit).limit(1))
     wait = (_as_utc(freeing) + WINDOW - now).total_seconds() if freeing is not None else 1.0
     retry_after = max(1, math.ceil(wait))
-    _count_refusal(session, merchant.slug, actor, limit, retry_after)
+    _count_refusal(session, (config.database_url, merchant.slug), actor, limit, retry_after)
     raise RateLimited(retry_after, limit)
 
 
-def _count_refusal(session: Session, merchant: str, actor: Actor, limit: int, retry_after: int) -> None:
+def _count_refusal(session: Session, key: tuple[str, str], actor: Actor, limit: int, retry_after: int) -> None:
     hour = int(time.time() // 3600)
     with _lock:
-        tally = _tallies.setdefault(merchant, _Tally())
+        tally = _tallies.setdefault(key, _Tally())
         tally.total += 1
         if tally.audited_hour == hour:
             tally.since_audit += 1
             return
         tally.audited_hour = hour
         unaudited, tally.since_audit = tally.since_audit, 0
-    record(session, "job.rate_limit", actor=actor, objects={"merchant": merchant},
+    record(session, "job.rate_limit", actor=actor, objects={"merchant": key[1]},
            details={"limit": limit, "window_seconds": int(WINDOW.total_seconds()),
                     "retry_after": retry_after, "refused_since_last_entry": unaudited})
     session.commit()

@@ -69,12 +69,20 @@ def csv_cell(value: Any) -> Any:
 
 def render_csv(table: pa.Table, *, excel: bool = False) -> bytes:
     """The table as CSV: a header row, then one row per result row (see the module doc)."""
+    ending = "\r\n" if excel else "\n"
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n" if excel else "\n")
-    writer.writerow([csv_cell(name) for name in table.column_names])
-    for row in table.to_pylist():
-        writer.writerow([csv_cell(value) for value in row.values()])
-    return ((UTF8_BOM if excel else "") + out.getvalue()).encode("utf-8")
+    out.write(UTF8_BOM if excel else "")
+    # Rows are written with CRLF and then given their line end: with "\n" alone, Python's
+    # csv (before 3.12) leaves a cell holding a bare "\r" unquoted, which splits the row.
+    line = io.StringIO()
+    writer = csv.writer(line, lineterminator="\r\n")
+    rows = [table.column_names] + [list(row.values()) for row in table.to_pylist()]
+    for row in rows:
+        writer.writerow([csv_cell(value) for value in row])
+        out.write(line.getvalue()[:-2] + ending)
+        line.seek(0)
+        line.truncate()
+    return out.getvalue().encode("utf-8")
 
 
 def render_result(table: pa.Table, fmt: str, *, excel: bool = False) -> bytes:
