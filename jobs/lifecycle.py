@@ -130,7 +130,10 @@ def transition(
         # error stays in the audit entry.
         decision = changes.get("decision") or job.decision
         specific = changes.get("error")
-        changes["error"] = submitter_error(specific, read_consumer_data=read_consumer_data(session, decision))
+        consumer = read_consumer_data(session, decision)
+        changes["error"] = submitter_error(specific, read_consumer_data=consumer)
+        if consumer:
+            changes["progress"] = 1.0  # how far it got before failing is not shown either
         details.setdefault("error", specific)
     if to in (S.AWAITING_APPROVAL, S.BLOCKED, S.FAILED, S.CANCELLED) and "finished_at" not in changes:
         changes["finished_at"] = now()

@@ -370,7 +370,8 @@ def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:
         "violations": job.violations or [],
         "error": job.error,
         "summary": summary,
-        "attempts": job.attempts,
+        # No attempt count: a retry follows a crashed run, and what crashed a run may be the
+        # data (P8); the audit trail has the attempts.
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),

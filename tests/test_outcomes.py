@@ -228,9 +228,11 @@ def fail(config, job_id: int, error: dict, detail: str = "") -> None:
 def test_a_failed_consumer_data_job_shows_one_generic_class_and_the_audit_keeps_the_detail(world, error):
     config, app, client, t = world
     job_id = new_job(config, "insight_isv", "hanfu_house")
+    with session_scope(config) as session:  # it got part of the way
+        session.execute(update(Job).where(Job.id == job_id).values(progress=0.37))
     fail(config, job_id, error, detail="Traceback ... value 13800000000")
     doc = get(client, t["insight_isv"], job_id).get_json()
-    assert doc["state"] == "failed"
+    assert doc["state"] == "failed" and doc["progress"] == 1.0 and "attempts" not in doc
     assert doc["error"] == {"class": "JobFailed", "message": "The job could not be completed."}
     page = app.test_client()
     page_login(page, "insight_isv")
