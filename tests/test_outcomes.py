@@ -64,12 +64,13 @@ def _user(session, username: str) -> UserModel:
     return session.scalar(select(UserModel).where(UserModel.username == username))
 
 
-def new_job(config, username: str, merchant: str, decision: dict | None = READS_CONSUMERS) -> int:
+def new_job(config, username: str, merchant: str, decision: dict | None = READS_CONSUMERS,
+            kind: str = "aggregate") -> int:
     with session_scope(config) as session:
         submitter = _user(session, username)
         job = lifecycle.create(
             session, merchant_id=get_tenant(session, merchant).id, submitter_id=submitter.id,
-            kind="aggregate", sql="SELECT 1 AS x", name="t", decision=decision,
+            kind=kind, sql="SELECT 1 AS x", name="t", decision=decision,
             actor=actor_for(submitter, "pytest"))
         return job.id
 
@@ -206,6 +207,23 @@ def test_dp_jobs_never_report_the_suppressed_count(world):
     client.post(f"/api/v1/jobs/{job_id}/approve", headers=bearer(t["hanfu_owner"]))
     for who in ("hanfu_owner", "insight_isv"):
         assert get(client, t[who], job_id).get_json()["summary"] == {"released_rows": 5, "suppressed_rows": None}
+
+
+def test_segment_sizes_follow_the_same_rule(world):
+    config, app, client, t = world
+    job_id = new_job(config, "insight_isv", "hanfu_house", kind="segment")
+    members = pa.table({"segment": ["gold"] * 3 + ["silver"] * 2, "member": ["a", "b", "c", "d", "e"]})
+    release(config, job_id, table=members, released=5, suppressed=0)
+    path = f"/api/v1/jobs/{job_id}/segments"
+    assert client.get(path, headers=bearer(t["insight_isv"])).status_code == 404  # before approval
+    sizes = client.get(path, headers=bearer(t["hanfu_owner"])).get_json()["segments"]  # it decides on them
+    assert sizes == [{"segment": "gold", "members": 3}, {"segment": "silver", "members": 2}]
+    page = app.test_client()
+    page_login(page, "insight_isv")
+    assert f'id="segments-{job_id}"' not in page.get(f"/jobs/{job_id}").get_data(as_text=True)
+    client.post(f"/api/v1/jobs/{job_id}/approve", headers=bearer(t["hanfu_owner"]))
+    assert client.get(path, headers=bearer(t["insight_isv"])).get_json()["segments"] == sizes
+    assert f'id="segments-{job_id}"' in page.get(f"/jobs/{job_id}").get_data(as_text=True)
 
 
 # ---------------------------------------------------------------- failures

@@ -137,6 +137,7 @@ def test_platform_review_is_needed_as_well_when_the_admin_turns_it_on(demo_confi
     job_id = submit(demo_config, "lookalike", {"seed_tier": "bronze", "audience_size": 100})
     assert wait(demo_config, job_id) == "awaiting_approval"
     summary = client.get(f"/api/v1/jobs/{job_id}/segments", headers=bearer(merchant)).get_json()
+    assert client.get(f"/api/v1/jobs/{job_id}/segments", headers=bearer(provider)).status_code == 404
     assert [s["segment"] for s in summary["segments"]] == ["lookalike"]
     assert summary["segments"][0]["members"] >= 100
     assert summary["review"] == {"mode": "required", "required": True, "reviewed": False, "reviewed_at": None}
