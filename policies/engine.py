@@ -14,7 +14,7 @@ from policies.flow import Flow, FlowResult, release_mode
 from policies.lineage import FinalAggregation, Lineages, Output, find_final, quasi_raw, sensitive
 from policies.model import OWN, Mode, Source, Violation, sorted_sources
 from policies.segment import platform_token_matcher
-from policies.sparkplan import AnalyzedQuery, PlanRefused, analyze
+from policies.sparkplan import AnalyzedQuery, PlanRefused, QueryError, analyze
 from policies.tree import Node
 from yushan.catalog import DatasetInfo
 
@@ -47,14 +47,17 @@ class Decision:
     delta: float | None = None
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     flow: FlowResult | None = None
+    error: QueryError | None = None  # a syntax or name error (not a policy decision)
     dp: Any = None  # policies.dp.DpPlan for dp jobs
 
     @property
     def allowed(self) -> bool:
-        return not self.violations
+        return not self.violations and self.error is None
 
     @property
     def decision(self) -> str:
+        if self.error is not None:
+            return "error"
         return "allow" if self.allowed else "deny"
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +73,7 @@ class Decision:
             "epsilon": self.epsilon,
             "delta": self.delta,
             "accuracy": dict(self.accuracy),
+            **({"error": self.error.to_dict()} if self.error is not None else {}),
             "enforcement": self.enforcement_summary(),
         }
 
@@ -109,6 +113,8 @@ def check(
         query = analyze(spark, sql)
     except PlanRefused as refused:
         return Decision(kind, merchant, [refused.violation])
+    except QueryError as error:
+        return Decision(kind, merchant, [], error=error)
     return decide(query, kind, merchant, datasets, platform_token_matcher(spark, merchant))
 
 
@@ -141,7 +147,7 @@ def decide(query: AnalyzedQuery, kind: str, merchant: str, datasets: Mapping[str
         _check_segment_outputs(decision, lineages, outputs, datasets, merchant)
         if consumer:
             _check_segment_link(decision, lineages, flow)
-            _plan_segment_carry(decision, lineages, root)
+            _plan_segment_carry(decision, lineages, root, flow)
     if decision.release == "dp" and final is not None and final.node.cls != "Aggregate":
         lineages.deny(
             "P3", "DISTINCT", set(),
@@ -275,8 +281,12 @@ def _check_segment_outputs(decision: Decision, lineages: Lineages, outputs: list
              "dataset.")
 
 
-def _plan_segment_carry(decision: Decision, lineages: Lineages, root: Node) -> None:
-    """Segments count distinct consumers: their entity must reach the output."""
+def _plan_segment_carry(decision: Decision, lineages: Lineages, root: Node,
+                        flow: FlowResult) -> None:
+    """Segments count distinct consumers: their entity must reach the output. A member
+    that is segment_token(entity) is one consumer already (the token is injective)."""
+    if len(flow.outputs) == 2 and flow.outputs[1][2].token:
+        return
     cte_defs = {int(n.fields.get("id", -1)): n for n in _walk_plans(root) if n.cls == "CTERelationDef"}
     if root.cls == "WithCTE":
         last = len(root.children) - 1

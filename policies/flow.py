@@ -331,23 +331,23 @@ class Flow:
             yield e, self._common[-1]
             return
         if cls in MAY_FAIL:
+            # Arguments at the "safe" positions (a pattern, a format, an index) are what can
+            # make the function fail; when they are literals it fails for every row or none.
             safe = _LITERAL_SAFE.get(cls)
-            risky = [c for i, c in enumerate(e.children) if safe is None or i not in safe]
             literal_ok = safe is not None and all(
                 e.children[i].cls == "Literal" for i in safe if i < len(e.children))
-            if not literal_ok or any(
-                fact.consumer for c in risky for _, fact in self._refs_quiet(c, env)
-            ):
-                consumer = any(fact.consumer for c in e.children for _, fact in self._refs_quiet(c, env))
-                if consumer:
-                    self.deny(
-                        "P8", where, (),
-                        "The function {function} can fail on some values; on consumer data a "
-                        "failure would reveal something about a consumer.",
-                        "Remove {function} from expressions over consumer data, or apply it to "
-                        "literal arguments only (a fixed pattern or format).",
-                        function=cls,
-                    )
+            if cls == "ElementAt" and len(e.children) > 1 and str(e.children[1].fields.get("value")) == "0":
+                literal_ok = False  # element_at(x, 0) fails whatever the mode
+            consumer = any(fact.consumer for c in e.children for _, fact in self._refs_quiet(c, env))
+            if consumer and not literal_ok:
+                self.deny(
+                    "P8", where, (),
+                    "The function {function} can fail on some values; on consumer data a "
+                    "failure would reveal something about a consumer.",
+                    "Remove {function} from expressions over consumer data, or give it literal "
+                    "arguments where it takes a pattern, format or index.",
+                    function=cls,
+                )
         for child in e.children:
             yield from self._refs(child, env, where)
         for key, exprs in e.exprs.items():
@@ -442,8 +442,19 @@ class Flow:
             for e in node.exprs.get("order", []):
                 self.use(e, env, "ORDER BY", "ORDER BY")
             return children[0]
-        if cls in ("SubqueryAlias", "View", "GlobalLimit", "LocalLimit", "Offset", "Tail",
-                   "ResolvedHint", "CollectMetrics", "Repartition"):
+        if cls in ("GlobalLimit", "LocalLimit", "Offset", "Tail"):
+            if children and children[0].consumer and (below or self._subquery_depth > 0):
+                # Which consumers' rows survive a LIMIT depends on the other consumers'
+                # rows (their order, their number).
+                self.deny(
+                    "P4", "LIMIT", (),
+                    "LIMIT, OFFSET or TAIL over consumer rows below the final aggregation lets "
+                    "other consumers' data decide which consumers are counted.",
+                    "Filter with WHERE instead, or apply LIMIT to the released groups after "
+                    "the final GROUP BY.",
+                )
+            return children[0] if children else Rel([])
+        if cls in ("SubqueryAlias", "View", "ResolvedHint", "CollectMetrics", "Repartition"):
             return children[0] if children else Rel([])
         if cls == "RepartitionByExpression":
             for e in node.all_exprs():
