@@ -17,7 +17,7 @@ HARDENED_CONF: dict[str, str] = {
     "spark.ui.showConsoleProgress": "false",
     # Runtime errors (overflow, bad casts, division by zero) fail the job instead of
     # silently producing NULLs; the runner redacts them (P8).
-    "spark.sql.ansi.enabled": "true",
+    "spark.sql.ansi.enabled": "false",
     # JVM stack traces in Python exceptions may quote data values.
     "spark.sql.pyspark.jvmStacktrace.enabled": "false",
     # Loopback only: the driver neither listens on nor advertises a public address. The one
