@@ -51,11 +51,10 @@ csrf = CSRFProtect()
 def secure_cookies(config: Config) -> bool:
     """Secure-only cookies unless the app is served on loopback over plain HTTP.
 
-    ``YUSHAN_COOKIE_SECURE`` (config.extra["cookie_secure"]) overrides either way.
+    ``YUSHAN_COOKIE_SECURE`` overrides either way (behind a TLS proxy on loopback: set it).
     """
-    forced = config.extra.get("cookie_secure")
-    if forced is not None:
-        return str(forced).lower() in ("1", "true", "yes", "on")
+    if config.cookie_secure is not None:
+        return config.cookie_secure
     return config.host not in LOOPBACK_HOSTS
 
 
@@ -88,7 +87,18 @@ def select_locale() -> str:
 def create_app(config: Config | None = None) -> Flask:
     """The Yushan web app and JSON API for ``config`` (default: the environment's)."""
     from sandbox.crypto import load_or_create_key
-    from web import admin, api, auditor, auth, merchant, pages, provider, templates_views, uploads
+    from web import (
+        admin,
+        api,
+        auditor,
+        auth,
+        edges,
+        merchant,
+        pages,
+        provider,
+        templates_views,
+        uploads,
+    )
     from web.errors import register_error_handlers
 
     config = config or get_config()
@@ -112,7 +122,8 @@ def create_app(config: Config | None = None) -> Flask:
         JSON_SORT_KEYS=False,
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
     )
-    app.json.sort_keys = False
+    # Strict JSON, bounded ids and body caps: before any route or extension reads a body.
+    edges.install(app, config)
     compile_translations()
     Babel(app, locale_selector=select_locale)
     csrf.init_app(app)

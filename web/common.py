@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from jobs.sql_limits import sql_shape_problem
 from yushan.accounts import PLATFORM
 from yushan.catalog import DatasetInfo, readable_datasets
 from yushan.config import Config
@@ -29,7 +30,6 @@ from yushan.models import (
     User,
 )
 
-MAX_SQL_BYTES = 100 * 1024
 MAX_JSON_BYTES = 1024 * 1024
 MAX_NAME_CHARS = 200
 RESULT_FORMATS: dict[str, tuple[str, str]] = {
@@ -165,8 +165,9 @@ def parse_job_request(body: Any, *, with_name: bool) -> JobRequest:
         name = ""
     if not isinstance(name, str):
         raise Refusal(400, "bad_request", "'name' must be a string.")
-    if len(sql.encode("utf-8")) > MAX_SQL_BYTES:
-        raise Refusal(413, "too_large", f"The SQL is larger than {MAX_SQL_BYTES // 1024} KB.")
+    problem = sql_shape_problem(sql)  # size, nesting and tokens, before Spark parses it
+    if problem is not None:
+        raise Refusal(problem.status, problem.code, problem.message)
     if kind not in JOB_KINDS:
         raise Refusal(422, "invalid_kind", "'kind' must be one of: " + ", ".join(JOB_KINDS) + ".")
     if not sql.strip():
