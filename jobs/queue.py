@@ -106,8 +106,10 @@ def claim(config: Config, worker_id: str) -> Claimed | None:
     return None
 
 
-def heartbeat(config: Config, job_id: int, worker_id: str, progress: float | None = None) -> LeaseStatus:
-    """Renew the lease (and store progress); say whether the worker still holds the job."""
+def heartbeat(config: Config, job_id: int, worker_id: str, progress: float | None = None,
+              attempt: int | None = None) -> LeaseStatus:
+    """Renew the lease (and store progress); say whether the worker still holds the job
+    (in ``attempt``, when given: a lost lease is never renewed by a later claim's owner)."""
     stamp = now()
     values: dict = {
         "lease_expires_at": stamp + timedelta(seconds=config.job_lease_seconds),
@@ -118,7 +120,8 @@ def heartbeat(config: Config, job_id: int, worker_id: str, progress: float | Non
     with session_scope(config) as session:
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == JobState.RUNNING.value, Job.lease_owner == worker_id)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING.value, Job.lease_owner == worker_id,
+                   *((Job.attempts == attempt,) if attempt is not None else ()))
             .values(**values)
             .execution_options(synchronize_session=False)
         )

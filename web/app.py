@@ -8,7 +8,6 @@ from pathlib import Path
 from flask import Flask, g, jsonify, request
 from flask_babel import Babel
 from flask_wtf.csrf import CSRFProtect
-from sqlalchemy import text
 
 from yushan.config import Config, get_config
 
@@ -160,16 +159,26 @@ def create_app(config: Config | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz():
+        """The process is up and answers (no database: see /readyz)."""
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz():
+        """Ready for work: database, a recent worker heartbeat, live executors, and the
+        queue moving; 503 with the reasons when not."""
+        from jobs.health import readiness
         from web.auth import db
 
         try:
-            db().execute(text("SELECT 1"))
-            ok = True
+            verdict = readiness(db(), config)
         except Exception as exc:  # the class only: the text may name hosts
-            log.error("health check: database unavailable (%s)", type(exc).__name__)
-            ok = False
-        body = {"status": "ok" if ok else "unavailable", "db": "ok" if ok else "unavailable"}
-        return jsonify(body), 200 if ok else 503
+            log.error("readiness: database unavailable (%s)", type(exc).__name__)
+            body = {"status": "unavailable", "reasons": ["the database does not answer"],
+                    "checks": {"database": "unavailable"}}
+            return jsonify(body), 503
+        body = {"status": "ok" if verdict.ok else "unavailable", "reasons": verdict.reasons,
+                "checks": verdict.checks}
+        return jsonify(body), 200 if verdict.ok else 503
 
     @app.context_processor
     def _template_globals():
