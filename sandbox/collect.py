@@ -49,6 +49,9 @@ def write_parquet(frame, target: Path, max_rows: int, max_bytes: int) -> Written
     with SCCallSiteSync(frame.sparkSession.sparkContext):
         port, secret, server = frame._jdf.collectAsArrowToPython()
     sockfile, sock = local_connect_and_auth(port, secret)
+    # The handshake's timeout must not apply to the result: the query runs meanwhile
+    # (as in pyspark's own _create_local_socket; the wall-clock limit bounds the job).
+    sock.settimeout(None)
     try:
         order: list[int] = []
         reader = pa.ipc.open_stream(sockfile)

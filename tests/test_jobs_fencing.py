@@ -92,3 +92,44 @@ def test_worker_heartbeats_make_the_platform_ready(world):
     forget_beat(config, "host:1:abc")
     with session_scope(config) as session:
         assert readiness(session, config).checks["workers"] == 0
+
+
+def _queue_for(config, merchant_user: str, count: int) -> list[int]:
+    from jobs_support import ALLOW, user
+
+    from jobs import lifecycle
+    from jobs.service import actor_for
+
+    with session_scope(config) as session:
+        owner = user(session, merchant_user)
+        return [lifecycle.create(session, merchant_id=owner.tenant_id, submitter_id=owner.id,
+                                 kind="aggregate", sql=f"SELECT {i} AS x", name="", decision=ALLOW,
+                                 actor=actor_for(owner, "pytest")).id for i in range(count)]
+
+
+def _finish(config, job_id: int, worker_id: str) -> None:
+    from jobs.lifecycle import transition
+    from jobs.queue import worker_actor
+    from yushan.models import JobState
+
+    with session_scope(config) as session:
+        transition(session, session.get(Job, job_id), JobState.FAILED, actor=worker_actor(),
+                   lease_owner=worker_id, values={"error": {"class": "X", "message": "m"}})
+
+
+def test_one_merchants_backlog_delays_anothers_next_job_by_at_most_one_job(world):
+    config = world
+    backlog = _queue_for(config, "hanfu_owner", 40)
+    [other] = _queue_for(config, "tea_owner", 1)
+    # One worker, one job at a time: the other merchant's job is the second one run.
+    order = []
+    for _ in range(3):
+        job = claim(config, "w1")
+        order.append(job.id)
+        _finish(config, job.id, "w1")
+    assert order[0] == backlog[0] and order[1] == other and order[2] == backlog[1]
+    # Two slots: while one of hanfu's jobs runs, tea's newly queued job goes first.
+    running = claim(config, "w1")
+    assert running.id == backlog[2]
+    [fresh] = _queue_for(config, "tea_owner", 1)
+    assert claim(config, "w2").id == fresh
