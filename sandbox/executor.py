@@ -256,6 +256,9 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
         }
     except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted outcome (P8)
         err = redact(exc)
+        if RESULT_CAP_KEY in str(exc):  # the text names sizes only; it is not shown
+            err = limit_error("OutputBytesExceeded", "the job's result is larger than the "
+                              "engine's result-size cap (half its memory)")
         lost = engine_lost(spark, exc)
         if lost is not None:  # not the job's error: the engine under it died
             answer["engine_lost"] = lost
@@ -269,6 +272,8 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
 
 # --- the engine's health ---------------------------------------------------------------------
 
+# Spark's refusal to collect more than spark.driver.maxResultSize names the setting.
+RESULT_CAP_KEY = "spark.driver.maxResultSize"
 # The JVM's exit status under -XX:+ExitOnOutOfMemoryError.
 JVM_OOM_EXIT = 3
 
