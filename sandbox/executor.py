@@ -185,6 +185,7 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
         clock[0] = now
 
     lap("prepare")
+    doc: dict[str, Any] | None = None  # the latest decision: a failure reports it too
     try:
         with CATALOG_LOCK:
             refused = screen(spark, sql)  # a command, not a query: the same deny as at submission
@@ -239,7 +240,8 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
             if written.exceeded is not None:
                 limit = limits.output_rows if written.exceeded == "OutputRowsExceeded" else limits.output_bytes
                 err = limit_error(written.exceeded, limit_message(written.exceeded, limit))
-                return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text}
+                return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text,
+                        "decision": doc}
             result.confirm()  # the enforced plan passed its re-check: the rows may be kept
             suppressed = int(result.suppressed_rows or 0)
             lap("collect")
@@ -262,7 +264,9 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
         lost = engine_lost(spark, exc)
         if lost is not None:  # not the job's error: the engine under it died
             answer["engine_lost"] = lost
-        return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text}
+        # The worker shows the submitter of a consumer-data job a generic error instead.
+        return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text,
+                "decision": doc}
     finally:
         progress.stopped.set()
         _forget_job_state(spark, group)
