@@ -22,10 +22,12 @@ from jobs.errors import (
     NotAllowed,
     NotApproved,
     NotFound,
+    QueryTooComplex,
     QueryTooLarge,
     StateConflict,
 )
 from jobs.ratelimit import check_rate
+from jobs.sql_limits import sql_shape_problem
 from jobs.wakeup import open_watch
 from sandbox.crypto import KeyStore
 from sandbox.output import read_output, remove_output
@@ -51,6 +53,9 @@ def _validate(kind: str, sql: str) -> str:
         raise InvalidRequest("the query is empty")
     if len(sql) > MAX_SQL_CHARS:
         raise QueryTooLarge(f"the query is longer than {MAX_SQL_CHARS} characters")
+    problem = sql_shape_problem(sql)  # before Spark's parser recurses over it
+    if problem is not None:
+        raise (QueryTooLarge if problem.status == 413 else QueryTooComplex)(problem.message)
     return sql.strip().rstrip(";").strip()
 
 

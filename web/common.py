@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from jobs.results import RESULT_FORMATS, plain_value, render_result, table_rows  # noqa: F401 - re-exported
 from jobs.results import result_filename as _result_filename
+from jobs.sql_limits import sql_shape_problem
 from yushan.accounts import PLATFORM
 from yushan.catalog import DatasetInfo, readable_datasets
 from yushan.config import Config
@@ -27,7 +28,6 @@ from yushan.models import (
     User,
 )
 
-MAX_SQL_BYTES = 100 * 1024
 MAX_JSON_BYTES = 1024 * 1024
 MAX_NAME_CHARS = 200
 JOB_KINDS = tuple(k.value for k in JobKind)
@@ -159,8 +159,9 @@ def parse_job_request(body: Any, *, with_name: bool) -> JobRequest:
         name = ""
     if not isinstance(name, str):
         raise Refusal(400, "bad_request", "'name' must be a string.")
-    if len(sql.encode("utf-8")) > MAX_SQL_BYTES:
-        raise Refusal(413, "too_large", f"The SQL is larger than {MAX_SQL_BYTES // 1024} KB.")
+    problem = sql_shape_problem(sql)  # size, nesting and tokens, before Spark parses it
+    if problem is not None:
+        raise Refusal(problem.status, problem.code, problem.message)
     if kind not in JOB_KINDS:
         raise Refusal(422, "invalid_kind", "'kind' must be one of: " + ", ".join(JOB_KINDS) + ".")
     if not sql.strip():
