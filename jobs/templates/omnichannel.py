@@ -15,7 +15,6 @@ from jobs.templates import charts
 from jobs.templates.registry import PERIOD_PARAMS, Template, sql_date, table_prefix
 from yushan.models import JobKind
 
-
 # One member's offline spend in the period counts up to this much. Which members matched a
 # consumer is consumer data, so in dp mode every summed value needs per-consumer bounds
 # (policy D2); the query declares them with least/greatest.
