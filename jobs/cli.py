@@ -88,7 +88,7 @@ def _job_error(exc) -> None:
 @click.option("--wait", is_flag=True, help="Wait until the job has run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
 def submit_command(username, merchant, kind, sql_file, name, wait, as_json) -> None:
-    """Submit a job (checked by the policy at once; exit 3 when denied)."""
+    """Queue a job; the executor's policy check decides (with --wait: exit 3 when denied)."""
     import time
 
     from jobs import service
@@ -194,3 +194,68 @@ def download_command(job_id: int, username: str, fmt: str, output: str | None) -
             fh.write(text)
     else:
         click.echo(text, nl=False)
+
+
+@click.group("budget")
+def budget_cli() -> None:
+    """Merchants' differential privacy budgets (epsilon, delta per calendar month)."""
+
+
+def _budget_merchant(session, slug: str):
+    from yushan.accounts import get_tenant
+    from yushan.models import TenantKind
+
+    merchant = get_tenant(session, slug)
+    if merchant is None or merchant.kind != TenantKind.MERCHANT.value:
+        raise click.ClickException(f"no merchant {slug!r}")
+    return merchant
+
+
+def _emit_budget(doc: dict, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        click.echo(json.dumps(doc, ensure_ascii=False))
+        return
+    click.echo(f"{doc['merchant']}: {doc['period_start']} to {doc['period_end']}")
+    click.echo(f"  epsilon {doc['epsilon_spent']:.6g} spent of {doc['epsilon']:.6g}")
+    click.echo(f"  delta   {doc['delta_spent']:.3g} spent of {doc['delta']:.3g}")
+
+
+@budget_cli.command("show")
+@click.argument("merchant")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
+def budget_show(merchant: str, as_json: bool) -> None:
+    """Show MERCHANT's budget for the current period and what it has spent."""
+    from jobs import budget
+    from yushan.config import get_config
+    from yushan.db import session_scope
+
+    config = get_config()
+    with session_scope(config) as session:
+        doc = budget.budget_json(session, config, _budget_merchant(session, merchant))
+    _emit_budget(doc, as_json)
+
+
+@budget_cli.command("set")
+@click.argument("merchant")
+@click.option("--epsilon", type=float, required=True, help="The period's epsilon (a positive number).")
+@click.option("--delta", type=float, required=True, help="The period's delta (positive, below 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
+def budget_set(merchant: str, epsilon: float, delta: float, as_json: bool) -> None:
+    """Raise or lower MERCHANT's budget for the current period (audited); later periods
+    open with it."""
+    from audit import Actor
+    from jobs import budget
+    from jobs.errors import JobError
+    from yushan.config import get_config
+    from yushan.db import session_scope
+
+    config = get_config()
+    try:
+        with session_scope(config) as session:
+            doc = budget.set_budget(session, config, _budget_merchant(session, merchant),
+                                    epsilon, delta, Actor.system(CLI_ORIGIN))
+    except JobError as exc:
+        _job_error(exc)
+    _emit_budget(doc, as_json)

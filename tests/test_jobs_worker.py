@@ -109,10 +109,7 @@ def test_a_demo_job_is_released_encrypted_and_readable_only_after_approval(demo_
         assert min(table.column("buyers").to_pylist()) >= 50  # k held
         with pytest.raises(NotAllowed):
             service.read_result(session, demo_config, user(session, "auditor"), row)
-    actions = audit_actions(demo_config, job_id)
-    # The submission-time decision runs beside the worker: it may come after job.start.
-    assert actions.index("job.decision") > actions.index("job.submit")
-    assert [a for a in actions if a != "job.decision"] == [
+    assert audit_actions(demo_config, job_id) == [
         "job.submit", "job.start", "job.execute", "job.approve", "job.download",
     ]
     assert no_job_workspaces(demo_config)
@@ -164,79 +161,29 @@ def test_file_reads_escapes_and_non_queries_are_blocked_inside_the_executor(demo
 DENIED_SQL = "SELECT nick, phone FROM platform.consumers"
 
 
-def test_a_denied_submission_comes_back_blocked_while_a_worker_is_waiting(demo_config, worker):
-    # The job is queued before the submission-time check, so the idle worker may take it
-    # first; the submitter still gets "blocked" and the reasons, and nothing runs.
-    for _ in range(3):
-        with session_scope(demo_config) as session:
-            job = service.submit(session, demo_config, user(session, "insight_isv"), "hanfu_house",
-                                 "aggregate", DENIED_SQL)
-            assert job.state == "blocked"
-            assert {v["rule"] for v in job.violations} & {"P1", "P5"}
-            job_id = job.id
-        assert wait(demo_config, job_id).state == "blocked"
-        actions = audit_actions(demo_config, job_id)
-        assert actions[0] == "job.submit" and "job.decision" in actions
-        assert "job.execute" not in actions
-        assert not (demo_config.outputs_dir / str(job_id)).exists()
+def test_a_denied_submission_answers_queued_and_the_executor_blocks_it(demo_config, worker, monkeypatch):
+    # Submitting runs no check in the submitting process: the answer is "queued" at once,
+    # and the executor's check blocks the job with its reasons before anything runs.
+    def web_check(*args, **kwargs):
+        raise AssertionError("the submitting process checked the query")
 
-
-def test_a_submission_time_deny_after_the_release_blocks_the_job_and_shreds_the_output(demo_config, worker):
-    # Both checks are the same policy, so they disagree only if something changed in
-    # between; then the deny wins, even over a job already released.
-    job_id = force_queue(demo_config, JOIN_SQL.format(floor=3), "hanfu_house", "insight_isv")
-    assert wait(demo_config, job_id).state == "awaiting_approval"
-    deny = {"decision": "deny", "columns_read": [], "violations": [{
-        "rule": "P1", "column": "buyers", "sources": [], "message": "m", "suggestion": "s"}]}
+    monkeypatch.setattr(service, "evaluate", web_check)
     with session_scope(demo_config) as session:
-        submitter = user(session, "insight_isv")
-        job = service.record_submission_decision(session, session.get(Job, job_id), deny,
-                                                 service.actor_for(submitter, "pytest"))
-        assert job.state == "blocked" and job.violations == deny["violations"]
-        assert job.output is not None and job.output.wrapped_key is None  # shredded
+        job = service.submit(session, demo_config, user(session, "insight_isv"), "hanfu_house",
+                             "aggregate", DENIED_SQL)
+        assert job.state == "queued" and not job.violations
+        assert service.job_json(job)["state"] == "queued"
+        job_id = job.id
+    job = wait(demo_config, job_id)
+    assert job.state == "blocked"
+    assert {v["rule"] for v in job.violations} & {"P1", "P5"}
+    assert all(v["message"] and v["suggestion"] for v in job.violations)
+    assert audit_actions(demo_config, job_id) == ["job.submit", "job.start", "job.decision"]
     with session_scope(demo_config) as session:
-        entry = audit.query(session, job=job_id, action="job.decision")[0]  # the newest
-        assert entry["details"]["from"] == "awaiting_approval" and entry["details"]["to"] == "blocked"
-        assert entry["details"]["stage"] == "submission"
-        with pytest.raises(NotApproved):
-            service.read_result(session, demo_config, user(session, "hanfu_owner"), session.get(Job, job_id))
-
-
-def test_when_the_submission_time_check_fails_the_executor_decides(demo_config, worker, monkeypatch):
-    def lost_session(*args, **kwargs):
-        raise RuntimeError("the web process lost its Spark session")
-
-    monkeypatch.setattr(service, "evaluate", lost_session)
-    monkeypatch.setattr(service, "open_watch", lambda config, job_id: None)  # no relay either
-    job_id = submit(demo_config, JOIN_SQL.format(floor=4))
-    assert job_state(demo_config, job_id).state in ("queued", "running", "awaiting_approval")
-    assert wait(demo_config, job_id).state == "awaiting_approval"
-    denied = wait(demo_config, submit(demo_config, DENIED_SQL))
-    assert denied.state == "blocked" and denied.violations
-
-
-def test_a_free_worker_answers_the_submitter_with_its_executors_check(demo_config, worker, monkeypatch):
-    # A worker takes the job at once: the submitter is answered with the executor's own
-    # decision, relayed by the worker, and this process does not check the query again.
-    def second_check(*args, **kwargs):
-        raise AssertionError("the submitting process checked the query itself")
-
-    assert wait(demo_config, submit(demo_config, OWN_SQL)).state == "awaiting_approval"  # warm, free
-    monkeypatch.setattr(service, "evaluate", second_check)
-    allowed = submit(demo_config, JOIN_SQL.format(floor=5))
-    assert wait(demo_config, allowed).state == "awaiting_approval"  # the worker is free again
-    with session_scope(demo_config) as session:
-        submitter = user(session, "insight_isv")
-        denied = service.submit(session, demo_config, submitter, "hanfu_house", "aggregate", DENIED_SQL)
-        # The answer comes back with the submission, blocked with its violations.
-        assert denied.state == "blocked" and "P1" in {v["rule"] for v in denied.violations}
-        denied_id = denied.id
-    with session_scope(demo_config) as session:
-        for job_id, answer in ((allowed, "allow"), (denied_id, "deny")):
-            decisions = audit.query(session, job=job_id, action="job.decision")
-            submission = [e["details"] for e in decisions if e["details"].get("stage") == "submission"]
-            assert [(d["decision"], d["checked_in"]) for d in submission] == [(answer, "executor")]
-        assert audit.query(session, job=allowed, action="job.decision")[0]["details"]["columns_read"]
+        (entry,) = audit.query(session, job=job_id, action="job.decision")
+        assert entry["details"]["stage"] == "executor" and entry["details"]["to"] == "blocked"
+        assert entry["details"]["violations"] == job.violations
+    assert not (demo_config.outputs_dir / str(job_id)).exists()
 
 
 def test_a_runtime_error_shows_its_class_and_the_audit_trail_keeps_the_rest(demo_config, worker):

@@ -291,14 +291,20 @@ def _safe_url(url: str) -> str:
 def _register_commands() -> None:
     """Commands that live with the part of the platform they belong to."""
     from audit.cli import audit_cli
-    from jobs.cli import approve_command, download_command, submit_command, worker_command
+    from jobs.cli import (
+        approve_command,
+        budget_cli,
+        download_command,
+        submit_command,
+        worker_command,
+    )
     from onboarding.cli import upload_command, withdraw_command
     from policies.cli import check_command
 
     for name, command in (
         ("worker", worker_command), ("submit", submit_command), ("approve", approve_command),
         ("download", download_command), ("check", check_command), ("audit", audit_cli),
-        ("upload", upload_command), ("withdraw", withdraw_command),
+        ("upload", upload_command), ("withdraw", withdraw_command), ("budget", budget_cli),
     ):
         main.add_command(command, name)
 
