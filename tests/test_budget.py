@@ -283,3 +283,61 @@ def test_the_check_shows_cost_budget_left_and_accuracy_for_dp_only(world):
         assert not {"epsilon", "budget", "accuracy"} & set(doc)
         # The check costs nothing.
         assert math.isclose(session.scalar(select(BudgetPeriod)).epsilon_spent, 2.5)
+
+
+# -- pages ----------------------------------------------------------------------------------
+
+
+def _page_client(world, username: str):
+    from web_support import page_login
+
+    from web import create_app
+
+    client = create_app(world).test_client()
+    page_login(client, username)
+    return client
+
+
+def test_the_admin_page_shows_and_sets_each_merchants_budget(world):
+    import re
+
+    from web_support import csrf_from
+
+    client = _page_client(world, "admin")
+    html = client.get("/admin/").get_data(as_text=True)
+    row = re.search(r'<tr id="budget-tea_garden">.*?</tr>', html, re.S).group(0)
+    assert "0 / 10" in row and 'name="epsilon"' in row
+    assert 'id="budget-insight_isv"' not in html  # providers have no budget
+    csrf = csrf_from(html)
+    saved = client.post("/admin/budgets/tea_garden", data={"epsilon": "25", "delta": "2e-6", "csrf_token": csrf})
+    assert saved.status_code == 302
+    refused = client.post("/admin/budgets/tea_garden", data={"epsilon": "-1", "delta": "2e-6", "csrf_token": csrf})
+    assert refused.status_code == 303
+    assert "delta a positive number below 1" in client.get("/admin/").get_data(as_text=True)
+    assert client.post("/admin/budgets/nobody", data={"epsilon": "1", "delta": "1e-6",
+                                                      "csrf_token": csrf}).status_code == 404
+    html = client.get("/admin/").get_data(as_text=True)
+    assert "0 / 25" in re.search(r'<tr id="budget-tea_garden">.*?</tr>', html, re.S).group(0)
+    (entry,) = _entries(world, "budget.set")
+    assert entry["actor"] == "admin" and entry["details"]["after"] == {"epsilon": 25.0, "delta": 2e-6}
+    owner = _page_client(world, "hanfu_owner")
+    own_csrf = csrf_from(owner.get("/dashboard").get_data(as_text=True))
+    assert owner.post("/admin/budgets/hanfu_house", data={"epsilon": "1e6", "delta": "0.5",
+                                                          "csrf_token": own_csrf}).status_code == 403
+    assert len(_entries(world, "budget.set")) == 1
+
+
+def test_dashboards_show_the_budget_left_with_what_epsilon_means(world):
+    import re
+
+    with session_scope(world) as session:
+        budget.charge(session, world, _job(world), 1, 2.5, 0.0, audit.Actor.system("worker"))
+    owner = _page_client(world, "hanfu_owner").get("/dashboard").get_data(as_text=True)
+    assert "7.5 / 10" in re.search(r'<tr id="budget-hanfu_house">.*?</tr>', owner, re.S).group(0)
+    assert "ε (epsilon) bounds how much" in owner and "budget-tea_garden" not in owner
+    provider = _page_client(world, "insight_isv")
+    html = provider.get("/dashboard").get_data(as_text=True)
+    assert 'id="budget-hanfu_house"' in html and "budget-tea_garden" not in html
+    chinese = provider.get("/dashboard?lang=zh_CN").get_data(as_text=True)
+    assert "剩余隐私预算" in chinese and "ε（epsilon）限定了" in chinese
+    assert "budget-table" not in _page_client(world, "auditor").get("/dashboard").get_data(as_text=True)
