@@ -341,3 +341,17 @@ def test_dashboards_show_the_budget_left_with_what_epsilon_means(world):
     chinese = provider.get("/dashboard?lang=zh_CN").get_data(as_text=True)
     assert "剩余隐私预算" in chinese and "ε（epsilon）限定了" in chinese
     assert "budget-table" not in _page_client(world, "auditor").get("/dashboard").get_data(as_text=True)
+
+
+def test_the_platform_default_is_a_setting(monkeypatch, tmp_path):
+    from yushan.config import Config, ConfigError
+
+    monkeypatch.setenv("YUSHAN_DP_EPSILON", "4")
+    monkeypatch.setenv("YUSHAN_DP_DELTA", "1e-8")
+    config = Config.from_env(home=tmp_path)
+    assert (config.dp_default_epsilon, config.dp_default_delta) == (4.0, 1e-8)
+    for name, raw in (("YUSHAN_DP_EPSILON", "-1"), ("YUSHAN_DP_EPSILON", "inf"), ("YUSHAN_DP_DELTA", "1")):
+        monkeypatch.setenv(name, raw)
+        with pytest.raises(ConfigError, match=name):
+            Config.from_env(home=tmp_path)
+        monkeypatch.setenv(name, "1e-8")
