@@ -217,9 +217,11 @@ class Executor:
                 if message and message.get("type") == "progress":
                     progress = float(message["progress"])
                 if message and message.get("type") == "charge":
+                    # No one to charge it: no-go (a dp job never runs uncharged).
                     blocked = on_start(message.get("decision") or {}) if on_start is not None else None
                     self.channel.send({"type": "verdict", "job_id": message.get("job_id"),
-                                       "go": blocked is None, "decision": blocked})
+                                       "go": on_start is not None and blocked is None,
+                                       "decision": blocked})
                 stop = tick(progress)
                 if stop is not None:
                     self.kill()

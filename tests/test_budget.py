@@ -355,3 +355,59 @@ def test_the_platform_default_is_a_setting(monkeypatch, tmp_path):
         with pytest.raises(ConfigError, match=name):
             Config.from_env(home=tmp_path)
         monkeypatch.setenv(name, "1e-8")
+
+
+# -- the pipe round trip ----------------------------------------------------------------------
+
+# The executor's side of a dp job's start, without Spark: ask the worker, report the verdict.
+_EXECUTOR_SIDE = """
+import sys
+from sandbox.executor import _ask_to_start
+from sandbox.protocol import Channel
+
+channel = Channel(int(sys.argv[1]), int(sys.argv[2]))
+request = channel.recv()
+verdict = _ask_to_start(channel, request["job_id"], {"decision": "allow", "release": "dp", "epsilon": 1.5})
+channel.send({"type": "result", "outcome": "released" if verdict["go"] else "blocked", "verdict": verdict})
+"""
+
+
+@pytest.mark.parametrize("answer", ["go", "no-go", "no ledger"])
+def test_the_executor_waits_for_the_workers_verdict_before_a_dp_run(make_config, answer):
+    import os
+    import subprocess
+    import sys
+
+    from sandbox.limits import Limits
+    from sandbox.pool import Executor
+    from sandbox.protocol import Channel
+
+    config = make_config()
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-c", _EXECUTOR_SIDE, str(to_child_r), str(from_child_w)],
+                            pass_fds=(to_child_r, from_child_w))
+    os.close(to_child_r)
+    os.close(from_child_w)
+    executor = Executor(config, network=None)
+    executor.proc, executor.channel = proc, Channel(from_child_r, to_child_w)
+    asked: list[dict] = []
+    blocking = {"decision": "deny", "violations": [{"rule": "D5"}]}
+
+    def on_start(decision: dict) -> dict | None:
+        asked.append(decision)
+        return None if answer == "go" else blocking
+
+    try:
+        report = executor.run({"job_id": 41}, Limits.from_config(config), lambda progress: None,
+                              None if answer == "no ledger" else on_start)
+    finally:
+        executor.kill()
+    verdict = report.message["verdict"]
+    if answer == "go":
+        assert asked == [{"decision": "allow", "release": "dp", "epsilon": 1.5}]
+        assert verdict == {"type": "verdict", "job_id": 41, "go": True, "decision": None}
+    elif answer == "no-go":
+        assert report.message["outcome"] == "blocked" and verdict["decision"] == blocking
+    else:  # nothing to charge it: a dp job never runs uncharged
+        assert asked == [] and verdict["go"] is False and verdict["decision"] is None
