@@ -6,8 +6,9 @@ two pipes (:mod:`sandbox.protocol`). It never touches the metadata database: it 
 job may read from the worker, and answers with an outcome the worker records.
 
 Per job: a private workspace; the job's catalog (only what it may read); the parsed-plan
-guard; the policy check on this catalog (again: defence in depth); merchant data decrypted
-into the workspace only when the query reads it; the enforced run; output limits; the
+guard; the policy check on this catalog (the job's decision: a deny blocks it); merchant
+data decrypted into the workspace only when the query reads it; for a ``dp`` job, the
+worker's go (it charges the merchant's budget) or no-go; the enforced run; output limits; the
 released rows encrypted into ``outputs/<job id>/``; the workspace removed in any case.
 """
 
