@@ -51,7 +51,8 @@ def submit(config, sql: str, username: str = "insight_isv", merchant: str = "han
 
 
 def force_queue(config, sql: str, merchant: str, username: str) -> int:
-    """Queue a job as if the submit-time check had allowed it (defence-in-depth tests)."""
+    """Queue a job directly, past the service's request validation and access check
+    (defence-in-depth tests)."""
     with session_scope(config) as session:
         submitter = user(session, username)
         from yushan.accounts import get_tenant
@@ -118,7 +119,7 @@ def test_a_demo_job_is_released_encrypted_and_readable_only_after_approval(demo_
 def test_merchant_data_is_decrypted_only_for_its_own_jobs(demo_config, worker):
     own = wait(demo_config, submit(demo_config, OWN_SQL, username="hanfu_owner"))
     assert own.state == "awaiting_approval" and own.released_rows == 3
-    # Even with the submit-time check skipped, the executor cannot see another merchant's data.
+    # Even queued past the service's access check, the executor cannot see another merchant's data.
     foreign = force_queue(demo_config, OWN_SQL, merchant="tea_garden", username="tea_owner")
     job = wait(demo_config, foreign)
     assert job.state in ("blocked", "failed")
@@ -149,8 +150,8 @@ def test_no_merchant_value_is_left_in_the_clear_after_a_shuffling_job(demo_confi
     "SELEC tier FROM hanfu_house.members",
 ])
 def test_file_reads_escapes_and_non_queries_are_blocked_inside_the_executor(demo_config, worker, sql):
-    # Queued without the submission-time check: the executor's own check blocks each one
-    # with an explanation, as the submission would have (P7), and runs nothing.
+    # Queued as they are: the executor's check blocks each one with an explanation (P7),
+    # and runs nothing.
     job = wait(demo_config, force_queue(demo_config, sql.format(home=demo_config.home), "hanfu_house", "hanfu_owner"))
     assert job.state == "blocked", job.error
     assert [v["rule"] for v in job.violations] == ["P7"]
