@@ -23,6 +23,14 @@ def _explain(doc: dict) -> str:
         if sources:
             lines.append(f"    sources: {sources}")
         lines.append(f"    fix: {v['suggestion']}")
+    if doc.get("release"):
+        lines.append(f"release: {doc['release']}")
+    if doc.get("release") == "dp" and doc.get("budget"):
+        left = doc["budget"]
+        lines.append(f"cost: epsilon {doc.get('epsilon')}; budget left: epsilon {left['epsilon_left']:.6g}, "
+                     f"delta {left['delta_left']:.3g} until {left['period_end']}")
+        for column, estimate in (doc.get("accuracy") or {}).items():
+            lines.append(f"    {column}: ±{estimate.get('ci95')} (95%)")
     return "\n".join(lines)
 
 
