@@ -86,7 +86,8 @@ def check(session: Session, config: Config, user: User, merchant_slug: str, kind
         session, "job.check", actor=actor_for(user, origin),
         objects={"merchant": merchant.slug},
         details={"kind": kind, "sql": sql, "decision": decision.get("decision"),
-                 "violations": decision.get("violations") or []},
+                 "violations": decision.get("violations") or [], "release": decision["release"],
+                 **({"epsilon": decision["epsilon"]} if decision["release"] == "dp" else {})},
     )
     return decision
 
