@@ -101,7 +101,7 @@ def pending_reviews(session: Session, limit: int = 200) -> list[Job]:
         .options(selectinload(Job.merchant), selectinload(Job.submitter), selectinload(Job.output))
         .where(Job.kind == JobKind.SEGMENT.value, Job.state.in_(REVIEWABLE),
                JobOutput.platform_reviewed_at.is_(None), JobOutput.wrapped_key.is_not(None))
-        .order_by(Job.id).limit(limit)
+        .order_by(Job.created_at, Job.id).limit(limit)
     ))
 
 
@@ -188,14 +188,16 @@ def segment_summary(session: Session, config: Config, job: Job) -> list[dict[str
 
 
 def may_see_summary(session: Session, user: User, job: Job) -> bool:
-    """Who sees segment sizes: whoever sees the job (submitter, merchant), and admins."""
-    from jobs.service import get_visible_job
+    """Who sees segment sizes (they are part of the release, policy P8): platform admins
+    (they review segments), the job's merchant (it decides on them, as on a preview), and,
+    once the merchant approved, those who may see the rows."""
+    from jobs.service import may_read_results
 
     if user.role == Role.ADMIN.value:
         return True
-    if user.role == Role.AUDITOR.value:
-        return False  # auditors read metadata, not output figures
-    return get_visible_job(session, user, job.id) is not None
+    if user.role == Role.MERCHANT.value and user.tenant_id == job.merchant_id:
+        return True
+    return job.state == JobState.APPROVED.value and may_read_results(session, user, job)
 
 
 def _require_admin(user: User) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from audit import Actor, record
 from jobs import budget, lifecycle
@@ -20,8 +20,11 @@ from jobs.errors import (
     NotAllowed,
     NotApproved,
     NotFound,
+    QueryTooComplex,
     QueryTooLarge,
 )
+from jobs.ratelimit import check_rate
+from jobs.sql_limits import sql_shape_problem
 from sandbox.crypto import KeyStore
 from sandbox.output import read_output, remove_output
 from yushan.accounts import active_authorization, can_act_for
@@ -44,6 +47,9 @@ def _validate(kind: str, sql: str) -> str:
         raise InvalidRequest("the query is empty")
     if len(sql) > MAX_SQL_CHARS:
         raise QueryTooLarge(f"the query is longer than {MAX_SQL_CHARS} characters")
+    problem = sql_shape_problem(sql)  # before Spark's parser recurses over it
+    if problem is not None:
+        raise (QueryTooLarge if problem.status == 413 else QueryTooComplex)(problem.message)
     return sql.strip().rstrip(";").strip()
 
 
@@ -108,6 +114,7 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
            name: str | None = None, *, origin: str | None = None,
            template: str | None = None, params: dict[str, Any] | None = None) -> Job:
     """Queue a job (audited ``job.submit``); the caller's commit wakes idle workers.
+    Over the merchant's submission limit it raises :class:`jobs.ratelimit.RateLimited`.
 
     No policy check happens here: the executor checks every job on its own catalog before
     anything runs, and a denied job then becomes ``blocked`` with its violations. Clients
@@ -115,6 +122,8 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
     """
     sql = _validate(kind, sql)
     merchant = _acting_merchant(session, user, merchant_slug)
+    actor = actor_for(user, origin)
+    check_rate(session, config, merchant, actor)  # RateLimited: 429 with Retry-After (P8)
     return lifecycle.create(
         session,
         merchant_id=merchant.id,
@@ -123,7 +132,7 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
         sql=sql,
         name=(name or "").strip()[:200],
         decision=None,
-        actor=actor_for(user, origin),
+        actor=actor,
         template=template,
         params=params,
     )
@@ -133,12 +142,16 @@ def _is_merchant_user(user: User, job: Job) -> bool:
     return user.role == Role.MERCHANT.value and user.tenant_id == job.merchant_id
 
 
+def find_job(session: Session, job_id: object) -> Job | None:
+    """The job with this id whoever it belongs to, or None (also when ``job_id`` cannot name
+    a job: malformed or out of range). Callers check visibility."""
+    number = lifecycle.valid_job_id(job_id)
+    return session.get(Job, number) if number is not None else None
+
+
 def get_visible_job(session: Session, user: User, job_id: int) -> Job | None:
     """The job, or None when it is missing or not visible to ``user``."""
-    try:
-        job = session.get(Job, int(job_id))
-    except (TypeError, ValueError):
-        return None
+    job = find_job(session, job_id)
     if job is None:
         return None
     if job.submitted_by == user.id or _is_merchant_user(user, job) or user.role == Role.AUDITOR.value:
@@ -204,7 +217,7 @@ def sweep_shredded_outputs(session: Session, config: Config) -> list[int]:
         if not entry.name.isdigit():
             continue
         job_id = int(entry.name)
-        job = session.get(Job, job_id)
+        job = find_job(session, job_id)
         keep = job is not None and (
             (job.output is not None and job.output.wrapped_key is not None)
             or job.state == JobState.RUNNING.value  # being written right now
@@ -260,9 +273,35 @@ def preview_result(session: Session, config: Config, user: User, job: Job, limit
     return table
 
 
+def release_mode(job: Job) -> str | None:
+    """How the job's released values are protected: ``dp``, ``threshold``, or None (no
+    consumer data read, or not decided yet)."""
+    mode = getattr(job, "release", None)  # the job's own column, where the schema has one
+    if mode is None:
+        mode = (job.decision or {}).get("release")
+    return mode if isinstance(mode, str) else None
+
+
+def visible_summary(job: Job, viewer: User | None) -> dict[str, Any] | None:
+    """``released_rows``/``suppressed_rows`` for ``viewer``, or None (policy P8).
+
+    The counts are part of the release: nobody sees them before the merchant approves (the
+    merchant decides on the preview), and afterwards only those who may see the rows. In
+    ``dp`` mode the suppressed count is never reported (it would count consumers exactly).
+    """
+    if viewer is None or job.state != JobState.APPROVED.value:
+        return None
+    session = object_session(job)
+    if session is None or not may_read_results(session, viewer, job):
+        return None
+    suppressed = None if release_mode(job) == "dp" else job.suppressed_rows
+    return {"released_rows": job.released_rows, "suppressed_rows": suppressed}
+
+
 def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:
-    """The API's job document. Never rows; errors are redacted already (P8)."""
-    summary = {"released_rows": job.released_rows, "suppressed_rows": job.suppressed_rows}
+    """The API's job document for ``viewer``. Never rows; errors are redacted already (P8);
+    the summary only as :func:`visible_summary` allows."""
+    summary = visible_summary(job, viewer)
     doc = {
         "id": job.id,
         "name": job.name,
@@ -277,7 +316,8 @@ def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:
         "release": job.release,
         "error": job.error,
         "summary": summary,
-        "attempts": job.attempts,
+        # No attempt count: a retry follows a crashed run, and what crashed a run may be the
+        # data (P8); the audit trail has the attempts.
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),

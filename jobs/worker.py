@@ -19,6 +19,7 @@ from sqlalchemy import select
 from audit import record, register_config
 from jobs.budget import OverBudget, charge
 from jobs.errors import InvalidState, StateConflict
+from jobs.health import forget_beat, record_beat
 from jobs.lifecycle import transition
 from jobs.queue import (
     Claimed,
@@ -139,6 +140,7 @@ class Worker:
                         sweep_shredded_outputs(session, self.config)
                     sweep_orphans(self.config)  # executors that died with another worker
                     cgroup.sweep_groups()  # and their memory cgroups, once they are empty
+                    record_beat(self.config, self.identity, self.pool.health())  # /readyz
                 if not any(t.is_alive() for t in slots):
                     break
                 self.stopping.wait(0.5)
@@ -147,6 +149,7 @@ class Worker:
             for thread in slots:
                 thread.join(timeout=30)
             self.pool.close()
+            forget_beat(self.config, self.identity)
             if self.wake is not None:
                 self.wake.close()
 
@@ -210,6 +213,7 @@ class Worker:
             template = {"name": row.template, "params": row.params} if row and row.template else None
         return {
             "job_id": job.id,
+            "attempt": job.attempt,  # its output goes to this attempt's own directory
             "merchant": job.merchant,
             "kind": job.kind,
             "sql": job.sql,
@@ -219,7 +223,7 @@ class Worker:
 
     def execute(self, job: Claimed, executor: Executor) -> bool:
         """Run one claimed job; record its outcome. Returns True when the executor faulted."""
-        state = {"last_beat": time.monotonic(), "progress": None, "written": None}
+        state = {"last_beat": time.monotonic(), "progress": None, "written": None, "decision": None}
 
         def tick(progress: float | None) -> StopReason | None:
             if progress is not None:
@@ -230,7 +234,7 @@ class Worker:
                 return None
             state["last_beat"] = time.monotonic()
             state["written"] = state["progress"]
-            status = heartbeat(self.config, job.id, self.identity, state["progress"])
+            status = heartbeat(self.config, job.id, self.identity, state["progress"], job.attempt)
             if status is LeaseStatus.CANCELLED:
                 return StopReason.CANCELLED
             if status is LeaseStatus.LOST:
@@ -244,12 +248,13 @@ class Worker:
                                   lambda decision: self._charge(job, decision))
         except ExecutorFault as exc:
             log.error("job %s: executor fault (%s)", job.id, exc)
-            self._give_back(job, "ExecutorCrashed", "the sandbox running this job stopped unexpectedly")
+            self._give_back(job, "ExecutorLost",
+                            "the sandbox running this job died or hung (not the job's error)")
             return True
         if report.stopped is not None:
             self._abandoned(job, report)
             return True
-        self._record(job, report)
+        self._record(job, report, state["decision"])
         return report.faulted
 
     def _charge(self, job: Claimed, decision: dict) -> dict | None:
@@ -271,7 +276,7 @@ class Worker:
         return None
 
     def _abandoned(self, job: Claimed, report: RunReport) -> None:
-        remove_output(self.config, job.id)
+        remove_output(self.config, job.id, job.attempt)
         if report.stopped is StopReason.SHUTDOWN:
             self._give_back(job, "WorkerStopped", "the worker running this job was stopped")
         else:
@@ -288,7 +293,9 @@ class Worker:
             except StateConflict:
                 pass
 
-    def _record(self, job: Claimed, report: RunReport) -> None:
+    def _record(self, job: Claimed, report: RunReport, heard: dict | None = None) -> None:
+        """Record the run's outcome; ``heard`` is the executor's decision relayed before it
+        ran (a time or memory limit's outcome carries none of its own)."""
         message = report.message or {}
         outcome = message.get("outcome")
         if message.get("workspace"):
@@ -297,11 +304,12 @@ class Worker:
             with session_scope(self.config) as session:
                 row = session.get(Job, job.id)
                 if outcome == JobOutcome.RELEASED:
-                    self._released(session, row, message, report)
+                    self._released(session, row, message, report, self._fence(job))
                 elif outcome == JobOutcome.BLOCKED:
                     decision = message.get("decision") or {}
                     transition(
                         session, row, JobState.BLOCKED, actor=worker_actor(), lease_owner=self.identity,
+                        where=self._fence(job),
                         details={"decision": decision.get("decision"), "stage": "executor",
                                  "violations": decision.get("violations", [])},
                         values={"decision": decision, "violations": decision.get("violations", []),
@@ -309,19 +317,30 @@ class Worker:
                     )
                 else:
                     error = message.get("error") or {"class": "InternalError", "message": "the job failed"}
-                    # The full text (it may quote data) goes to the audit entry only (P8).
+                    decision = message.get("decision") or heard
+                    # The full text (it may quote data) and the specific error go to the audit
+                    # entry only; transition() gives a consumer-data job the generic error (P8).
                     transition(
                         session, row, JobState.FAILED, actor=worker_actor(), lease_owner=self.identity,
+                        where=self._fence(job),
                         details={"error": error, "detail": message.get("detail", ""), "usage": report.usage},
-                        values={"error": error},
+                        values={"error": error, **({"decision": decision} if decision else {})},
                     )
         except (StateConflict, InvalidState):
             # Cancelled, blocked at submission or taken over meanwhile: what the run
             # produced is not kept.
             log.info("job %s changed while it ran; its output is discarded", job.id)
-            remove_output(self.config, job.id)
+            remove_output(self.config, job.id, job.attempt)  # never another attempt's
 
-    def _released(self, session, row: Job, message: dict, report: RunReport) -> None:
+    @staticmethod
+    def _fence(job: Claimed) -> tuple:
+        """The attempt fence of a recording: the job must still be in this attempt (its
+        lease owner is checked too). Checked by the same conditional update that records
+        the outcome, so a worker whose lease was lost, say while it was stopped, cannot
+        record anything once the job was taken over, even by another slot of this worker."""
+        return (Job.attempts == job.attempt,)
+
+    def _released(self, session, row: Job, message: dict, report: RunReport, fence: tuple) -> None:
         stored = StoredOutput.from_message(message["output"])
         decision = message.get("decision") or {}
         released, suppressed = int(message["released_rows"]), int(message["suppressed_rows"])
@@ -345,6 +364,7 @@ class Worker:
         )
         transition(
             session, row, JobState.AWAITING_APPROVAL, actor=worker_actor(), lease_owner=self.identity,
+            where=fence,
             details={
                 "released_rows": released,
                 "suppressed_rows": suppressed,

@@ -35,6 +35,7 @@ from web.common import (
     RESULT_FORMATS,
     Refusal,
     dataset_json,
+    excel_requested,
     may_decide,
     parse_job_request,
     render_result,
@@ -44,16 +45,18 @@ from web.common import (
     visible_datasets,
     visible_jobs,
 )
+from web.edges import BadJSON, strict_json_loads
 from web.errors import ApiError
-from yushan.models import Job, Role
+from yushan.models import Job, JobState, Role
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 AUDIT_MAX_LIMIT = 10_000
+JOB_STATES = tuple(s.value for s in JobState)
 
 
 def refuse(refusal: Refusal) -> ApiError:
-    return ApiError(refusal.status, refusal.code, refusal.message)
+    return ApiError(refusal.status, refusal.code, refusal.message, refusal.headers)
 
 
 def json_body() -> Any:
@@ -66,16 +69,19 @@ def json_body() -> Any:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "bad_json", "The body is not valid JSON.") from None
+        return strict_json_loads(raw)
+    except BadJSON as exc:  # the message is ours: depth, encoding or syntax, no values
+        raise ApiError(400, "bad_json", str(exc)) from None
 
 
 def visible_job(job_id: int) -> Job:
-    """The job when the caller may see it; 404 when missing or not theirs."""
+    """The job when the caller may see it; 404 when missing or not theirs.
+
+    The answer is the API's generic 404, the same as for a path no route matches (a
+    malformed id such as ``abc`` or ``-5``): no id is told apart from another."""
     job = service.get_visible_job(db(), current_api_user(), job_id)
     if job is None:
-        raise ApiError(404, "not_found", "No such job.")
+        raise ApiError(404)
     return job
 
 
@@ -200,6 +206,10 @@ def submit_job():
 def list_jobs():
     user = current_api_user()
     state = request.args.get("state")
+    if state and state not in JOB_STATES:
+        shown = state[:40].encode("ascii", "replace").decode()  # the caller's own input
+        raise ApiError(400, "bad_request", f"'state' is {shown!r}; it must be one of: "
+                       + ", ".join(JOB_STATES) + ".")
     jobs = visible_jobs(db(), user, states=(state,) if state else None,
                         limit=_int_arg("limit", 100, 1, 1000))
     return jsonify({"jobs": [service.job_json(job, user) for job in jobs]})
@@ -253,7 +263,7 @@ def job_result(job_id: int):
     # read_result refuses (403, 409) and audits the download in this transaction.
     table = call_service(service.read_result, session, app_config(), user, job,
                          origin=request_origin())
-    body = render_result(table, fmt)
+    body = render_result(table, fmt, excel=excel_requested())
     session.commit()
     response = Response(body, mimetype=RESULT_FORMATS[fmt][1].split(";")[0])
     response.headers["Content-Type"] = RESULT_FORMATS[fmt][1]

@@ -8,7 +8,6 @@ from pathlib import Path
 from flask import Flask, g, jsonify, request
 from flask_babel import Babel
 from flask_wtf.csrf import CSRFProtect
-from sqlalchemy import text
 
 from yushan.config import Config, get_config
 
@@ -51,11 +50,10 @@ csrf = CSRFProtect()
 def secure_cookies(config: Config) -> bool:
     """Secure-only cookies unless the app is served on loopback over plain HTTP.
 
-    ``YUSHAN_COOKIE_SECURE`` (config.extra["cookie_secure"]) overrides either way.
+    ``YUSHAN_COOKIE_SECURE`` overrides either way (behind a TLS proxy on loopback: set it).
     """
-    forced = config.extra.get("cookie_secure")
-    if forced is not None:
-        return str(forced).lower() in ("1", "true", "yes", "on")
+    if config.cookie_secure is not None:
+        return config.cookie_secure
     return config.host not in LOOPBACK_HOSTS
 
 
@@ -88,7 +86,18 @@ def select_locale() -> str:
 def create_app(config: Config | None = None) -> Flask:
     """The Yushan web app and JSON API for ``config`` (default: the environment's)."""
     from sandbox.crypto import load_or_create_key
-    from web import admin, api, auditor, auth, merchant, pages, provider, templates_views, uploads
+    from web import (
+        admin,
+        api,
+        auditor,
+        auth,
+        edges,
+        merchant,
+        pages,
+        provider,
+        templates_views,
+        uploads,
+    )
     from web.errors import register_error_handlers
 
     config = config or get_config()
@@ -112,7 +121,8 @@ def create_app(config: Config | None = None) -> Flask:
         JSON_SORT_KEYS=False,
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
     )
-    app.json.sort_keys = False
+    # Strict JSON, bounded ids and body caps: before any route or extension reads a body.
+    edges.install(app, config)
     compile_translations()
     Babel(app, locale_selector=select_locale)
     csrf.init_app(app)
@@ -149,16 +159,26 @@ def create_app(config: Config | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz():
+        """The process is up and answers (no database: see /readyz)."""
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz():
+        """Ready for work: database, a recent worker heartbeat, live executors, and the
+        queue moving; 503 with the reasons when not."""
+        from jobs.health import readiness
         from web.auth import db
 
         try:
-            db().execute(text("SELECT 1"))
-            ok = True
+            verdict = readiness(db(), config)
         except Exception as exc:  # the class only: the text may name hosts
-            log.error("health check: database unavailable (%s)", type(exc).__name__)
-            ok = False
-        body = {"status": "ok" if ok else "unavailable", "db": "ok" if ok else "unavailable"}
-        return jsonify(body), 200 if ok else 503
+            log.error("readiness: database unavailable (%s)", type(exc).__name__)
+            body = {"status": "unavailable", "reasons": ["the database does not answer"],
+                    "checks": {"database": "unavailable"}}
+            return jsonify(body), 503
+        body = {"status": "ok" if verdict.ok else "unavailable", "reasons": verdict.reasons,
+                "checks": verdict.checks}
+        return jsonify(body), 200 if verdict.ok else 503
 
     @app.context_processor
     def _template_globals():

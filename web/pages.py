@@ -27,6 +27,7 @@ from web.common import (
     JOB_ROLES,
     RESULT_FORMATS,
     Refusal,
+    excel_requested,
     may_decide,
     render_result,
     result_filename,
@@ -177,7 +178,7 @@ def download(job_id: int):
                                           origin=request_origin())
     except Exception as exc:
         abort(refusal_status(exc))
-    body = render_result(table, fmt)
+    body = render_result(table, fmt, excel=excel_requested())
     session.commit()
     response = Response(body)
     response.headers["Content-Type"] = RESULT_FORMATS[fmt][1]

@@ -69,8 +69,8 @@ def submit_job():
         if refusal is None:
             raise
         session.rollback()
-        return render_template("job_form.html",
-                               **form_context(values, status_error=refusal.message)), refusal.status
+        return (render_template("job_form.html", **form_context(values, status_error=refusal.message)),
+                refusal.status, refusal.headers)
     session.commit()
     flash(gettext("Job submitted."), "info")  # queued: the job page shows the decision
     return redirect(url_for("pages.job", job_id=job.id))

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-03 09:48:30.026970
+Create Date: 2026-12-03 11:24:03.606420
 """
 
 from alembic import op
@@ -219,7 +219,12 @@ def upgrade() -> None:
 
     op.create_table(
         "jobs",
-        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=False,
+            nullable=False,
+        ),
         sa.Column("merchant_id", sa.Integer(), nullable=False),
         sa.Column("submitted_by", sa.Integer(), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
@@ -264,7 +269,7 @@ def upgrade() -> None:
         "budget_charges",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("period_id", sa.Integer(), nullable=False),
-        sa.Column("job_id", sa.Integer(), nullable=False),
+        sa.Column("job_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("epsilon", sa.Float(), nullable=False),
         sa.Column("delta", sa.Float(), nullable=False),
@@ -308,7 +313,7 @@ def upgrade() -> None:
     op.create_table(
         "job_outputs",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("job_id", sa.Integer(), nullable=False),
+        sa.Column("job_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("storage_path", sa.String(length=500), nullable=False),
         sa.Column("wrapped_key", sa.LargeBinary(), nullable=True),
         sa.Column("content_hash", sa.String(length=64), nullable=False),
