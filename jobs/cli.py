@@ -97,6 +97,17 @@ def _explain(doc: dict) -> str:
         if sources:
             lines.append(f"    sources: {sources}")
         lines.append(f"    fix: {v['suggestion']}")
+    if doc.get("error"):
+        error = doc["error"]
+        lines.append(f"error: {error.get('class')}: {error.get('message')}")
+    if doc.get("release"):
+        lines.append(f"release: {doc['release']}")
+    if doc.get("release") == "dp" and doc.get("budget"):
+        left = doc["budget"]
+        lines.append(f"cost: epsilon {doc.get('epsilon')}; budget left: epsilon {left['epsilon_left']:.6g}, "
+                     f"delta {left['delta_left']:.3g} until {left['period_end']}")
+        for column, estimate in (doc.get("accuracy") or {}).items():
+            lines.append(f"    {column}: ±{estimate.get('ci95')} (95%)")
     return "\n".join(lines)
 
 
@@ -140,7 +151,7 @@ def check_command(username: str, merchant: str, kind: str, sql_file: Path, as_js
 @click.option("--wait", is_flag=True, help="Wait until the job has run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
 def submit_command(username, merchant, kind, sql_file, name, wait, as_json) -> None:
-    """Submit a job (checked by the policy at once; exit 3 when denied)."""
+    """Queue a job; the executor's policy check decides (with --wait: exit 3 when denied)."""
     import time
 
     from jobs import service
@@ -237,3 +248,68 @@ def download_command(job_id: int, username: str, fmt: str, excel: bool, output: 
             fh.write(body)
     else:
         click.echo(body, nl=False)
+
+
+@click.group("budget")
+def budget_cli() -> None:
+    """Merchants' differential privacy budgets (epsilon, delta per calendar month)."""
+
+
+def _budget_merchant(session, slug: str):
+    from yushan.accounts import get_tenant
+    from yushan.models import TenantKind
+
+    merchant = get_tenant(session, slug)
+    if merchant is None or merchant.kind != TenantKind.MERCHANT.value:
+        raise click.ClickException(f"no merchant {slug!r}")
+    return merchant
+
+
+def _emit_budget(doc: dict, as_json: bool) -> None:
+    import json
+
+    if as_json:
+        click.echo(json.dumps(doc, ensure_ascii=False))
+        return
+    click.echo(f"{doc['merchant']}: {doc['period_start']} to {doc['period_end']}")
+    click.echo(f"  epsilon {doc['epsilon_spent']:.6g} spent of {doc['epsilon']:.6g}")
+    click.echo(f"  delta   {doc['delta_spent']:.3g} spent of {doc['delta']:.3g}")
+
+
+@budget_cli.command("show")
+@click.argument("merchant")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
+def budget_show(merchant: str, as_json: bool) -> None:
+    """Show MERCHANT's budget for the current period and what it has spent."""
+    from jobs import budget
+    from yushan.config import get_config
+    from yushan.db import session_scope
+
+    config = get_config()
+    with session_scope(config) as session:
+        doc = budget.budget_json(session, config, _budget_merchant(session, merchant))
+    _emit_budget(doc, as_json)
+
+
+@budget_cli.command("set")
+@click.argument("merchant")
+@click.option("--epsilon", type=float, required=True, help="The period's epsilon (a positive number).")
+@click.option("--delta", type=float, required=True, help="The period's delta (positive, below 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
+def budget_set(merchant: str, epsilon: float, delta: float, as_json: bool) -> None:
+    """Raise or lower MERCHANT's budget for the current period (audited); later periods
+    open with it."""
+    from audit import Actor
+    from jobs import budget
+    from jobs.errors import JobError
+    from yushan.config import get_config
+    from yushan.db import session_scope
+
+    config = get_config()
+    try:
+        with session_scope(config) as session:
+            doc = budget.set_budget(session, config, _budget_merchant(session, merchant),
+                                    epsilon, delta, Actor.system(CLI_ORIGIN))
+    except JobError as exc:
+        _job_error(exc)
+    _emit_budget(doc, as_json)

@@ -26,10 +26,8 @@ S = JobState
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     S.QUEUED: frozenset({S.RUNNING, S.CANCELLED, S.FAILED, S.BLOCKED}),
     S.RUNNING: frozenset({S.AWAITING_APPROVAL, S.BLOCKED, S.FAILED, S.CANCELLED, S.QUEUED}),
-    # -> BLOCKED: a submission-time deny that arrives after the executor released the job
-    # (see jobs.service.submit); a deny wins wherever the job is.
-    S.AWAITING_APPROVAL: frozenset({S.APPROVED, S.REJECTED, S.CANCELLED, S.EXPIRED, S.BLOCKED}),
-    S.APPROVED: frozenset({S.EXPIRED, S.BLOCKED}),
+    S.AWAITING_APPROVAL: frozenset({S.APPROVED, S.REJECTED, S.CANCELLED, S.EXPIRED}),
+    S.APPROVED: frozenset({S.EXPIRED}),
     S.BLOCKED: frozenset(),
     S.FAILED: frozenset(),
     S.CANCELLED: frozenset(),
@@ -38,8 +36,6 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 }
 # States a job may still leave by cancellation.
 CANCELLABLE = frozenset({S.QUEUED, S.RUNNING, S.AWAITING_APPROVAL})
-# States a policy deny still moves to blocked (the output, if any, is shredded).
-BLOCKABLE = frozenset({S.QUEUED, S.RUNNING, S.AWAITING_APPROVAL, S.APPROVED})
 
 # The audit action of each move (retries are a move back to queued).
 ACTIONS: dict[JobState, str] = {

@@ -7,14 +7,12 @@ it, a job does not exist); its output, from the sandbox to its release, is
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session, object_session
 
 from audit import Actor, record
-from jobs import lifecycle, quarantine
+from jobs import budget, lifecycle, quarantine
 from jobs.errors import (
     InvalidKind,
     InvalidName,
@@ -22,19 +20,15 @@ from jobs.errors import (
     InvalidState,
     QueryTooComplex,
     QueryTooLarge,
-    StateConflict,
     require,
 )
 from jobs.ratelimit import check_rate
 from jobs.sql_limits import sql_shape_problem
-from jobs.wakeup import open_watch
 from sandbox.crypto import KeyStore
 from yushan import access
 from yushan.catalog import DatasetInfo, readable_datasets
 from yushan.config import Config
 from yushan.models import Job, JobKind, JobState, User
-
-log = logging.getLogger(__name__)
 
 KINDS = tuple(k.value for k in JobKind)
 MAX_NAME_CHARS = 200
@@ -92,41 +86,49 @@ def _acting_merchant(session: Session, user: User, merchant_slug: str):
 
 def check(session: Session, config: Config, user: User, merchant_slug: str, kind: str, sql: str,
           *, origin: str | None = None) -> dict[str, Any]:
-    """Dry run: the policy decision, audited, nothing queued."""
+    """Dry run: the policy decision, audited, nothing queued. Reads no data and costs no
+    budget; for a dp job it says the job's cost, the budget left and the expected accuracy."""
     sql = _validate(kind, sql)
     merchant = _acting_merchant(session, user, merchant_slug)
     decision = evaluate(config, sql, kind, merchant.slug, readable_datasets(session, config, merchant.slug))
+    decision = _with_release(session, config, merchant, decision)
     record(
         session, "job.check", actor=actor_for(user, origin),
         objects={"merchant": merchant.slug},
         details={"kind": kind, "sql": sql, "decision": decision.get("decision"),
-                 "violations": decision.get("violations") or []},
+                 "violations": decision.get("violations") or [], "release": decision["release"],
+                 **({"epsilon": decision["epsilon"]} if decision["release"] == "dp" else {})},
     )
     return decision
+
+
+def _with_release(session: Session, config: Config, merchant, decision: dict[str, Any]) -> dict[str, Any]:
+    """The check's document: ``release``, and for dp jobs ``epsilon`` (the cost),
+    ``budget`` (what is left) and ``accuracy``; nothing of dp for other jobs."""
+    doc = {k: v for k, v in decision.items() if k not in ("epsilon", "delta", "accuracy")}
+    doc["release"] = decision.get("release")
+    if doc["release"] == "dp":
+        doc.update(epsilon=decision.get("epsilon"), delta=decision.get("delta"),
+                   accuracy=decision.get("accuracy") or {},
+                   budget=budget.budget_left(session, config, merchant))
+    return doc
 
 
 def submit(session: Session, config: Config, user: User, merchant_slug: str, kind: str, sql: str,
            name: str | None = None, *, origin: str | None = None,
            template: str | None = None, params: dict[str, Any] | None = None) -> Job:
-    """Queue a job and give the submitter the policy's decision on it: the job comes back
-    ``blocked`` with its violations when the policy denies it, else queued (or further on).
+    """Queue a job (audited ``job.submit``); the caller's commit wakes idle workers.
     Over the merchant's submission limit it raises :class:`jobs.ratelimit.RateLimited`.
 
-    Commits the session twice. The job is committed as queued *before* any check, so that
-    a worker can start on it at once: the executor checks every job on its own catalog
-    before anything runs (that check is the authoritative one). When a worker on this host
-    claims the job within moments, its executor's decision, relayed by the worker
-    (:class:`jobs.wakeup.JobWatch`), is the submitter's answer; otherwise this process
-    checks the query itself. A deny from either check blocks the job wherever it has got to
-    (an output already made is shredded); the other then finds it blocked. Each step is
-    audited in its own transaction: ``job.submit``, then ``job.decision``.
+    No policy check happens here: the executor checks every job on its own catalog before
+    anything runs, and a denied job then becomes ``blocked`` with its violations. Clients
+    that want the decision before submitting call :func:`check`.
     """
     sql = _validate(kind, sql)
     merchant = _acting_merchant(session, user, merchant_slug)
-    actor, merchant_slug = actor_for(user, origin), merchant.slug
+    actor = actor_for(user, origin)
     check_rate(session, config, merchant, actor)  # RateLimited: 429 with Retry-After (P8)
-    datasets = readable_datasets(session, config, merchant.slug)
-    job = lifecycle.create(
+    return lifecycle.create(
         session,
         merchant_id=merchant.id,
         submitter_id=user.id,
@@ -138,68 +140,6 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
         template=template,
         params=params,
     )
-    job_id = job.id
-    # Opened before the commit: the worker that claims the job tells this process at once.
-    watch = open_watch(config, job_id)
-    session.commit()  # queued for good: idle workers are woken now
-    # Nothing below touches the session until the decision is known: on SQLite, the next
-    # statement takes the database's write lock, which the workers need meanwhile.
-    checked_in, decision = "executor", None
-    if watch is not None:
-        try:
-            decision = watch.executor_decision()
-        except Exception:  # noqa: BLE001 - only a shortcut: this process checks instead
-            log.debug("job %s: no relayed decision", job_id, exc_info=True)
-        finally:
-            watch.close()
-    if decision is None:  # no free worker took it at once: check it here
-        checked_in = "web"
-        try:
-            decision = evaluate(config, sql, kind, merchant_slug, datasets)
-        except Exception as exc:  # noqa: BLE001 - the executor's check still decides
-            log.warning("job %s: the submission-time check failed (%s); the executor decides",
-                        job_id, type(exc).__name__)
-            return job
-    return record_submission_decision(session, job, decision, actor, checked_in=checked_in)
-
-
-def record_submission_decision(session: Session, job: Job, decision: dict[str, Any], actor: Actor,
-                               *, checked_in: str = "web") -> Job:
-    """The submission-time decision, audited; a deny blocks the job wherever it is by now.
-
-    ``checked_in`` says whose check answered the submitter: this process's own (``web``),
-    or the executor's, relayed by the worker that took the job (``executor``).
-    """
-    details = {"decision": decision.get("decision"), "violations": decision.get("violations") or [],
-               "columns_read": decision.get("columns_read"),
-               "datasets_read": decision.get("datasets_read"), "stage": "submission",
-               "checked_in": checked_in}
-    denied = decision.get("decision") != "allow"
-    for _ in range(10):  # each lost race means a worker moved the job on: try again
-        session.refresh(job)
-        state = JobState(job.state)
-        if denied and state in lifecycle.BLOCKABLE:
-            try:
-                lifecycle.transition(session, job, JobState.BLOCKED, actor=actor, details=details,
-                                     values={"decision": decision, "violations": details["violations"]})
-            except StateConflict:
-                session.rollback()
-                continue
-            if state in (JobState.AWAITING_APPROVAL, JobState.APPROVED):
-                quarantine.shred(job)
-            return job
-        # Allowed (or already ended): the executor's own decision, when it has one, stays.
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.state.in_((JobState.QUEUED.value, JobState.RUNNING.value)))
-            .values(decision=decision)
-            .execution_options(synchronize_session=False)
-        )
-        record(session, "job.decision", actor=actor, objects=lifecycle.job_objects(job),
-               details={**details, "state": job.state})
-        session.refresh(job)
-        return job
-    raise StateConflict(f"job {job.id} kept changing while its decision was recorded")
 
 
 def find_job(session: Session, job_id: object) -> Job | None:
@@ -257,7 +197,7 @@ def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:
     """The API's job document for ``viewer``. Never rows; errors are redacted already (P8);
     the summary only as :func:`visible_summary` allows."""
     summary = visible_summary(job, viewer)
-    return {
+    doc = {
         "id": job.id,
         "name": job.name,
         "kind": job.kind,
@@ -268,6 +208,7 @@ def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:
         "sql": job.sql,
         "decision": (job.decision or {}).get("decision"),
         "violations": job.violations or [],
+        "release": job.release,
         "error": job.error,
         "summary": summary,
         # No attempt count: a retry follows a crashed run, and what crashed a run may be the
@@ -276,6 +217,9 @@ def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
     }
+    if job.release == "dp":
+        doc.update(epsilon=job.epsilon, accuracy=job.accuracy or {})
+    return doc
 
 
 def _iso(value) -> str | None:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from audit import record, register_config
+from jobs.budget import OverBudget, charge
 from jobs.errors import InvalidState, StateConflict
 from jobs.health import forget_beat, record_beat
 from jobs.lifecycle import transition
@@ -32,7 +33,7 @@ from jobs.queue import (
     worker_identity,
 )
 from jobs.templates.registry import preparation_of
-from jobs.wakeup import CLAIMED, DECIDED, WakeListener, sweep_watches, tell_submitter
+from jobs.wakeup import WakeListener
 from sandbox import cgroup
 from sandbox.executor import JobOutcome, dataset_to_message
 from sandbox.limits import Limits
@@ -140,7 +141,6 @@ class Worker:
                         sweep_shredded_outputs(session, self.config)
                     sweep_orphans(self.config)  # executors that died with another worker
                     cgroup.sweep_groups()  # and their memory cgroups, once they are empty
-                    sweep_watches(self.config)  # submitters that died waiting for a decision
                     record_beat(self.config, self.identity, self.pool.health())  # /readyz
                 if not any(t.is_alive() for t in slots):
                     break
@@ -244,13 +244,9 @@ class Worker:
                 return StopReason.SHUTDOWN
             return None
 
-        def decided(decision: dict) -> None:
-            state["decision"] = decision  # what a failure is judged by (P8), if no later one
-            tell_submitter(self.config, job.id, DECIDED, decision)
-
-        tell_submitter(self.config, job.id, CLAIMED)  # its submitter waits for the decision
         try:
-            report = executor.run(self._request(job), self.limits, tick, decided)
+            report = executor.run(self._request(job), self.limits, tick,
+                                  lambda decision: self._charge(job, decision))
         except ExecutorFault as exc:
             log.error("job %s: executor fault (%s)", job.id, exc)
             self._give_back(job, "ExecutorLost",
@@ -261,6 +257,24 @@ class Worker:
             return True
         self._record(job, report, state["decision"])
         return report.faulted
+
+    def _charge(self, job: Claimed, decision: dict) -> dict | None:
+        """Go/no-go for a dp job about to run: charge this attempt's privacy cost (in one
+        transaction with its audit entry) and answer None, or answer the decision that
+        blocks it (D5: over budget; nothing is charged)."""
+        with session_scope(self.config) as session:
+            row = session.get(Job, job.id)
+            if row is None or row.state != JobState.RUNNING.value or row.lease_owner != self.identity:
+                # Cancelled or taken over meanwhile: nothing is charged, nothing runs (the
+                # outcome is then discarded by _record).
+                return {**decision, "decision": "deny", "violations": []}
+            try:
+                charge(session, self.config, job.id, job.attempt, decision["epsilon"],
+                       decision.get("delta") or 0.0, worker_actor())
+            except OverBudget as over:
+                session.rollback()
+                return {**decision, "decision": "deny", "violations": [over.violation()]}
+        return None
 
     def _abandoned(self, job: Claimed, report: RunReport) -> None:
         remove_output(self.config, job.id, job.attempt)
@@ -297,8 +311,10 @@ class Worker:
                     transition(
                         session, row, JobState.BLOCKED, actor=worker_actor(), lease_owner=self.identity,
                         where=self._fence(job),
-                        details={"decision": decision.get("decision"), "stage": "executor"},
-                        values={"decision": decision, "violations": decision.get("violations", [])},
+                        details={"decision": decision.get("decision"), "stage": "executor",
+                                 "violations": decision.get("violations", [])},
+                        values={"decision": decision, "violations": decision.get("violations", []),
+                                "release": decision.get("release")},
                     )
                 else:
                     error = message.get("error") or {"class": "InternalError", "message": "the job failed"}
@@ -366,5 +382,7 @@ class Worker:
                 "released_rows": released,
                 "suppressed_rows": suppressed,
                 "decision": decision or row.decision,
+                "release": decision.get("release"),
+                "accuracy": message.get("accuracy") or None,
             },
         )

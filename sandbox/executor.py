@@ -6,8 +6,9 @@ two pipes (:mod:`sandbox.protocol`). It never touches the metadata database: it 
 job may read from the worker, and answers with an outcome the worker records.
 
 Per job: a private workspace; the job's catalog (only what it may read); the parsed-plan
-guard; the policy check on this catalog (again: defence in depth); merchant data decrypted
-into the workspace only when the query reads it; the enforced run; output limits; the
+guard; the policy check on this catalog (the job's decision: a deny blocks it); merchant
+data decrypted into the workspace only when the query reads it; for a ``dp`` job, the
+worker's go (it charges the merchant's budget) or no-go; the enforced run; output limits; the
 released rows encrypted into ``outputs/<job id>/``; the workspace removed in any case.
 """
 
@@ -141,6 +142,16 @@ def _template_sql(spark, request: dict[str, Any]) -> str | None:
     return prepared_sql(spark, spec)
 
 
+def _ask_to_start(channel: Channel, job_id: int, doc: dict[str, Any]) -> dict[str, Any]:
+    """Send the allowed dp decision to the worker and wait for its verdict:
+    ``{"go": true}``, or ``{"go": false, "decision": <the blocking decision>}``."""
+    channel.send({"type": "charge", "job_id": job_id, "decision": doc})
+    while True:
+        message = channel.recv()
+        if message is not None and message.get("type") == "verdict" and message.get("job_id") == job_id:
+            return message
+
+
 def _forget_job_state(spark, group: str) -> None:
     """Nothing of one job stays in the warm session for the next one."""
     try:
@@ -191,14 +202,11 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
             refused = screen(spark, sql)  # a command, not a query: the same deny as at submission
             lap("guard")
             if refused is not None:
-                channel.send({"type": "decision", "job_id": job_id, "decision": refused})
                 return {**answer, "outcome": JobOutcome.BLOCKED, "decision": refused}
             install_catalog(spark, datasets)
             lap("catalog")
             decision = _policy_check(spark, keystore, sql, kind, merchant, datasets)
             doc = decision.to_dict()
-            # The submitter's answer, relayed by the worker, before anything runs.
-            channel.send({"type": "decision", "job_id": job_id, "decision": doc})
             lap("check")
             if not decision.allowed:
                 return {**answer, "outcome": JobOutcome.BLOCKED, "decision": doc}
@@ -224,6 +232,16 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
                 doc = {**decision.to_dict(), "prepared_sql": sql}
                 if not decision.allowed:
                     return {**answer, "outcome": JobOutcome.BLOCKED, "decision": doc}
+            if doc.get("release") == "dp":
+                # Charged to the merchant's budget by the worker before anything runs, or
+                # blocked there (over budget): nothing runs without the worker's go.
+                verdict = _ask_to_start(channel, job_id, doc)
+                lap("charge")
+                if verdict.get("decision"):
+                    return {**answer, "outcome": JobOutcome.BLOCKED, "decision": verdict["decision"]}
+                if not verdict.get("go"):
+                    error = {"class": "BudgetUnavailable", "message": "nothing could charge the job's privacy cost"}
+                    return {**answer, "outcome": JobOutcome.FAILED, "error": error, "detail": error["message"]}
             spark.sparkContext.setJobGroup(group, f"job {job_id}", interruptOnCancel=True)
             progress.start()
             result = decision.execute(spark)
@@ -255,6 +273,10 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
             "columns": [{"name": f.name, "type": str(f.type)} for f in written.schema],
             "released_rows": written.num_rows,
             "suppressed_rows": suppressed,
+            # dp jobs: what was spent and each released column's 95% half-width.
+            "accuracy": dict(result.accuracy or {}),
+            "epsilon": result.epsilon,
+            "delta": result.delta,
         }
     except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted outcome (P8)
         err = redact(exc)

@@ -180,14 +180,16 @@ class Executor:
         request: dict[str, Any],
         limits: Limits,
         tick: Callable[[float | None], StopReason | None],
-        on_decision: Callable[[dict[str, Any]], None] | None = None,
+        on_start: Callable[[dict[str, Any]], dict[str, Any] | None] | None = None,
     ) -> RunReport:
         """Send a job and wait for its outcome, enforcing wall clock, CPU and memory.
 
         ``tick(progress)`` is called about every 0.2 s (with new progress, if any); when it
         returns a :class:`StopReason` the executor is killed and the job abandoned.
-        ``on_decision(decision)`` hears the policy's decision as soon as the executor has it,
-        before the job runs (the outcome still comes with the result).
+        ``on_start(decision)`` is asked before a ``dp`` job's enforced run starts, with the
+        executor's (allowing) decision: it charges the job's privacy cost and returns None
+        (go), or returns the decision that blocks the job instead (no-go). Without it a
+        ``dp`` job never runs (it fails: nothing could charge it).
         """
         assert self.channel and self.proc
         self.jobs_run += 1
@@ -235,8 +237,12 @@ class Executor:
                 if message and message.get("type") == "progress":
                     progress = float(message["progress"])
                     last_active = time.monotonic()
-                if message and message.get("type") == "decision" and on_decision is not None:
-                    on_decision(message.get("decision") or {})
+                if message and message.get("type") == "charge":
+                    # No one to charge it: no-go (a dp job never runs uncharged).
+                    blocked = on_start(message.get("decision") or {}) if on_start is not None else None
+                    self.channel.send({"type": "verdict", "job_id": message.get("job_id"),
+                                       "go": on_start is not None and blocked is None,
+                                       "decision": blocked})
                 stop = tick(progress)
                 if stop is not None:
                     self.kill()

@@ -42,7 +42,9 @@ def test_every_action_of_a_session_is_audited(demo_config, platform):
                           headers=bearer(isv)).get_json()
     assert checked["decision"] == "deny"
     blocked = client.post("/api/v1/jobs", json={**body, "sql": DENIED_SQL}, headers=bearer(isv))
-    assert blocked.get_json()["state"] == "blocked"
+    assert blocked.get_json()["state"] == "queued"  # the executor's check decides
+    blocked_job = wait_for_job(client, isv, blocked.get_json()["id"])
+    assert blocked_job["state"] == "blocked" and blocked_job["violations"]
     approved_id = client.post("/api/v1/jobs", json={**body, "sql": ALLOWED_SQL},
                               headers=bearer(isv)).get_json()["id"]
     assert wait_for_job(client, isv, approved_id)["state"] == "awaiting_approval"

@@ -154,3 +154,15 @@ def test_same_seed_same_world_other_seed_other_world(spark, make_config):
     first, again, other = snapshot(7, "a"), snapshot(7, "b"), snapshot(8, "c")
     assert first == again
     assert first != other
+
+
+def test_demo_merchants_have_the_demo_sized_privacy_budget(demo_config, db_session):
+    import audit
+    from jobs.budget import budget_json
+    from yushan.accounts import get_tenant
+
+    for slug in ("hanfu_house", "tea_garden"):
+        doc = budget_json(db_session, demo_config, get_tenant(db_session, slug))
+        assert (doc["epsilon"], doc["delta"]) == (1000.0, 1e-4), slug
+    (entry,) = audit.query(db_session, action="demo.build")
+    assert set(entry["details"]["budgets"]) == {"hanfu_house", "tea_garden"}

@@ -1,5 +1,5 @@
-"""`yushan submit|approve|download` act like the API, audited with origin "cli"; exit 3 when
-the policy denies."""
+"""`yushan submit|approve|download` act like the API, audited with origin "cli"; `yushan
+check` exits 3 when the policy denies."""
 
 from __future__ import annotations
 
@@ -31,15 +31,28 @@ def run_cli(demo_config, tmp_path):
     set_config(demo_config)  # the CLI replaced the process-wide configuration
 
 
-def test_a_denied_submission_exits_3_and_names_the_rule(run_cli, demo_config):
+def test_a_denied_query_is_queued_on_submission_and_the_check_exits_3(run_cli, demo_config, tmp_path):
+    # Submitting answers "queued" (the executor's check decides); the dry run says why not.
+    sql = "SELECT phone FROM platform.consumers"
     result = run_cli("submit", "--as", "insight_isv", "--merchant", "hanfu_house",
-                     "--kind", "aggregate", "--json", sql="SELECT phone FROM platform.consumers")
-    assert result.exit_code == 3, result.output
+                     "--kind", "aggregate", "--json", sql=sql)
+    assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
-    assert doc["state"] == "blocked" and doc["violations"]
+    assert doc["state"] == "queued" and doc["violations"] == [] and doc["release"] is None
     with session_scope(demo_config) as session:
         (entry,) = audit.query(session, job=doc["id"], action="job.submit")
     assert entry["origin"] == "cli" and entry["actor"] == "insight_isv"
+    checked = run_cli("check", "--as", "insight_isv", "--merchant", "hanfu_house",
+                      "--kind", "aggregate", "--json", sql=sql)
+    assert checked.exit_code == 3, checked.output
+    assert "P1" in {v["rule"] for v in json.loads(checked.output)["violations"]}
+    from jobs_support import user
+
+    from jobs import service
+
+    with session_scope(demo_config) as session:
+        job = service.get_visible_job(session, user(session, "insight_isv"), doc["id"])
+        service.cancel(session, user(session, "insight_isv"), job)  # leave no work for other tests
 
 
 def test_an_allowed_submission_is_queued_and_strangers_cannot_approve(run_cli, demo_config):

@@ -40,7 +40,8 @@ def submit(config, sql: str, username: str = "insight_isv", merchant: str = "han
 
 
 def force_queue(config, sql: str, merchant: str, username: str) -> int:
-    """Queue a job as if the submit-time check had allowed it (defence-in-depth tests)."""
+    """Queue a job directly, past the service's request validation and access check
+    (defence-in-depth tests)."""
     with session_scope(config) as session:
         submitter = user(session, username)
         from yushan.accounts import get_tenant
@@ -113,10 +114,7 @@ def test_a_demo_job_is_released_encrypted_and_readable_only_after_approval(demo_
         assert min(table.column("buyers").to_pylist()) >= 50  # k held
         with pytest.raises(NotAllowed):
             quarantine.read_result(session, demo_config, user(session, "auditor"), row)
-    actions = audit_actions(demo_config, job_id)
-    # The submission-time decision runs beside the worker: it may come after job.start.
-    assert actions.index("job.decision") > actions.index("job.submit")
-    assert [a for a in actions if a != "job.decision"] == [
+    assert audit_actions(demo_config, job_id) == [
         "job.submit", "job.start", "job.execute", "job.approve", "job.download",
     ]
     assert no_job_workspaces(demo_config)
@@ -125,7 +123,7 @@ def test_a_demo_job_is_released_encrypted_and_readable_only_after_approval(demo_
 def test_merchant_data_is_decrypted_only_for_its_own_jobs(demo_config, worker):
     own = wait(demo_config, submit(demo_config, OWN_SQL, username="hanfu_owner"))
     assert own.state == "awaiting_approval" and own.released_rows == 3
-    # Even with the submit-time check skipped, the executor cannot see another merchant's data.
+    # Even queued past the service's access check, the executor cannot see another merchant's data.
     foreign = force_queue(demo_config, OWN_SQL, merchant="tea_garden", username="tea_owner")
     missing = force_queue(demo_config, OWN_SQL.replace("members", "no_such_table"),
                           merchant="tea_garden", username="tea_owner")
@@ -160,8 +158,8 @@ def test_no_merchant_value_is_left_in_the_clear_after_a_shuffling_job(demo_confi
     "SELEC tier FROM hanfu_house.members",
 ])
 def test_file_reads_escapes_and_non_queries_are_blocked_inside_the_executor(demo_config, worker, sql):
-    # Queued without the submission-time check: the executor's own check blocks each one
-    # with an explanation, as the submission would have (P7), and runs nothing.
+    # Queued as they are: the executor's check blocks each one with an explanation (P7),
+    # and runs nothing.
     job = wait(demo_config, force_queue(demo_config, sql.format(home=demo_config.home), "hanfu_house", "hanfu_owner"))
     assert job.state == "blocked", job.error
     assert [v["rule"] for v in job.violations] == ["P7"]
@@ -172,79 +170,29 @@ def test_file_reads_escapes_and_non_queries_are_blocked_inside_the_executor(demo
 DENIED_SQL = "SELECT nick, phone FROM platform.consumers"
 
 
-def test_a_denied_submission_comes_back_blocked_while_a_worker_is_waiting(demo_config, worker):
-    # The job is queued before the submission-time check, so the idle worker may take it
-    # first; the submitter still gets "blocked" and the reasons, and nothing runs.
-    for _ in range(3):
-        with session_scope(demo_config) as session:
-            job = service.submit(session, demo_config, user(session, "insight_isv"), "hanfu_house",
-                                 "aggregate", DENIED_SQL)
-            assert job.state == "blocked"
-            assert {v["rule"] for v in job.violations} & {"P1", "P5"}
-            job_id = job.id
-        assert wait(demo_config, job_id).state == "blocked"
-        actions = audit_actions(demo_config, job_id)
-        assert actions[0] == "job.submit" and "job.decision" in actions
-        assert "job.execute" not in actions
-        assert not (demo_config.outputs_dir / str(job_id)).exists()
+def test_a_denied_submission_answers_queued_and_the_executor_blocks_it(demo_config, worker, monkeypatch):
+    # Submitting runs no check in the submitting process: the answer is "queued" at once,
+    # and the executor's check blocks the job with its reasons before anything runs.
+    def web_check(*args, **kwargs):
+        raise AssertionError("the submitting process checked the query")
 
-
-def test_a_submission_time_deny_after_the_release_blocks_the_job_and_shreds_the_output(demo_config, worker):
-    # Both checks are the same policy, so they disagree only if something changed in
-    # between; then the deny wins, even over a job already released.
-    job_id = force_queue(demo_config, JOIN_SQL.format(floor=3), "hanfu_house", "insight_isv")
-    assert wait(demo_config, job_id).state == "awaiting_approval"
-    deny = {"decision": "deny", "columns_read": [], "violations": [{
-        "rule": "P1", "column": "buyers", "sources": [], "message": "m", "suggestion": "s"}]}
+    monkeypatch.setattr(service, "evaluate", web_check)
     with session_scope(demo_config) as session:
-        submitter = user(session, "insight_isv")
-        job = service.record_submission_decision(session, session.get(Job, job_id), deny,
-                                                 service.actor_for(submitter, "pytest"))
-        assert job.state == "blocked" and job.violations == deny["violations"]
-        assert job.output is not None and job.output.wrapped_key is None  # shredded
+        job = service.submit(session, demo_config, user(session, "insight_isv"), "hanfu_house",
+                             "aggregate", DENIED_SQL)
+        assert job.state == "queued" and not job.violations
+        assert service.job_json(job)["state"] == "queued"
+        job_id = job.id
+    job = wait(demo_config, job_id)
+    assert job.state == "blocked"
+    assert {v["rule"] for v in job.violations} & {"P1", "P5"}
+    assert all(v["message"] and v["suggestion"] for v in job.violations)
+    assert audit_actions(demo_config, job_id) == ["job.submit", "job.start", "job.decision"]
     with session_scope(demo_config) as session:
-        entry = audit.query(session, job=job_id, action="job.decision")[0]  # the newest
-        assert entry["details"]["from"] == "awaiting_approval" and entry["details"]["to"] == "blocked"
-        assert entry["details"]["stage"] == "submission"
-        with pytest.raises(NotApproved):
-            quarantine.read_result(session, demo_config, user(session, "hanfu_owner"), session.get(Job, job_id))
-
-
-def test_when_the_submission_time_check_fails_the_executor_decides(demo_config, worker, monkeypatch):
-    def lost_session(*args, **kwargs):
-        raise RuntimeError("the web process lost its Spark session")
-
-    monkeypatch.setattr(service, "evaluate", lost_session)
-    monkeypatch.setattr(service, "open_watch", lambda config, job_id: None)  # no relay either
-    job_id = submit(demo_config, JOIN_SQL.format(floor=4))
-    assert job_state(demo_config, job_id).state in ("queued", "running", "awaiting_approval")
-    assert wait(demo_config, job_id).state == "awaiting_approval"
-    denied = wait(demo_config, submit(demo_config, DENIED_SQL))
-    assert denied.state == "blocked" and denied.violations
-
-
-def test_a_free_worker_answers_the_submitter_with_its_executors_check(demo_config, worker, monkeypatch):
-    # A worker takes the job at once: the submitter is answered with the executor's own
-    # decision, relayed by the worker, and this process does not check the query again.
-    def second_check(*args, **kwargs):
-        raise AssertionError("the submitting process checked the query itself")
-
-    assert wait(demo_config, submit(demo_config, OWN_SQL)).state == "awaiting_approval"  # warm, free
-    monkeypatch.setattr(service, "evaluate", second_check)
-    allowed = submit(demo_config, JOIN_SQL.format(floor=5))
-    assert wait(demo_config, allowed).state == "awaiting_approval"  # the worker is free again
-    with session_scope(demo_config) as session:
-        submitter = user(session, "insight_isv")
-        denied = service.submit(session, demo_config, submitter, "hanfu_house", "aggregate", DENIED_SQL)
-        # The answer comes back with the submission, blocked with its violations.
-        assert denied.state == "blocked" and "P1" in {v["rule"] for v in denied.violations}
-        denied_id = denied.id
-    with session_scope(demo_config) as session:
-        for job_id, answer in ((allowed, "allow"), (denied_id, "deny")):
-            decisions = audit.query(session, job=job_id, action="job.decision")
-            submission = [e["details"] for e in decisions if e["details"].get("stage") == "submission"]
-            assert [(d["decision"], d["checked_in"]) for d in submission] == [(answer, "executor")]
-        assert audit.query(session, job=allowed, action="job.decision")[0]["details"]["columns_read"]
+        (entry,) = audit.query(session, job=job_id, action="job.decision")
+        assert entry["details"]["stage"] == "executor" and entry["details"]["to"] == "blocked"
+        assert entry["details"]["violations"] == job.violations
+    assert not (demo_config.outputs_dir / str(job_id)).exists()
 
 
 def test_a_runtime_error_shows_its_class_and_the_audit_trail_keeps_the_rest(demo_config, worker):
@@ -352,3 +300,54 @@ def test_a_worker_killed_mid_job_loses_nothing(demo_config, worker):
         rescuer.stop()
         thread.join(timeout=60)
 
+
+
+DP_SQL = ("SELECT c.city, count(DISTINCT o.user_id) AS buyers FROM platform.orders o "
+          "JOIN platform.consumers c ON o.user_id = c.user_id GROUP BY c.city")
+
+
+def test_a_dp_job_is_charged_at_start_once_or_blocked_before_it_runs(demo_config, worker):
+    from sqlalchemy import func, select
+
+    from jobs import budget
+    from yushan.accounts import get_tenant
+    from yushan.models import BudgetCharge
+
+    with session_scope(demo_config) as session:
+        checked = service.check(session, demo_config, user(session, "insight_isv"), "hanfu_house",
+                                "aggregate", DP_SQL)
+    if checked.get("release") != "dp":
+        pytest.skip("the policy does not release this query with differential privacy yet")
+    assert checked["decision"] == "allow" and checked["epsilon"] > 0 and checked["budget"]["epsilon_left"] > 0
+    cost = checked["epsilon"]
+    admin = audit.Actor.system("pytest")
+
+    def set_left(epsilon_left: float) -> None:
+        with session_scope(demo_config) as session:
+            hanfu = get_tenant(session, "hanfu_house")
+            spent = budget.budget_json(session, demo_config, hanfu)["epsilon_spent"]
+            budget.set_budget(session, demo_config, hanfu, spent + epsilon_left, 1e-4, admin)
+
+    def charges(job_id: int) -> int:
+        with session_scope(demo_config) as session:
+            return session.scalar(select(func.count()).select_from(BudgetCharge)
+                                  .where(BudgetCharge.job_id == job_id))
+
+    try:
+        set_left(cost / 2)
+        over = wait(demo_config, submit(demo_config, DP_SQL))
+        assert over.state == "blocked" and [v["rule"] for v in over.violations] == ["D5"]
+        assert f"epsilon {cost / 2:.6g}" in over.violations[0]["message"]
+        assert charges(over.id) == 0 and "job.execute" not in audit_actions(demo_config, over.id)
+        set_left(cost * 3)
+        ran = wait(demo_config, submit(demo_config, DP_SQL))
+        assert ran.state == "awaiting_approval", ran.error
+        assert charges(ran.id) == 1
+        with session_scope(demo_config) as session:
+            doc = service.job_json(session.get(Job, ran.id))
+        assert doc["release"] == "dp" and doc["epsilon"] == pytest.approx(cost)
+        assert set(doc["accuracy"]) >= {"buyers"}
+        actions = audit_actions(demo_config, ran.id)
+        assert actions.index("budget.charge") < actions.index("job.execute")
+    finally:
+        set_left(1000.0)

@@ -50,8 +50,10 @@ def test_denied_job_is_recorded_blocked(live):
         "merchant": "hanfu_house", "kind": "aggregate", "sql": "SELECT phone FROM platform.consumers"})
     assert response.status_code == 201
     assert_documented(response, "/api/v1/jobs", "POST")
-    job = response.get_json()
+    assert response.get_json()["state"] == "queued"  # submitting does not decide
+    job = wait_for_job(client, t["insight_isv"], response.get_json()["id"])
     assert job["state"] == "blocked" and job["violations"]
+    assert {v["rule"] for v in job["violations"]} & {"P1", "P5"}
 
 
 def test_job_lifecycle_across_roles_and_tenants(live):

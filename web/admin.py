@@ -1,5 +1,5 @@
-"""Admin pages: how executors are protected, tenants, users, and platform datasets with
-column classes, entity and k."""
+"""Admin pages: how executors are protected, tenants, users, merchants' privacy budgets,
+and platform datasets with column classes, entity and k."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ from flask_babel import gettext
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from jobs import budget
+from jobs.errors import InvalidRequest
 from onboarding.errors import OnboardingError
 from onboarding.platform_datasets import update_platform_dataset
 from sandbox.protection import BY_KEY, PROTECTIONS, Recorded
-from web.auth import actor_for, db, page_user, roles_required
-from yushan.accounts import PLATFORM
-from yushan.models import ColumnClass, Dataset, Role, Setting, Tenant, User
+from web.auth import actor_for, app_config, db, page_user, roles_required
+from yushan.accounts import PLATFORM, get_tenant
+from yushan.models import ColumnClass, Dataset, Role, Setting, Tenant, TenantKind, User
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -43,9 +45,35 @@ def overview():
         .options(selectinload(Dataset.columns))
         .order_by(Dataset.full_name)
     ))
+    budgets = [budget.budget_json(session, app_config(), t) for t in tenants
+               if t.kind == TenantKind.MERCHANT.value]
     return render_template("admin.html", tenants=tenants, users=users, datasets=datasets,
                            classes=[c.value for c in ColumnClass],
-                           sandbox=sandbox_protections(session))
+                           sandbox=sandbox_protections(session), budgets=budgets)
+
+
+@bp.post("/budgets/<merchant>")
+@roles_required(Role.ADMIN.value)
+def set_budget(merchant: str):
+    """Raise or lower a merchant's privacy budget for the current period (audited)."""
+    session = db()
+    tenant = get_tenant(session, merchant)
+    if tenant is None or tenant.kind != TenantKind.MERCHANT.value:
+        abort(404)
+    try:
+        epsilon, delta = float(request.form.get("epsilon", "")), float(request.form.get("delta", ""))
+        budget.set_budget(session, app_config(), tenant, epsilon, delta, actor_for(page_user()))
+    except ValueError:
+        session.rollback()
+        flash(gettext("Epsilon and delta must be numbers."), "error")
+        return redirect(url_for("admin.overview") + "#budgets"), 303
+    except InvalidRequest:
+        session.rollback()
+        flash(gettext("Epsilon must be a positive number, and delta a positive number below 1."), "error")
+        return redirect(url_for("admin.overview") + "#budgets"), 303
+    session.commit()
+    flash(gettext("Budget saved."), "info")
+    return redirect(url_for("admin.overview") + "#budgets")
 
 
 @bp.post("/datasets/<int:dataset_id>")

@@ -14,7 +14,8 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from jobs import quarantine, service
+from jobs import budget, quarantine, service
+from jobs.errors import InvalidRequest
 from web.auth import (
     LoginRefused,
     actor_for,
@@ -353,6 +354,37 @@ def audit_verify():
 
 
 # ---------------------------------------------------------------- OpenAPI
+
+
+# ---------------------------------------------------------------- privacy budgets
+
+
+@bp.get("/budgets/<merchant>")
+@api_user_required()
+def get_budget(merchant: str):
+    """The merchant's budget this period: the admin, its own users, its authorised providers."""
+    session = db()
+    found = call_service(budget.budget_merchant, session, current_api_user(), merchant)
+    return jsonify(budget.budget_json(session, app_config(), found))
+
+
+@bp.put("/budgets/<merchant>")
+@api_user_required(Role.ADMIN)
+def put_budget(merchant: str):
+    """``{"epsilon", "delta"}``: raise or lower the current period (audited)."""
+    session = db()
+    body = json_body()
+    if not isinstance(body, dict) or set(body) - {"epsilon", "delta"} or not {"epsilon", "delta"} <= set(body):
+        raise ApiError(400, "bad_request", "The body must be {\"epsilon\": number, \"delta\": number}.")
+    found = call_service(budget.budget_merchant, session, current_api_user(), merchant)
+    try:
+        doc = budget.set_budget(session, app_config(), found, body["epsilon"], body["delta"],
+                                actor_for(current_api_user()))
+    except InvalidRequest as exc:  # our own fixed texts, naming the field
+        session.rollback()
+        raise ApiError(400, "bad_request", str(exc)) from None
+    session.commit()
+    return jsonify(doc)
 
 
 @bp.get("/openapi.json")

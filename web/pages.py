@@ -20,7 +20,7 @@ from flask import (
 from flask_babel import gettext
 from flask_login import current_user
 
-from jobs import quarantine, service
+from jobs import budget, quarantine, service
 from web.auth import app_config, db, page_user, request_origin, roles_required
 from web.common import (
     ACTIVE_STATES,
@@ -78,11 +78,13 @@ def dashboard():
         waiting = visible_jobs(session, user, states=(JobState.AWAITING_APPROVAL.value,))
     from web.common import acting_merchants
 
+    merchants = acting_merchants(session, user)
     return render_template(
         "dashboard.html",
         jobs=jobs,
         waiting=waiting,
-        merchants=acting_merchants(session, user),
+        merchants=merchants,
+        budgets=[budget.budget_json(session, app_config(), m) for m in merchants],
         datasets=visible_datasets(session, app_config(), user),
     )
 

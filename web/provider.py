@@ -72,10 +72,7 @@ def submit_job():
         return (render_template("job_form.html", **form_context(values, status_error=refusal.message)),
                 refusal.status, refusal.headers)
     session.commit()
-    if job.state == "blocked":
-        flash(gettext("The policy blocked this job; see the explanations below."), "error")
-    else:
-        flash(gettext("Job submitted."), "info")
+    flash(gettext("Job submitted."), "info")  # queued: the job page shows the decision
     return redirect(url_for("pages.job", job_id=job.id))
 
 

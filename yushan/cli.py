@@ -318,6 +318,7 @@ def _register_commands() -> None:
     from audit.cli import audit_cli
     from jobs.cli import (
         approve_command,
+        budget_cli,
         check_command,
         download_command,
         submit_command,
@@ -328,7 +329,7 @@ def _register_commands() -> None:
     for name, command in (
         ("worker", worker_command), ("submit", submit_command), ("approve", approve_command),
         ("download", download_command), ("check", check_command), ("audit", audit_cli),
-        ("upload", upload_command), ("withdraw", withdraw_command),
+        ("upload", upload_command), ("withdraw", withdraw_command), ("budget", budget_cli),
     ):
         main.add_command(command, name)
 

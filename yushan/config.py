@@ -7,6 +7,7 @@ code base reads ``os.environ`` for Yushan settings: ask :func:`get_config` inste
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import shutil
@@ -45,6 +46,20 @@ def _env_int(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _env_float(name: str, default: float, *, below: float | None = None) -> float:
+    """A positive finite number from the environment (below ``below`` when given)."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be a positive finite number")
+    if below is not None and value >= below:
+        raise ConfigError(f"{name}={raw!r} must be below {below:g}")
+    return value
 def _env_optional_bool(name: str) -> bool | None:
     """A boolean, or None when unset (the code then decides)."""
     if (os.environ.get(name) or "").strip() == "":
@@ -176,6 +191,10 @@ class Config:
     # is checked, so every submission counts (stricter than the contract; docs/outcomes.md).
     job_rate_limit: int = 240
     network_isolation: bool = True
+    # The privacy budget (epsilon, delta) per calendar month of a merchant that has none of
+    # its own yet (policy D5); the admin raises or lowers a merchant's budget.
+    dp_default_epsilon: float = 10.0
+    dp_default_delta: float = 1e-6
     # "" = this installation's Spark class archive, "off" = none, else the archive's path
     class_archive: str = ""
     # Where the Spark driver (each executor process) listens and what it advertises, for a
@@ -293,6 +312,8 @@ class Config:
             ),
             job_rate_limit=_env_int("YUSHAN_JOB_RATE_LIMIT", 240, minimum=0),
             network_isolation=_env_bool("YUSHAN_NETWORK_ISOLATION", True),
+            dp_default_epsilon=_env_float("YUSHAN_DP_EPSILON", 10.0),
+            dp_default_delta=_env_float("YUSHAN_DP_DELTA", 1e-6, below=1.0),
             class_archive=(os.environ.get("YUSHAN_CLASS_ARCHIVE") or "").strip(),
             spark_driver_host=_env_address("YUSHAN_SPARK_DRIVER_HOST", "127.0.0.1"),
             spark_driver_bind_address=_env_address("YUSHAN_SPARK_DRIVER_BIND_ADDRESS", ""),

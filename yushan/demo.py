@@ -21,7 +21,16 @@ from sqlalchemy.orm import Session
 from yushan.accounts import ensure_platform, ensure_tenant, ensure_user, grant
 from yushan.config import Config
 from yushan.db import session_scope
-from yushan.models import ColumnClass, Dataset, DatasetColumn, Role, Tenant, TenantKind
+from yushan.models import (
+    BudgetPeriod,
+    ColumnClass,
+    Dataset,
+    DatasetColumn,
+    Role,
+    Tenant,
+    TenantKind,
+    budget_period,
+)
 
 DEMO_PASSWORD = "demo-password"
 Progress = Callable[[str, float], None]
@@ -487,14 +496,40 @@ def build_demo(
                     scratch / merchant / name, rows,
                 )
                 counts[f"{merchant}.{name}"] = rows
-            _audit_demo(session, scale, seed, counts)
+            budgets = _demo_budgets(session, (hanfu, tea))
+            _audit_demo(session, scale, seed, counts, budgets)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     report("done", 1.0)
     return counts
 
 
-def _audit_demo(session: Session, scale: float, seed: int, counts: dict[str, int]) -> None:
+# Demo-sized privacy budgets (per calendar month; the contract's demo data): the tour and
+# the test suites run many dp jobs. New merchants get the platform default instead.
+DEMO_BUDGET = {"epsilon": 1000.0, "delta": 1e-4}
+
+
+def _demo_budgets(session: Session, merchants: tuple[Tenant, ...]) -> dict[str, dict]:
+    """Open (or reset) the demo merchants' current period with the demo budget; the
+    ``demo.build`` entry records it. Later periods open with the same allowance."""
+    start, end = budget_period()
+    opened = {}
+    for merchant in merchants:
+        period = session.scalar(select(BudgetPeriod).where(BudgetPeriod.merchant_id == merchant.id,
+                                                           BudgetPeriod.period_start == start))
+        if period is None:
+            period = BudgetPeriod(merchant_id=merchant.id, period_start=start, period_end=end,
+                                  epsilon_spent=0.0, delta_spent=0.0)
+            session.add(period)
+        period.epsilon, period.delta = DEMO_BUDGET["epsilon"], DEMO_BUDGET["delta"]
+        opened[merchant.slug] = {**DEMO_BUDGET, "period_start": start.isoformat(),
+                                 "period_end": end.isoformat()}
+    session.flush()
+    return opened
+
+
+def _audit_demo(session: Session, scale: float, seed: int, counts: dict[str, int],
+                budgets: dict[str, dict]) -> None:
     from audit import Actor, record
 
     record(
@@ -502,7 +537,7 @@ def _audit_demo(session: Session, scale: float, seed: int, counts: dict[str, int
         "demo.build",
         actor=Actor.system("cli"),
         objects={"datasets": sorted(counts)},
-        details={"scale": scale, "seed": seed, "rows": counts},
+        details={"scale": scale, "seed": seed, "rows": counts, "budgets": budgets},
     )
 
 

@@ -285,6 +285,13 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     released_rows: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     suppressed_rows: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # How the released values are protected ("dp", "threshold"; None: no consumer data),
+    # for dp jobs what the run was charged (the latest attempt's cost) and each released
+    # column's 95% half-width ({column: {"ci95": x}}).
+    release: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
+    delta: Mapped[float | None] = mapped_column(Float, nullable=True)
+    accuracy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
@@ -319,6 +326,50 @@ class JobOutput(Base):
     expires_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
 
     job: Mapped[Job] = relationship(back_populates="output")
+
+
+class BudgetPeriod(Base):
+    """A merchant's differential privacy budget for one period (policy D5), and what its
+    jobs have spent of it. A new period opens (audited) with the allowance of the
+    merchant's latest period, or the platform default for a merchant that has none."""
+
+    __tablename__ = "budget_periods"
+    __table_args__ = (UniqueConstraint("merchant_id", "period_start"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    merchant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    period_start: Mapped[datetime] = mapped_column(TZDateTime)
+    period_end: Mapped[datetime] = mapped_column(TZDateTime)  # exclusive
+    epsilon: Mapped[float] = mapped_column(Float)
+    delta: Mapped[float] = mapped_column(Float)
+    epsilon_spent: Mapped[float] = mapped_column(Float, default=0.0)
+    delta_spent: Mapped[float] = mapped_column(Float, default=0.0)
+    opened_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
+
+    merchant: Mapped[Tenant] = relationship()
+
+
+def budget_period(at: datetime | None = None) -> tuple[datetime, datetime]:
+    """The budget period holding ``at`` (now): its calendar month in UTC, [start, end)."""
+    at = (at or utcnow()).astimezone(UTC)
+    start = datetime(at.year, at.month, 1, tzinfo=UTC)
+    return start, datetime(at.year + (at.month == 12), at.month % 12 + 1, 1, tzinfo=UTC)
+
+
+class BudgetCharge(Base):
+    """One run of a dp job charged to its merchant's budget: once per (job, attempt)."""
+
+    __tablename__ = "budget_charges"
+    __table_args__ = (UniqueConstraint("job_id", "attempt"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    period_id: Mapped[int] = mapped_column(ForeignKey("budget_periods.id"), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    epsilon: Mapped[float] = mapped_column(Float)
+    delta: Mapped[float] = mapped_column(Float)
+    charged_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
 
 
 class Setting(Base):

@@ -103,6 +103,26 @@
       list.appendChild(item);
     });
     if (list.children.length) box.appendChild(list);
+    if (decision.release === "dp" && allowed) renderCost(box, decision);
+  }
+
+  // A dp job's cost, the merchant's budget left and the expected accuracy (the check itself
+  // costs nothing).
+  function renderCost(box, decision) {
+    var b = decision.budget || {};
+    box.appendChild(el("p", "cost", box.getAttribute("data-cost") + ": ε " + decision.epsilon +
+      " · " + box.getAttribute("data-left") + ": ε " + b.epsilon_left + ", δ " + b.delta_left +
+      " " + box.getAttribute("data-until") + " " + String(b.period_end || "").slice(0, 10)));
+    var columns = Object.keys(decision.accuracy || {});
+    if (!columns.length) return;
+    var acc = el("ul", "accuracy");
+    columns.forEach(function (name) {
+      var item = el("li", "", box.getAttribute("data-accuracy") + " ");
+      item.appendChild(el("code", "", name));
+      item.appendChild(document.createTextNode(" ± " + decision.accuracy[name].ci95));
+      acc.appendChild(item);
+    });
+    box.appendChild(acc);
   }
 
   function setupCheck() {
