@@ -77,6 +77,16 @@ def compile_translations() -> None:
             log.warning("cannot compile %s: %s", po_path, exc.strerror)
 
 
+def utc_iso(value) -> str:
+    """An ISO 8601 time with its offset (stored times without one are UTC), for
+    ``<time datetime>`` that the page shows in the reader's zone."""
+    from datetime import UTC, datetime
+
+    if not isinstance(value, datetime):
+        return str(value or "")
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+
+
 def select_locale() -> str:
     """Query ``?lang=`` first, then the cookie, then the browser's Accept-Language."""
     chosen = request.args.get("lang") or request.cookies.get(LOCALE_COOKIE)
@@ -159,6 +169,11 @@ def create_app(config: Config | None = None) -> Flask:
             ok = False
         body = {"status": "ok" if ok else "unavailable", "db": "ok" if ok else "unavailable"}
         return jsonify(body), 200 if ok else 503
+
+    from web.labels import label, translated_violations
+
+    app.jinja_env.globals.update(label=label, translated_violations=translated_violations)
+    app.jinja_env.filters["utc_iso"] = utc_iso
 
     @app.context_processor
     def _template_globals():

@@ -227,19 +227,23 @@ def table_rows(table, limit: int | None = None) -> tuple[list[str], list[dict[st
     return columns, rows
 
 
-def render_result(table, fmt: str) -> bytes:
-    """The table as a JSON document, CSV or Parquet file."""
+def render_result(table, fmt: str, *, excel: bool = False) -> bytes:
+    """The table as a JSON document, CSV or Parquet file.
+
+    ``excel`` (CSV only): UTF-8 with a byte-order mark and CRLF line ends, which Excel
+    needs to open Chinese text as UTF-8 rather than the system's code page.
+    """
     if fmt == "json":
         columns, rows = table_rows(table)
         return json.dumps({"columns": columns, "rows": rows}, ensure_ascii=False).encode("utf-8")
     if fmt == "csv":
         columns, rows = table_rows(table)
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
+        writer = csv.writer(out, lineterminator="\r\n" if excel else "\n")
         writer.writerow(columns)
         for row in rows:
             writer.writerow(["" if row[c] is None else row[c] for c in columns])
-        return out.getvalue().encode("utf-8")
+        return ("\ufeff" if excel else "").encode("utf-8") + out.getvalue().encode("utf-8")
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -253,3 +257,22 @@ def result_filename(job: Job, fmt: str, now: datetime | None = None) -> str:
     """``job-<id>-<UTC timestamp>.<ext>``: downloads never overwrite each other."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     return f"job-{job.id}-{stamp}.{RESULT_FORMATS[fmt][0]}"
+
+
+def named_result_filename(job: Job, fmt: str, now: datetime | None = None) -> str:
+    """The download's name for people: the job's name (any script) before the id and time,
+    e.g. ``会员性别-job-12-20260101T000000Z.csv``; unnamed jobs keep the plain name."""
+    import re
+
+    plain = result_filename(job, fmt, now)
+    label = re.sub(r"[^\w.-]+", "_", job.name or "", flags=re.UNICODE).strip("._-")[:60]
+    return f"{label}-{plain}" if label else plain
+
+
+def attachment_header(filename: str) -> str:
+    """A Content-Disposition for any file name: ASCII fallback plus RFC 5987 UTF-8 form."""
+    from urllib.parse import quote
+
+    fallback = filename.encode("ascii", "replace").decode("ascii").replace("?", "_")
+    fallback = fallback.replace('"', "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename)}"

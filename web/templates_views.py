@@ -46,6 +46,7 @@ from web.common import (
     table_rows,
 )
 from web.errors import ApiError
+from web.labels import label
 from yushan.models import Job, JobKind, JobState, Role
 
 bp = Blueprint("templates", __name__)
@@ -194,7 +195,8 @@ def result(job_id: int):
     session.commit()  # the view of the rows is audited
     return render_template("tmpl_result.html", job=job, doc=doc, template=template_json(template, locale()),
                            columns=columns, rows=rows, rows_shown=shown, can_view=can_view,
-                           segment=box, chart=chart), status
+                           segment=box, chart=chart,
+                           state_labels={s.value: label("state", s.value) for s in JobState}), status
 
 
 @bp.get("/templates/jobs/<int:job_id>/chart.json")

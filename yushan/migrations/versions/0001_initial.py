@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-03 09:36:44.493704
+Create Date: 2026-12-03 09:48:07.101507
 """
 
 from alembic import op
@@ -170,6 +170,7 @@ def upgrade() -> None:
         sa.Column("row_count", sa.BigInteger(), nullable=True),
         sa.Column("byte_size", sa.BigInteger(), nullable=True),
         sa.Column("content_hash", sa.String(length=64), nullable=True),
+        sa.Column("source_encoding", sa.String(length=16), nullable=True),
         sa.Column("created_by", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -214,6 +215,7 @@ def upgrade() -> None:
         sa.Column("cancel_requested", sa.Boolean(), nullable=False),
         sa.Column("released_rows", sa.BigInteger(), nullable=True),
         sa.Column("suppressed_rows", sa.BigInteger(), nullable=True),
+        sa.Column("reject_reason", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
