@@ -15,7 +15,8 @@ from yushan.config import Config, get_config
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent
-# Babel parses "zh_CN" as zh_Hans_CN and looks for that directory name.
+# Babel parses "zh_CN" as zh_Hans_CN and looks for that directory name. The compiled
+# catalogs (messages.mo) are committed and ship in the package: `make translations`.
 TRANSLATIONS_DIR = WEB_DIR / "translations"
 LOCALES = ("en", "zh_CN")
 LOCALE_COOKIE = "yushan_lang"
@@ -57,24 +58,6 @@ def secure_cookies(config: Config) -> bool:
     if forced is not None:
         return str(forced).lower() in ("1", "true", "yes", "on")
     return config.host not in LOOPBACK_HOSTS
-
-
-def compile_translations() -> None:
-    """Compile each ``messages.po`` to ``messages.mo`` when the .mo is missing or older."""
-    from babel.messages.mofile import write_mo
-    from babel.messages.pofile import read_po
-
-    for po_path in TRANSLATIONS_DIR.glob("*/LC_MESSAGES/messages.po"):
-        mo_path = po_path.with_suffix(".mo")
-        if mo_path.exists() and mo_path.stat().st_mtime >= po_path.stat().st_mtime:
-            continue
-        try:
-            with po_path.open("rb") as src:
-                catalog = read_po(src, locale=po_path.parent.parent.name)
-            with mo_path.open("wb") as out:
-                write_mo(out, catalog)
-        except OSError as exc:  # read-only install: the shipped .mo is used
-            log.warning("cannot compile %s: %s", po_path, exc.strerror)
 
 
 def utc_iso(value) -> str:
@@ -123,7 +106,6 @@ def create_app(config: Config | None = None) -> Flask:
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
     )
     app.json.sort_keys = False
-    compile_translations()
     Babel(app, locale_selector=select_locale)
     csrf.init_app(app)
     auth.init_login(app)
