@@ -66,7 +66,7 @@ translations: $(STAMP)
 
 # The main journeys at 1280x800 and 390x844 into docs/screenshots/ (real browser, Spark).
 screenshots: $(STAMP) java browser archive
-	YUSHAN_SCREENSHOTS=1 .venv/bin/python -m pytest -q tests/test_web_journeys_browser.py
+	YUSHAN_SCREENSHOTS=1 .venv/bin/python -m pytest -q tests/test_browser.py
 
 clean:
 	rm -rf .venv var tests/output .pytest_cache
