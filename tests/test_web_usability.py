@@ -102,6 +102,12 @@ def test_upload_refusal_keeps_what_the_merchant_typed(world):
     assert response.status_code == 400 and 'id="upload-error"' in html
     assert 'value="vip_list"' in html and "&#34;nope&#34;" in html
     assert '<option value="gbk" selected>' in html
+    # in Chinese, the service's refusal too
+    zh = merchant.post("/datasets/upload?lang=zh_CN", data={
+        "csrf_token": token, "name": "vip_list", "schema": schema,
+        "file": (__import__("io").BytesIO(b"member_id\nM1\n"), "vip.csv")},
+        content_type="multipart/form-data").get_data(as_text=True)
+    assert "未知的列类型" in zh and "Unknown column type" not in zh
 
 
 def test_approvals_summarise_the_decision_and_write_no_audit_entry(world):
@@ -169,6 +175,9 @@ def test_admin_creates_a_merchant_and_its_user_and_resets_a_password(world):
                                      "password": "a-long-password-1"})
     html = admin.get("/admin/").get_data(as_text=True)
     assert "Nothing was changed" in html and 'id="user-wrong_kind"' not in html
+    admin.post("/admin/tenants?lang=zh_CN", data={"csrf_token": token, "kind": "merchant",
+                                                  "slug": "silk_road", "name": "again"})
+    assert "名为 silk_road 的机构已存在" in admin.get("/admin/?lang=zh_CN").get_data(as_text=True)
 
     newcomer = app.test_client()
     assert page_login(newcomer, "silk_owner", "a-long-password-1").status_code == 302

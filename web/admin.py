@@ -10,6 +10,7 @@ from sqlalchemy.orm import selectinload
 
 from sandbox.protection import BY_KEY, PROTECTIONS, Recorded
 from web.auth import actor_for, audit_record, db, page_user, roles_required
+from web.messages import service_text
 from yushan.accounts import (
     PLATFORM,
     ROLE_TENANT_KIND,
@@ -66,7 +67,7 @@ def _account_change(change, success: str):
     except AccountError as exc:
         session.rollback()
         # The service's message says what to change (names the admin typed, no data).
-        flash(gettext("Nothing was changed: %(reason)s", reason=str(exc)), "error")
+        flash(gettext("Nothing was changed: %(reason)s", reason=service_text(str(exc))), "error")
         return redirect(url_for("admin.overview") + "#accounts")
     audit_record(session, action, actor_for(page_user()), objects=objects, details=details)
     session.commit()

@@ -153,8 +153,10 @@ def create_app(config: Config | None = None) -> Flask:
         return jsonify(body), 200 if ok else 503
 
     from web.labels import label, translated_violations
+    from web.messages import check_name, service_text
 
-    app.jinja_env.globals.update(label=label, translated_violations=translated_violations)
+    app.jinja_env.globals.update(label=label, translated_violations=translated_violations,
+                                 service_text=service_text, check_name=check_name)
     app.jinja_env.filters["utc_iso"] = utc_iso
 
     @app.context_processor

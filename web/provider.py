@@ -24,6 +24,7 @@ from web.common import (
     service_refusal,
 )
 from web.labels import translated_violations
+from web.messages import service_text
 from yushan.catalog import readable_datasets
 
 bp = Blueprint("provider", __name__)
@@ -80,7 +81,8 @@ def submit_job():
             raise
         session.rollback()
         return render_template("job_form.html",
-                               **form_context(values, status_error=refusal.message)), refusal.status
+                               **form_context(values, status_error=service_text(refusal.message))), \
+            refusal.status
     session.commit()
     if job.state == "blocked":
         flash(gettext("The policy blocked this job; see the explanations below."), "error")
