@@ -126,3 +126,24 @@ def test_chinese_pages_show_chinese_labels(any_db_config):
     assert "上传数据集" in html and "Upload dataset" not in html
     html = client.get("/jobs?lang=zh_CN").get_data(as_text=True)
     assert "待审批" in html and ">awaiting_approval<" not in html
+
+
+def test_chart_titles_are_translated_and_data_left_alone():
+    from flask import Flask
+    from flask_babel import Babel, force_locale
+
+    from web.app import TRANSLATIONS_DIR
+    from web.labels import translate_chart
+
+    app = Flask(__name__)
+    app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(TRANSLATIONS_DIR)
+    Babel(app)
+    spec = {"data": {"values": [{"title": "segment", "members": 60}]},
+            "encoding": {"x": {"field": "segment", "title": "segment"},
+                         "y": {"field": "members", "title": "members"}}}
+    with app.test_request_context(), force_locale("zh_CN"):
+        shown = translate_chart(spec)
+    assert shown["encoding"]["x"]["title"] == "分群"
+    assert shown["encoding"]["y"]["title"] == "会员数"
+    assert shown["encoding"]["x"]["field"] == "segment"
+    assert shown["data"] == spec["data"]

@@ -78,6 +78,41 @@ LABELS: dict[str, dict[str, Any]] = {
 }
 
 
+# Axis and legend titles of the template charts (jobs/templates), for the reader.
+CHART_TITLES: dict[str, Any] = {
+    "segment": lazy_gettext("segment"),
+    "members": lazy_gettext("members"),
+    "store": lazy_gettext("store"),
+    "points expiring": lazy_gettext("points expiring"),
+    "within": lazy_gettext("within"),
+    "tier": lazy_gettext("tier"),
+    "spend": lazy_gettext("spend"),
+    "channel": lazy_gettext("channel"),
+    "also bought at": lazy_gettext("also bought at"),
+    "members of": lazy_gettext("members of"),
+    "share": lazy_gettext("share"),
+    "count": lazy_gettext("count"),
+}
+
+
+def translate_chart(spec: Any) -> Any:
+    """A Vega-Lite spec with its known axis and legend titles in the reader's language
+    (the data and field names stay as they are)."""
+    if isinstance(spec, dict):
+        out = {}
+        for key, value in spec.items():
+            if key == "title" and isinstance(value, str) and value in CHART_TITLES:
+                out[key] = str(CHART_TITLES[value])
+            elif key in ("data", "datasets"):
+                out[key] = value  # rows: never rewritten
+            else:
+                out[key] = translate_chart(value)
+        return out
+    if isinstance(spec, list):
+        return [translate_chart(v) for v in spec]
+    return spec
+
+
 def label(group: str, code: Any) -> str:
     """The reader's word for ``code`` in ``group``; the code itself when there is none."""
     if code is None:

@@ -46,7 +46,7 @@ from web.common import (
     table_rows,
 )
 from web.errors import ApiError
-from web.labels import label
+from web.labels import label, translate_chart
 from yushan.models import Job, JobKind, JobState, Role
 
 bp = Blueprint("templates", __name__)
@@ -224,7 +224,7 @@ def chart(job_id: int):
         columns, rows = table_rows(table)
         spec = template.chart(columns, rows)
     session.commit()
-    return jsonify(spec)
+    return jsonify(translate_chart(spec))
 
 
 # --- the platform's review of segments (admins) ----------------------------------------------

@@ -131,7 +131,8 @@ window.Yushan = window.Yushan || {inits: [], init: function () { this.inits.forE
     var cols = (d.columns_read || []).map(function (c) { return c.dataset + "." + c.column; });
     fact(box.dataset.columnsRead, cols.length ? cols.join(", ") : "—", "check-columns");
     var releases = {dp: box.dataset.releaseDp, threshold: box.dataset.releaseThreshold};
-    fact(box.dataset.release, d.release ? (releases[d.release] || d.release) : box.dataset.releaseNone, "check-release");
+    var release = d.release || (d.enforcement && d.enforcement.k ? "threshold" : null);
+    fact(box.dataset.release, release ? (releases[release] || release) : box.dataset.releaseNone, "check-release");
     if (d.release === "dp") {
       if (d.epsilon !== null && d.epsilon !== undefined) fact(box.dataset.cost, "ε = " + fmt(d.epsilon, 4), "check-epsilon");
       if (d.budget && d.budget.epsilon_left !== undefined) fact(box.dataset.budgetLeft, "ε = " + fmt(d.budget.epsilon_left, 4), "check-budget");
@@ -140,8 +141,8 @@ window.Yushan = window.Yushan || {inits: [], init: function () { this.inits.forE
         return c + " ± " + fmt(a.ci95, 2);
       });
       if (acc.length) fact(box.dataset.accuracy, acc.join(", "), "check-accuracy");
-    } else if (d.release === "threshold") {
-      fact(box.dataset.threshold, "k = " + d.k, "check-k");
+    } else if (release === "threshold") {
+      fact(box.dataset.threshold, "k = " + (d.k || d.enforcement.k), "check-k");
     }
     box.appendChild(facts);
   }
