@@ -143,7 +143,7 @@ def test_chart_titles_are_translated_and_data_left_alone():
                          "y": {"field": "members", "title": "members"}}}
     with app.test_request_context(), force_locale("zh_CN"):
         shown = translate_chart(spec)
-    assert shown["encoding"]["x"]["title"] == "分群"
+    assert shown["encoding"]["x"]["title"] == "人群分组"
     assert shown["encoding"]["y"]["title"] == "会员数"
     assert shown["encoding"]["x"]["field"] == "segment"
     assert shown["data"] == spec["data"]
