@@ -22,8 +22,9 @@ window.Yushan = window.Yushan || {inits: [], init: function () { this.inits.forE
   }
 
   /* Tokenise into comments, strings, numbers, words and the rest; wrap known kinds. The
-     token covering ``errorAt`` (a character offset) is underlined as the error. */
-  function highlight(sql, errorAt) {
+     tokens overlapping ``err`` ({from, to}: character offsets, to inclusive) are
+     underlined as the error (the token at ``from`` when it is a single point). */
+  function highlight(sql, err) {
     var re = /(--[^\n]*|\/\*[\s\S]*?\*\/)|('(?:[^'\\]|\\.)*'?|"(?:[^"\\]|\\.)*"?)|(`[^`]*`?)|(\b\d+(?:\.\d+)?\b)|([A-Za-z_][A-Za-z0-9_]*)|(\s+)|([\s\S])/g;
     var out = "", m, marked = false;
     while ((m = re.exec(sql)) !== null) {
@@ -31,25 +32,31 @@ window.Yushan = window.Yushan || {inits: [], init: function () { this.inits.forE
       var cls = m[1] ? "tk-comment" : m[2] ? "tk-string" : m[3] ? "tk-ident" : m[4] ? "tk-number" :
         (m[5] && KW[m[5].toLowerCase()]) ? "tk-keyword" : "";
       var end = m.index + m[0].length;
-      if (!marked && errorAt !== null && errorAt < end && !m[6]) {
+      if (err && !m[6] && end > err.from && (m.index <= err.to || !marked)) {
         cls = (cls + " tk-error").trim();
         marked = true;
       }
       out += cls ? '<span class="' + cls + '">' + t + "</span>" : t;
     }
-    if (!marked && errorAt !== null) out += '<span class="tk-error"> </span>';
+    if (!marked && err) out += '<span class="tk-error"> </span>';
     return out + "\n";
   }
 
-  /* A position from the check ({line, column} with line from 1 and column from 0, or a
-     character offset) as an offset into ``sql``; null when there is none. */
-  function offsetOf(sql, position) {
+  /* Where the check's error points, as {from, to} offsets into ``sql``, or null. The
+     position is {start, stop} (offsets), {line, column} (line from 1, column from 0), or
+     one offset. */
+  function rangeOf(sql, position) {
     if (position === null || position === undefined) return null;
-    if (typeof position === "number") return Math.max(0, Math.min(position, sql.length));
+    function clamp(n) { return Math.max(0, Math.min(n, sql.length)); }
+    if (typeof position === "number") return {from: clamp(position), to: clamp(position)};
+    if (typeof position.start === "number") {
+      return {from: clamp(position.start), to: clamp(typeof position.stop === "number" ? position.stop : position.start)};
+    }
     if (typeof position.line !== "number") return null;
     var lines = sql.split("\n"), offset = 0;
     for (var i = 0; i < position.line - 1 && i < lines.length; i++) offset += lines[i].length + 1;
-    return Math.min(offset + Math.max(0, position.column || 0), sql.length);
+    var at = clamp(offset + Math.max(0, position.column || 0));
+    return {from: at, to: at};
   }
 
   var editor = null;
@@ -180,11 +187,17 @@ window.Yushan = window.Yushan || {inits: [], init: function () { this.inits.forE
     if (verdict === "error") {
       var err = decision.error || {};
       var kinds = JSON.parse(box.dataset.errorKinds || "{}");
-      box.appendChild(el("p", "verdict", kinds[err["class"]] || box.dataset.syntax));
+      var cls = String(err["class"] || "");
+      /* Spark's error classes: PARSE_SYNTAX_ERROR, UNRESOLVED_COLUMN..., TABLE_OR_VIEW_NOT_FOUND. */
+      var kind = kinds[cls] || (/PARSE|SYNTAX/.test(cls) ? kinds.ParseException :
+        /UNRESOLVED|NOT_FOUND|ANALYSIS|CANNOT_RESOLVE/.test(cls) ? kinds.AnalysisException : null);
+      var verdict = el("p", "verdict", kind || box.dataset.syntax);
+      verdict.setAttribute("data-error-class", cls);
+      box.appendChild(verdict);
       box.appendChild(el("pre", "error-message", err.message || ""));
       var area = document.getElementById("sql");
-      editor.errorAt = offsetOf(area.value, err.position);
-      if (editor.errorAt !== null) box.appendChild(el("p", "hint", box.dataset.underlined));
+      editor.errorAt = rangeOf(area.value, err.position);
+      if (editor.errorAt) box.appendChild(el("p", "hint", box.dataset.underlined));
       editor.sync();
     } else {
       box.appendChild(el("p", "verdict", verdict === "allow" ? box.dataset.allow : box.dataset.deny));
