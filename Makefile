@@ -55,12 +55,13 @@ bench: $(STAMP) java archive
 migration: $(STAMP)
 	scripts/regen-migration.sh
 
-# Catalogs: extract every string of web/ (templates and Python), merge into the zh-CN
-# catalog, then compile the .mo that ships in the package (committed; never compiled at
-# start-up). tests/test_web_translations.py fails when any of this is out of date.
+# Catalogs: every string of web/ (templates and Python) and the policy engine's
+# explanation templates (web/i18n.py), merged into the zh-CN catalog, then compiled into
+# the .mo that ships in the package (committed; never compiled at start-up).
+# tests/test_web_translations.py fails when any of this is out of date.
 translations: $(STAMP)
-	mkdir -p var && cd web && ../.venv/bin/pybabel extract -F babel.cfg -k lazy_gettext -o ../var/messages.pot . \
-	  && ../.venv/bin/pybabel update -i ../var/messages.pot -d translations -l zh_Hans_CN \
+	mkdir -p var && $(PY) -m web.i18n var/messages.pot
+	cd web && ../.venv/bin/pybabel update -i ../var/messages.pot -d translations -l zh_Hans_CN \
 	       --no-fuzzy-matching --ignore-obsolete -w 100 \
 	  && ../.venv/bin/pybabel compile -d translations -l zh_Hans_CN --statistics
 

@@ -1,5 +1,6 @@
 """The Chinese interface is complete: every string the web app shows (templates and
-Python, extracted as `make translations` does) has a zh-CN translation with the same
+Python) and every policy explanation template (extracted as `make translations` does,
+web/i18n.py) has a zh-CN translation with the same
 placeholders, the compiled catalog that ships matches the source catalog, and policy
 explanations are shown from their translated templates."""
 
@@ -9,7 +10,6 @@ import re
 from pathlib import Path
 
 import pytest
-from babel.messages.extract import extract_from_dir
 from babel.messages.mofile import read_mo
 from babel.messages.pofile import read_po
 
@@ -17,21 +17,14 @@ import web
 
 WEB = Path(web.__file__).parent
 CATALOG = WEB / "translations" / "zh_Hans_CN" / "LC_MESSAGES"
-KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "lazy_gettext": None}
 PLACEHOLDER = re.compile(r"%\((\w+)\)[sd]|\{(\w+)\}")
 
 
 def extracted() -> dict[str, str]:
-    """msgid -> where it is used, for every marked string under web/."""
-    method_map = [("**.py", "python"), ("templates/**.html", "jinja2")]
-    found: dict[str, str] = {}
-    for filename, lineno, message, _comments, _context in extract_from_dir(
-            str(WEB), method_map, keywords=KEYWORDS):
-        ids = message if isinstance(message, tuple) else (message,)
-        for msgid in ids:
-            if msgid:
-                found.setdefault(msgid, f"{filename}:{lineno}")
-    return found
+    """msgid -> where it is used: the web app's strings and the policy templates."""
+    from web.i18n import all_messages
+
+    return all_messages()
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +36,9 @@ def catalog():
 def test_every_string_of_the_web_app_is_translated(catalog):
     strings = extracted()
     assert len(strings) > 250  # the extraction found the app's strings at all
+    from web.i18n import policy_messages
+
+    assert len(policy_messages()) > 10  # and the policy engine's explanation templates
     untranslated = []
     for msgid, where in sorted(strings.items()):
         message = catalog.get(msgid)
@@ -101,11 +97,17 @@ def test_violations_are_shown_from_their_translated_templates(tmp_path):
                  "suggestion_template": "Group by {column} instead",
                  "params": {"name": "nick", "column": "province"}}
     plain = {**violation, "message_template": "", "suggestion_template": ""}
+    p8 = {"rule": "P8", "column": "x", "sources": [], "message": "m", "suggestion": "s",
+          "message_template": "The function {function} can fail on some values; on consumer "
+                              "data a failure would reveal something about a consumer.",
+          "params": {"function": "regexp_extract"}}
     with app.test_request_context(), force_locale("zh_CN"):
-        shown, fallback = translated_violations([violation, plain])
+        shown, fallback, policy = translated_violations([violation, plain, p8])
         assert label("state", "awaiting_approval") == "待审批"
         assert label("role", "provider") == "服务商"
         assert label("state", "no_such_state") == "no_such_state"
+    assert policy["message"].startswith("函数 regexp_extract 对某些值会出错")
+    assert policy["suggestion"] == "s"  # no template: as it came
     assert shown["message"] == "行数"
     # untranslated template: the English template, formatted with the parameters
     assert shown["suggestion"] == "Group by province instead"
