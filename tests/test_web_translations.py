@@ -106,6 +106,8 @@ def test_violations_are_shown_from_their_translated_templates(tmp_path):
         assert label("state", "awaiting_approval") == "待审批"
         assert label("role", "provider") == "服务商"
         assert label("state", "no_such_state") == "no_such_state"
+        assert label("error", "PARSE_SYNTAX_ERROR") == "SQL 语法错误"
+        assert label("error", "UNRESOLVED_COLUMN.WITH_SUGGESTION") == "未知的表或列"
     assert policy["message"].startswith("函数 regexp_extract 对某些值会出错")
     assert policy["suggestion"] == "s"  # no template: as it came
     assert shown["message"] == "行数"

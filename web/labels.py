@@ -114,9 +114,19 @@ def translate_chart(spec: Any) -> Any:
 
 
 def label(group: str, code: Any) -> str:
-    """The reader's word for ``code`` in ``group``; the code itself when there is none."""
+    """The reader's word for ``code`` in ``group``; the code itself when there is none.
+
+    Errors go by Spark's error classes too: PARSE_SYNTAX_ERROR is a syntax error,
+    UNRESOLVED_COLUMN.*, TABLE_OR_VIEW_NOT_FOUND and the like are unknown names.
+    """
     if code is None:
         return ""
+    if group == "error" and str(code) not in LABELS["error"]:
+        text = str(code)
+        if "PARSE" in text or "SYNTAX" in text:
+            code = "ParseException"
+        elif any(w in text for w in ("UNRESOLVED", "NOT_FOUND", "CANNOT_RESOLVE")):
+            code = "AnalysisException"
     found = LABELS.get(group, {}).get(str(code))
     return str(found) if found is not None else str(code)
 
