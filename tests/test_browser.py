@@ -81,11 +81,14 @@ def login(browser, base: str, username: str, locale: str = "en-US",
     return context, page
 
 
-def shot(page, name: str) -> None:
-    """The visible page at desktop and phone size (small PNGs), then desktop again."""
+def shot(page, name: str, focus: str | None = None) -> None:
+    """The visible page at desktop and phone size (small PNGs), then desktop again;
+    ``focus`` (a selector) is scrolled into view first."""
     targets = [SHOTS] + ([DOC_SHOTS] if os.environ.get("YUSHAN_SCREENSHOTS") == "1" else [])
     for width, height in SIZES:
         page.set_viewport_size({"width": width, "height": height})
+        if focus:
+            page.locator(focus).first.scroll_into_view_if_needed()
         for folder in targets:
             folder.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(folder / f"{name}-{width}.png"))
@@ -122,7 +125,7 @@ def test_provider_writes_checks_submits_and_watches(browser, site):
     expect(decision.locator(".verdict")).to_have_text("SQL syntax error")
     expect(page.locator("#sql-highlight .tk-error").first).to_be_visible()
     expect(page.locator("#submit")).to_be_disabled()
-    shot(page, "01-provider-syntax-error")
+    shot(page, "01-provider-syntax-error", "#decision")
 
     # A denial explains itself; Submit stays off until the query changes.
     page.fill("#sql", DENIED_SQL)
@@ -132,7 +135,7 @@ def test_provider_writes_checks_submits_and_watches(browser, site):
     expect(decision).to_contain_text("nick")
     expect(decision.locator(".suggestion").first).to_be_visible()
     expect(page.locator("#submit")).to_be_disabled()
-    shot(page, "02-provider-check-denied")
+    shot(page, "02-provider-check-denied", "#decision")
 
     # Allowed: what it reads and how it is released; then submit and watch it.
     page.fill("#sql", GOOD_SQL)
@@ -142,7 +145,7 @@ def test_provider_writes_checks_submits_and_watches(browser, site):
     expect(decision).to_have_class(re.compile(r"\ballow\b"), timeout=120_000)
     expect(page.locator("#check-columns")).to_contain_text("gender")
     expect(page.locator("#check-release")).to_be_visible()
-    shot(page, "03-provider-check-allowed")
+    shot(page, "03-provider-check-allowed", "#decision")
     page.click("#submit")
     page.wait_for_url(re.compile(r".*/jobs/\d+$"))
     # The job page follows the job by itself until it ends.
