@@ -8,7 +8,7 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SCALE   ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench java browser archive clean migration demo
+.PHONY: run test lint bench java browser archive clean migration demo translations screenshots
 
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || python3 -m venv .venv
@@ -54,6 +54,20 @@ bench: $(STAMP) java archive
 
 migration: $(STAMP)
 	scripts/regen-migration.sh
+
+# Catalogs: every string of web/ (templates and Python) and the policy engine's
+# explanation templates (web/i18n.py), merged into the zh-CN catalog, then compiled into
+# the .mo that ships in the package (committed; never compiled at start-up).
+# tests/test_web_translations.py fails when any of this is out of date.
+translations: $(STAMP)
+	mkdir -p var && $(PY) -m web.i18n var/messages.pot
+	cd web && ../.venv/bin/pybabel update -i ../var/messages.pot -d translations -l zh_Hans_CN \
+	       --no-fuzzy-matching --ignore-obsolete -w 100 \
+	  && ../.venv/bin/pybabel compile -d translations -l zh_Hans_CN --statistics
+
+# The main journeys at 1280x800 and 390x844 into docs/screenshots/ (real browser, Spark).
+screenshots: $(STAMP) java browser archive
+	YUSHAN_SCREENSHOTS=1 .venv/bin/python -m pytest -q tests/test_browser.py
 
 clean:
 	rm -rf .venv var tests/output .pytest_cache

@@ -73,11 +73,20 @@ def approve(session: Session, user: User, job: Job, *, origin: str | None = None
     return job
 
 
-def reject(session: Session, user: User, job: Job, *, origin: str | None = None) -> Job:
+MAX_REJECT_REASON = 1000
+
+
+def reject(session: Session, user: User, job: Job, *, origin: str | None = None,
+           reason: str | None = None) -> Job:
+    """Reject the output (shredded); ``reason``, the merchant's words, is kept for the
+    submitter to read and recorded in the audit entry."""
     require(access.decide_job(user, job, "reject"))
     if job.state != JobState.AWAITING_APPROVAL.value:
         raise InvalidState(f"the job is {job.state}; only a job awaiting approval can be rejected")
-    lifecycle.transition(session, job, JobState.REJECTED, actor=_actor(user, origin))
+    reason = (reason or "").strip()[:MAX_REJECT_REASON] or None
+    lifecycle.transition(session, job, JobState.REJECTED, actor=_actor(user, origin),
+                         details={"reason": reason} if reason else None,
+                         values={"reject_reason": reason} if reason else None)
     shred(job, decided_by=user.id)
     return job
 

@@ -214,6 +214,7 @@ def _register(session: Session, config: Config, user: User, merchant: Tenant, sh
         tenant_id=merchant.id, name=short, full_name=full_name, description="",
         is_consumer_data=False, shared=False, member_key=schema.member_key,
         storage_path="", encrypted=True, row_count=report.rows, created_by=user.id,
+        source_encoding=report.encoding,
     )
     dataset.columns = [
         DatasetColumn(position=i, name=c.name, data_type=c.type,

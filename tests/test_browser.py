@@ -1,12 +1,17 @@
-"""Real browser: Debian's Chromium driven by Playwright through the whole story.
+"""Real browser: Debian's Chromium driven by Playwright through each user's journey.
 
-A provider checks a denied query and reads its explanation, submits a legitimate one
-through the form, the merchant approves and downloads it, and the auditor finds all of
-it in the log. Screenshots of each step go to tests/output/browser/.
+The provider writes, checks (syntax error, denial, allow) and submits a job and watches
+it; the merchant (in Chinese) uploads UTF-8 and GBK files through the schema editor,
+approves with the summary, downloads the Excel CSV and withdraws its upload; the auditor
+filters and verifies; the admin creates a merchant and its user; the layout holds on a
+phone. Screenshots of each step at 1280x800 and 390x844 go to tests/output/browser/, and
+to docs/screenshots/ with YUSHAN_SCREENSHOTS=1 (`make screenshots`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import shutil
 import subprocess
@@ -23,8 +28,12 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
 SHOTS = Path(__file__).parent / "output" / "browser"
+DOC_SHOTS = Path(__file__).parent.parent / "docs" / "screenshots"
+SIZES = ((1280, 800), (390, 844))
 DENIED_SQL = "SELECT nick, count(*) AS n FROM platform.consumers GROUP BY nick"
+BROKEN_SQL = "SELECT gender, count(* AS n\nFROM platform.consumers GROUP BY gender"
 GOOD_SQL = "SELECT gender, count(*) AS n FROM platform.consumers GROUP BY gender"
+STORES = ("杭州西湖店", "上海南京路店", "北京王府井店")
 
 
 @pytest.fixture(scope="session")
@@ -58,84 +67,218 @@ def site(demo_config):
         yield server.url
 
 
-def login(browser, base: str, username: str):
-    context = browser.new_context(accept_downloads=True, locale="en-US")
+def login(browser, base: str, username: str, locale: str = "en-US",
+          password: str = PASSWORD):
+    context = browser.new_context(accept_downloads=True, locale=locale,
+                                  viewport={"width": 1280, "height": 800})
     page = context.new_page()
     page.set_default_timeout(60_000)
+    page.on("dialog", lambda dialog: dialog.accept())  # confirmations: yes
     page.goto(base + "/login")
     page.fill("#username", username)
-    page.fill("#password", PASSWORD)
+    page.fill("#password", password)
     page.click("#login-submit")
     page.wait_for_url(re.compile(r".*/dashboard$"))
     return context, page
 
 
-def shot(page, name: str) -> None:
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+def shot(page, name: str, focus: str | None = None) -> None:
+    """The visible page at desktop and phone size (small PNGs), then desktop again;
+    ``focus`` (a selector) is scrolled into view first."""
+    targets = [SHOTS] + ([DOC_SHOTS] if os.environ.get("YUSHAN_SCREENSHOTS") == "1" else [])
+    for width, height in SIZES:
+        page.set_viewport_size({"width": width, "height": height})
+        if focus:
+            page.locator(focus).first.scroll_into_view_if_needed()
+        for folder in targets:
+            folder.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(folder / f"{name}-{width}.png"))
+    page.set_viewport_size({"width": 1280, "height": 800})
 
 
-def test_provider_merchant_auditor_story(browser, site, tmp_path):
+def member_csv(encoding: str) -> bytes:
+    lines = ["member_id,phone_hash,tier,home_store,points"]
+    for i, store in enumerate(STORES):
+        digest = hashlib.sha256(f"1380000000{i}".encode()).hexdigest()
+        lines.append(f"M{i:04d},{digest},gold,{store},{1200 + i * 1000}")
+    return ("\r\n".join(lines) + "\r\n").encode(encoding)
+
+
+def test_provider_writes_checks_submits_and_watches(browser, site):
     from playwright.sync_api import expect
 
-    # 1. The provider checks a denied query and sees why, inline.
     context, page = login(browser, site, "insight_isv")
     page.goto(site + "/jobs/new")
     page.select_option("#merchant", "hanfu_house")
-    page.fill("#sql", DENIED_SQL)
-    expect(page.locator("#sql-highlight .tk-keyword").first).to_have_text("SELECT")
-    page.click("#check")
+    page.select_option("#kind", "segment")
+    expect(page.locator("#help-segment")).to_be_visible()
+    page.select_option("#kind", "aggregate")
+    expect(page.locator("#help-segment")).to_be_hidden()
+    page.click("#help-aggregate .insert-example")
+    expect(page.locator("#sql")).to_have_value(re.compile(r"GROUP BY c\.gender"))
+
+    # A syntax error is reported as such (never as a policy denial), underlined where
+    # the check says, and Ctrl+Enter checks.
     decision = page.locator("#decision")
+    page.fill("#sql", BROKEN_SQL)
+    page.press("#sql", "Control+Enter")
+    expect(decision).to_have_class(re.compile(r"\bsyntax\b"), timeout=120_000)
+    expect(decision.locator(".verdict")).to_have_text("SQL syntax error")
+    expect(page.locator("#sql-highlight .tk-error").first).to_be_visible()
+    expect(page.locator("#submit")).to_be_disabled()
+    shot(page, "01-provider-syntax-error", "#decision")
+
+    # A denial explains itself; Submit stays off until the query changes.
+    page.fill("#sql", DENIED_SQL)
+    page.click("#check")
     expect(decision).to_have_class(re.compile(r"\bdeny\b"), timeout=120_000)
     expect(decision.locator(".rule").first).to_have_text(re.compile(r"P\d"))
     expect(decision).to_contain_text("nick")
     expect(decision.locator(".suggestion").first).to_be_visible()
-    shot(page, "01-provider-check-denied")
+    expect(page.locator("#submit")).to_be_disabled()
+    shot(page, "02-provider-check-denied", "#decision")
 
-    # 2. ... then submits a legitimate one through the form and watches it run.
+    # Allowed: what it reads and how it is released; then submit and watch it.
     page.fill("#sql", GOOD_SQL)
+    expect(page.locator("#submit")).to_be_enabled()
     page.fill("#job-name", "gender split")
     page.click("#check")
     expect(decision).to_have_class(re.compile(r"\ballow\b"), timeout=120_000)
+    expect(page.locator("#check-columns")).to_contain_text("gender")
+    expect(page.locator("#check-release")).to_be_visible()
+    shot(page, "03-provider-check-allowed", "#decision")
     page.click("#submit")
     page.wait_for_url(re.compile(r".*/jobs/\d+$"))
-    job_id = int(page.url.rsplit("/", 1)[1])
-    expect(page.locator("#job-state .state")).to_have_text("awaiting_approval", timeout=300_000)
-    expect(page.locator("#released-rows")).to_have_text("2")
-    shot(page, "02-provider-job-awaiting-approval")
+    # The job page follows the job by itself until it ends.
+    expect(page.locator("#job-state .state")).to_have_attribute(
+        "data-state", "awaiting_approval", timeout=300_000)
+    expect(page.locator("#clone")).to_be_visible()
+    shot(page, "04-provider-job-awaiting-approval")
     context.close()
 
-    # 3. The merchant approves it and downloads the rows.
-    context, page = login(browser, site, "hanfu_owner")
+
+def test_merchant_uploads_approves_downloads_and_withdraws(browser, site, tmp_path):
+    from playwright.sync_api import expect
+
+    utf8, gbk = tmp_path / "members-utf8.csv", tmp_path / "members-gbk.csv"
+    utf8.write_bytes(member_csv("utf-8"))
+    gbk.write_bytes(member_csv("gbk"))
+    context, page = login(browser, site, "hanfu_owner", locale="zh-CN")
+    page.goto(site + "/datasets?lang=zh_CN")
+    page.click("#upload-dataset")
+    page.wait_for_url(re.compile(r".*/datasets/upload$"))
+    expect(page.locator("h1")).to_have_text("上传数据集")
+
+    # UTF-8 then GBK: the header and first rows read in the right encoding.
+    page.set_input_files("#upload-file", str(utf8))
+    expect(page.locator("#encoding-detected")).to_have_attribute("data-encoding", "utf-8")
+    expect(page.locator("#upload-preview")).to_contain_text(STORES[0])
+    page.fill("#upload-name", "")
+    page.set_input_files("#upload-file", str(gbk))
+    expect(page.locator("#encoding-detected")).to_have_attribute("data-encoding", "gb18030")
+    expect(page.locator("#upload-preview")).to_contain_text(STORES[1])
+    rows = page.locator("#schema-table tbody tr")
+    expect(rows).to_have_count(5)
+    expect(rows.nth(0).locator(".col-key")).to_be_checked()
+    expect(rows.nth(1).locator(".col-link")).to_be_checked()
+    expect(rows.nth(4).locator(".col-type")).to_have_value("int")
+    schema = page.locator("#schema-json").input_value()
+    assert '"member_key": "member_id"' in schema and '"regex"' in schema
+    page.fill("#upload-name", "vip_gbk")
+    shot(page, "05-merchant-upload-preview")
+    page.click("#upload-submit")
+    expect(page.locator("#upload-result")).to_be_visible(timeout=300_000)
+    shot(page, "06-merchant-upload-accepted")
+    page.goto(site + "/datasets")
+    card = page.locator("#ds-hanfu_house\\.vip_gbk")
+    expect(card.locator(".ds-encoding")).to_contain_text("GBK")
+    expect(card.locator(".ds-rows")).to_have_text("3")
+
+    # The approval card summarises what the job read and releases; approve (confirmed).
     page.goto(site + "/approvals")
-    card = page.locator(f"#approval-{job_id}")
-    expect(card).to_contain_text("gender")
-    shot(page, "03-merchant-approvals")
+    card = page.locator("section.approval").first
+    expect(card.locator(".columns-read")).to_contain_text("gender")
+    expect(card.locator(".release")).to_be_visible()
+    expect(card.locator("pre.sql")).to_be_hidden()
+    shot(page, "07-merchant-approvals")
+    job_link = card.locator("h2 a").get_attribute("href")
     card.locator("button.approve").click()
-    page.goto(site + f"/jobs/{job_id}")
-    expect(page.locator("#job-state .state")).to_have_text("approved")
-    expect(page.locator("#result-table")).to_contain_text("F")
+    page.goto(site + job_link)
+    expect(page.locator("#job-state .state")).to_have_attribute("data-state", "approved")
+    expect(page.locator("#job-state .state")).to_have_text("已批准")
+    table = page.locator("#result-table")
+    expect(table).to_contain_text("F")
+    table.locator("th").first.click()
+    expect(table.locator("th").first).to_have_attribute("aria-sort", "ascending")
     with page.expect_download() as info:
-        page.click("#download-csv")
+        page.click("#download-excel")
     download = info.value
-    assert re.fullmatch(rf"job-{job_id}-\d{{8}}T\d{{6}}Z\.csv", download.suggested_filename)
+    assert re.fullmatch(r"gender_split-job-\d+-\d{8}T\d{6}Z\.csv", download.suggested_filename)
     saved = tmp_path / download.suggested_filename
     download.save_as(saved)
-    assert saved.read_text().splitlines()[0] == "gender,n"
-    shot(page, "04-merchant-approved-downloaded")
+    body = saved.read_bytes()
+    assert body.startswith(b"\xef\xbb\xbfgender,n\r\n")
+    shot(page, "08-merchant-approved-result")
+
+    # On a phone the header is one line, the menu opens, and the page never scrolls sideways.
+    page.set_viewport_size({"width": 390, "height": 844})
+    header = page.locator("header.top").bounding_box()
+    assert header and header["height"] < 80
+    expect(page.locator("#main-nav")).to_be_hidden()
+    page.click("#nav-toggle")
+    expect(page.locator("#main-nav")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+    # Withdraw the upload: the confirmation says what is destroyed.
+    page.goto(site + "/datasets")
+    page.click("#withdraw-vip_gbk")
+    expect(page.locator("#withdraw-warning")).to_contain_text("3")
+    shot(page, "09-merchant-withdraw-confirm")
+    page.click("#withdraw-confirm")
+    expect(page.locator("#withdrawn")).to_be_visible()
+    page.goto(site + "/datasets")
+    expect(page.locator("#ds-hanfu_house\\.vip_gbk")).to_have_count(0)
     context.close()
 
-    # 4. The auditor finds all of it in the log, and the chain verifies.
+
+def test_auditor_filters_and_verifies(browser, site):
+    from playwright.sync_api import expect
+
     context, page = login(browser, site, "auditor")
-    page.goto(site + f"/audit?job={job_id}")
-    table = page.locator("#audit-table")
-    for action in ("job.submit", "job.approve", "job.download"):
-        expect(table.locator(f'tr[data-action="{action}"]').first).to_be_visible()
-    shot(page, "05-auditor-job-entries")
-    page.goto(site + "/audit?actor=insight_isv&action=job.check")
-    expect(table).to_contain_text("nick")
+    page.goto(site + "/audit")
+    page.select_option("#filter-action", "job.approve")
+    page.click("#filter")
+    entries = page.locator("#audit-table tr.entry")
+    expect(entries.first).to_have_attribute("data-action", "job.approve")
+    assert set(entries.evaluate_all("rows => rows.map(r => r.dataset.action)")) == {"job.approve"}
+    expect(page.locator("#audit-table time.local").first).to_contain_text(re.compile(r"UTC|GMT"))
+    shot(page, "10-auditor-filtered")
     page.click("#verify")
     expect(page.locator("#verify-result")).to_contain_text("intact")
-    shot(page, "06-auditor-verified")
+    context.close()
+
+
+def test_admin_creates_a_merchant_and_its_user(browser, site):
+    from playwright.sync_api import expect
+
+    context, page = login(browser, site, "admin", locale="zh-CN")
+    page.goto(site + "/admin/?lang=zh_CN")
+    page.select_option("#tenant-kind", "merchant")
+    page.fill("#tenant-slug", "silk_road")
+    page.fill("#tenant-name", "丝路商行")
+    page.click("#tenant-create")
+    expect(page.locator("#tenant-silk_road")).to_contain_text("商家")
+    page.select_option("#user-role", "merchant")
+    page.select_option("#user-tenant", "silk_road")
+    page.fill("#user-name", "silk_owner")
+    page.fill("#user-password", "silk-road-password-1")
+    page.click("#user-create")
+    expect(page.locator("#user-silk_owner")).to_be_visible()
+    shot(page, "11-admin-accounts")
+    context.close()
+    context, page = login(browser, site, "silk_owner", password="silk-road-password-1")
+    expect(page.locator(".who")).to_have_attribute("data-role", "merchant")
     context.close()
 
 
@@ -148,5 +291,4 @@ def test_chinese_interface_in_the_browser(browser, site):
     expect(page.locator("h1")).to_contain_text("数据洁净室")
     page.click("text=English")
     expect(page.locator("h1")).to_contain_text("data clean room")
-    shot(page, "07-language-switch")
     context.close()

@@ -1,5 +1,5 @@
-"""Admin pages: how executors are protected, tenants, users, merchants' privacy budgets,
-and platform datasets with column classes, entity and k."""
+"""Admin pages: how executors are protected, tenants and users (created and reset here,
+audited), merchants' privacy budgets, and platform datasets with column classes, entity and k."""
 
 from __future__ import annotations
 
@@ -13,8 +13,17 @@ from jobs.errors import InvalidRequest
 from onboarding.errors import OnboardingError
 from onboarding.platform_datasets import update_platform_dataset
 from sandbox.protection import BY_KEY, PROTECTIONS, Recorded
-from web.auth import actor_for, app_config, db, page_user, roles_required
-from yushan.accounts import PLATFORM, get_tenant
+from web.auth import actor_for, app_config, audit_record, db, page_user, roles_required
+from web.messages import service_text
+from yushan.accounts import (
+    PLATFORM,
+    ROLE_TENANT_KIND,
+    AccountError,
+    create_tenant,
+    create_user,
+    get_tenant,
+    set_password,
+)
 from yushan.models import ColumnClass, Dataset, Role, Setting, Tenant, TenantKind, User
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -49,7 +58,10 @@ def overview():
                if t.kind == TenantKind.MERCHANT.value]
     return render_template("admin.html", tenants=tenants, users=users, datasets=datasets,
                            classes=[c.value for c in ColumnClass],
-                           sandbox=sandbox_protections(session), budgets=budgets)
+                           sandbox=sandbox_protections(session), budgets=budgets,
+                           roles=[r.value for r in Role],
+                           tenant_kinds=[TenantKind.MERCHANT.value, TenantKind.PROVIDER.value],
+                           role_kinds={r.value: k.value for r, k in ROLE_TENANT_KIND.items()})
 
 
 @bp.post("/budgets/<merchant>")
@@ -74,6 +86,70 @@ def set_budget(merchant: str):
     session.commit()
     flash(gettext("Budget saved."), "info")
     return redirect(url_for("admin.overview") + "#budgets")
+
+
+def _account_change(change, success: str):
+    """Run ``change(session)`` (which returns the audit action, objects and details),
+    audit it in the same transaction, and report the outcome on the admin page."""
+    session = db()
+    try:
+        action, objects, details = change(session)
+    except AccountError as exc:
+        session.rollback()
+        # The service's message says what to change (names the admin typed, no data).
+        flash(gettext("Nothing was changed: %(reason)s", reason=service_text(str(exc))), "error")
+        return redirect(url_for("admin.overview") + "#accounts")
+    audit_record(session, action, actor_for(page_user()), objects=objects, details=details)
+    session.commit()
+    flash(success, "info")
+    return redirect(url_for("admin.overview") + "#accounts")
+
+
+@bp.post("/tenants")
+@roles_required(Role.ADMIN.value)
+def add_tenant():
+    """A new merchant or service provider organisation."""
+    slug = request.form.get("slug", "").strip()
+    name = request.form.get("name", "").strip()
+    kind = request.form.get("kind", "")
+    if kind not in (TenantKind.MERCHANT.value, TenantKind.PROVIDER.value):
+        abort(422)
+
+    def change(session):
+        tenant = create_tenant(session, slug, name, TenantKind(kind))
+        return "admin.tenant_create", {"tenant": tenant.slug}, {"kind": tenant.kind}
+
+    return _account_change(change, gettext("Organisation %(slug)s created.", slug=slug))
+
+
+@bp.post("/users")
+@roles_required(Role.ADMIN.value)
+def add_user():
+    """A new person's account in the tenant its role belongs to."""
+    username = request.form.get("username", "").strip()
+    role = request.form.get("role", "")
+    if role not in {r.value for r in Role}:
+        abort(422)
+    tenant = request.form.get("tenant", "").strip()
+
+    def change(session):
+        user = create_user(session, username, request.form.get("password", ""), Role(role),
+                           tenant, request.form.get("display_name", "").strip())
+        return "admin.user_create", {"user": user.username, "tenant": tenant}, {"role": user.role}
+
+    return _account_change(change, gettext("User %(name)s created.", name=username))
+
+
+@bp.post("/users/<username>/password")
+@roles_required(Role.ADMIN.value)
+def reset_password(username: str):
+    """Set a new password for a person (who then logs in with it)."""
+
+    def change(session):
+        user = set_password(session, username, request.form.get("password", ""))
+        return "admin.password_reset", {"user": user.username}, {}
+
+    return _account_change(change, gettext("Password of %(name)s reset.", name=username))
 
 
 @bp.post("/datasets/<int:dataset_id>")

@@ -14,7 +14,8 @@ from yushan.config import Config, get_config
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).parent
-# Babel parses "zh_CN" as zh_Hans_CN and looks for that directory name.
+# Babel parses "zh_CN" as zh_Hans_CN and looks for that directory name. The compiled
+# catalogs (messages.mo) are committed and ship in the package: `make translations`.
 TRANSLATIONS_DIR = WEB_DIR / "translations"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -52,22 +53,14 @@ def secure_cookies(config: Config) -> bool:
     return config.host not in LOOPBACK_HOSTS
 
 
-def compile_translations() -> None:
-    """Compile each ``messages.po`` to ``messages.mo`` when the .mo is missing or older."""
-    from babel.messages.mofile import write_mo
-    from babel.messages.pofile import read_po
+def utc_iso(value) -> str:
+    """An ISO 8601 time with its offset (stored times without one are UTC), for
+    ``<time datetime>`` that the page shows in the reader's zone."""
+    from datetime import UTC, datetime
 
-    for po_path in TRANSLATIONS_DIR.glob("*/LC_MESSAGES/messages.po"):
-        mo_path = po_path.with_suffix(".mo")
-        if mo_path.exists() and mo_path.stat().st_mtime >= po_path.stat().st_mtime:
-            continue
-        try:
-            with po_path.open("rb") as src:
-                catalog = read_po(src, locale=po_path.parent.parent.name)
-            with mo_path.open("wb") as out:
-                write_mo(out, catalog)
-        except OSError as exc:  # read-only install: the shipped .mo is used
-            log.warning("cannot compile %s: %s", po_path, exc.strerror)
+    if not isinstance(value, datetime):
+        return str(value or "")
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -110,7 +103,7 @@ def create_app(config: Config | None = None) -> Flask:
     )
     # Strict JSON, bounded ids and body caps: before any route or extension reads a body.
     edges.install(app, config)
-    compile_translations()
+    app.json.sort_keys = False
     Babel(app, locale_selector=select_locale)
     csrf.init_app(app)
     auth.init_login(app)
@@ -166,6 +159,13 @@ def create_app(config: Config | None = None) -> Flask:
         body = {"status": "ok" if verdict.ok else "unavailable", "reasons": verdict.reasons,
                 "checks": verdict.checks}
         return jsonify(body), 200 if verdict.ok else 503
+
+    from web.labels import label, translated_violations
+    from web.messages import check_name, service_text
+
+    app.jinja_env.globals.update(label=label, translated_violations=translated_violations,
+                                 service_text=service_text, check_name=check_name)
+    app.jinja_env.filters["utc_iso"] = utc_iso
 
     @app.context_processor
     def _template_globals():

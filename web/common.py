@@ -188,3 +188,22 @@ def excel_requested() -> bool:
     from flask import request
 
     return request.args.get("excel", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def named_result_filename(job: Job, fmt: str, now: datetime | None = None) -> str:
+    """The download's name for people: the job's name (any script) before the id and time,
+    e.g. ``会员性别-job-12-20260101T000000Z.csv``; unnamed jobs keep the plain name."""
+    import re
+
+    plain = result_filename(job, fmt, now)
+    label = re.sub(r"[^\w.-]+", "_", job.name or "", flags=re.UNICODE).strip("._-")[:60]
+    return f"{label}-{plain}" if label else plain
+
+
+def attachment_header(filename: str) -> str:
+    """A Content-Disposition for any file name: ASCII fallback plus RFC 5987 UTF-8 form."""
+    from urllib.parse import quote
+
+    fallback = filename.encode("ascii", "replace").decode("ascii").replace("?", "_")
+    fallback = fallback.replace('"', "_")
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename)}"

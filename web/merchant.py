@@ -89,12 +89,10 @@ def preview(job) -> tuple[list[str], list[dict]] | None:
 @roles_required(Role.MERCHANT.value)
 def approvals():
     session = db()
+    # Summaries come from the policy decisions: opening the queue reads no output and
+    # so writes no audit entry per job; the preview is on each job's page.
     waiting = visible_jobs(session, page_user(), states=(JobState.AWAITING_APPROVAL.value,))
-    items = [
-        {"job": job, "doc": service.job_json(job, page_user()), "preview": preview(job)}
-        for job in waiting
-    ]
-    session.commit()  # a preview may have been audited
+    items = [{"job": job, "doc": service.job_json(job, page_user())} for job in waiting]
     return render_template("approvals.html", items=items)
 
 
@@ -117,7 +115,11 @@ def _decide(job_id: int, action: str):
     if job is None:
         abort(404)
     try:  # the service refuses (403) anyone but the job's merchant
-        DECISIONS[action](session, user, job, origin=request_origin())
+        if action == "reject":
+            quarantine.reject(session, user, job, origin=request_origin(),
+                              reason=request.form.get("reason", ""))
+        else:
+            quarantine.approve(session, user, job, origin=request_origin())
     except Exception as exc:
         refusal = exc if isinstance(exc, Refusal) else service_refusal(exc)
         if refusal is None:

@@ -27,15 +27,17 @@ from web.common import (
     JOB_ROLES,
     RESULT_FORMATS,
     Refusal,
+    attachment_header,
     excel_requested,
     may_decide,
+    named_result_filename,
     render_result,
-    result_filename,
     service_refusal,
     table_rows,
     visible_datasets,
     visible_jobs,
 )
+from web.labels import label
 from yushan import access
 from yushan.models import Job, JobState, Role
 
@@ -92,8 +94,21 @@ def dashboard():
 @bp.get("/datasets")
 @roles_required(*ALL_ROLES)
 def datasets():
-    infos = visible_datasets(db(), app_config(), page_user())
-    return render_template("datasets.html", datasets=infos)
+    """Datasets the user may use; a merchant also sees, for each of its own uploads, rows,
+    upload time and encoding, with download and withdraw."""
+    from sqlalchemy import select
+
+    from yushan.models import Dataset
+
+    session = db()
+    user = page_user()
+    infos = visible_datasets(session, app_config(), user)
+    own = {}
+    if user.role == Role.MERCHANT.value:
+        own = {d.full_name: d for d in session.scalars(
+            select(Dataset).where(Dataset.tenant_id == user.tenant_id,
+                                  Dataset.withdrawn_at.is_(None)))}
+    return render_template("datasets.html", datasets=infos, own=own)
 
 
 @bp.get("/jobs")
@@ -127,6 +142,13 @@ def job(job_id: int):
             columns, rows = table_rows(table, RESULT_PAGE_ROWS)
             shown = True
             session.commit()  # the view of the rows is audited
+    can_decide = may_decide(user, found)
+    preview = None
+    if can_decide and found.state == JobState.AWAITING_APPROVAL.value:
+        from web.merchant import preview as merchant_preview
+
+        preview = merchant_preview(found)  # the merchant opened this job: one audited view
+        session.commit()
     return render_template(
         "job.html",
         job=found,
@@ -137,8 +159,11 @@ def job(job_id: int):
         can_view=can_view,
         can_decide=may_decide(user, found),
         can_cancel=access.cancel_job(user, found).allowed and found.state in ACTIVE_STATES,
+        can_clone=user.role in JOB_ROLES and not found.template,
+        preview=preview,
         formats=list(RESULT_FORMATS),
         active=found.state in ACTIVE_STATES,
+        state_labels={s.value: label("state", s.value) for s in JobState},
     )
 
 
@@ -166,7 +191,8 @@ def cancel(job_id: int):
 @bp.get("/jobs/<int:job_id>/download")
 @roles_required(Role.MERCHANT.value, Role.PROVIDER.value)
 def download(job_id: int):
-    """The released rows as a file named ``job-<id>-<UTC time>.<format>``."""
+    """The released rows as a file named after the job (``<name>-job-<id>-<UTC time>``);
+    ``excel=1`` with CSV adds the byte-order mark and CRLF that Excel needs."""
     session = db()
     user = page_user()
     fmt = request.args.get("format", "csv")
@@ -183,7 +209,5 @@ def download(job_id: int):
     session.commit()
     response = Response(body)
     response.headers["Content-Type"] = RESULT_FORMATS[fmt][1]
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="{result_filename(found, fmt)}"'
-    )
+    response.headers["Content-Disposition"] = attachment_header(named_result_filename(found, fmt))
     return response

@@ -23,6 +23,8 @@ from web.common import (
     require_acting_merchant,
     service_refusal,
 )
+from web.labels import translated_violations
+from web.messages import service_text
 from yushan.catalog import readable_datasets
 
 bp = Blueprint("provider", __name__)
@@ -43,6 +45,8 @@ def form_context(values: dict[str, str], decision: dict | None = None, status_er
 @bp.get("/jobs/new")
 @roles_required(*JOB_ROLES)
 def new_job():
+    """The job form; ``?from=<job id>`` starts from a copy of a job the user may see
+    (clone, or edit and resubmit)."""
     merchants = acting_merchants(db(), page_user())
     values = {
         "merchant": request.args.get("merchant") or (merchants[0].slug if merchants else ""),
@@ -50,6 +54,13 @@ def new_job():
         "sql": "",
         "name": "",
     }
+    source = request.args.get("from", "")
+    if source.isdigit():
+        found = service.get_visible_job(db(), page_user(), int(source))
+        if found is None or found.template:
+            abort(404)
+        values.update(merchant=found.merchant.slug, kind=found.kind, sql=found.sql,
+                      name=found.name or "")
     return render_template("job_form.html", **form_context(values))
 
 
@@ -69,10 +80,11 @@ def submit_job():
         if refusal is None:
             raise
         session.rollback()
-        return (render_template("job_form.html", **form_context(values, status_error=refusal.message)),
+        return (render_template("job_form.html",
+                                **form_context(values, status_error=service_text(refusal.message))),
                 refusal.status, refusal.headers)
     session.commit()
-    flash(gettext("Job submitted."), "info")  # queued: the job page shows the decision
+    flash(gettext("Job submitted. This page follows it until it ends."), "info")  # queued
     return redirect(url_for("pages.job", job_id=job.id))
 
 
@@ -97,4 +109,7 @@ def check():
         session.rollback()
         return jsonify({"error": {"code": refusal.code, "message": refusal.message}}), refusal.status
     session.commit()
+    if decision.get("violations"):
+        # The page shows explanations in the reader's language (the API keeps English).
+        decision = {**decision, "violations": translated_violations(decision["violations"])}
     return jsonify(decision)

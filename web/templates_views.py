@@ -48,6 +48,7 @@ from web.common import (
 )
 from web.errors import ApiError
 from web.extensions import csrf, select_locale
+from web.labels import label, translate_chart
 from yushan import access
 from yushan.models import Job, JobKind, JobState, Role
 
@@ -195,7 +196,8 @@ def result(job_id: int):
     session.commit()  # the view of the rows is audited
     return render_template("tmpl_result.html", job=job, doc=doc, template=template_json(template, locale()),
                            columns=columns, rows=rows, rows_shown=shown, can_view=can_view,
-                           segment=box, chart=chart), status
+                           segment=box, chart=chart,
+                           state_labels={s.value: label("state", s.value) for s in JobState}), status
 
 
 @bp.get("/templates/jobs/<int:job_id>/chart.json")
@@ -223,7 +225,7 @@ def chart(job_id: int):
         columns, rows = table_rows(table)
         spec = template.chart(columns, rows)
     session.commit()
-    return jsonify(spec)
+    return jsonify(translate_chart(spec))
 
 
 # --- the platform's review of segments (admins) ----------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, render_template, request, stream_with_context
+from sqlalchemy import select
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
@@ -25,7 +26,8 @@ from onboarding import errors
 from onboarding.csv_reader import LimitedWriter
 from onboarding.errors import OnboardingError
 from onboarding.ingest import ingest_file, upload_workspace
-from onboarding.withdraw import export_own_dataset, withdraw
+from onboarding.schema import SIMPLE_TYPES
+from onboarding.withdraw import export_own_dataset, find_own_dataset, withdraw
 from web.auth import (
     actor_for,
     api_user_required,
@@ -36,7 +38,7 @@ from web.auth import (
     roles_required,
 )
 from web.extensions import csrf
-from yushan.models import Role, User
+from yushan.models import Job, Role, User
 
 bp = Blueprint("uploads", __name__)
 
@@ -72,13 +74,20 @@ def _receive(workspace: Path, limit: int) -> tuple[MultiDict, FileStorage | None
     return form, files.get("file")
 
 
-def _upload(user: User, check_csrf: bool) -> dict[str, Any]:
-    """Receive and ingest one upload for ``user``; raises OnboardingError on refusal."""
+def _upload(user: User, check_csrf: bool, keep: dict[str, str] | None = None) -> dict[str, Any]:
+    """Receive and ingest one upload for ``user``; raises OnboardingError on refusal.
+
+    ``keep`` receives the form's text fields (name, schema, encoding) as soon as they are
+    parsed, so that a page can show them again after a refusal.
+    """
     config = app_config()
     session = db()
     actor = actor_for(user)
     with upload_workspace(config) as workspace:
         form, file = _receive(workspace, config.max_upload_bytes)
+        if keep is not None:
+            keep.update({k: str(form.get(k) or "")[:FORM_FIELDS_BYTES]
+                         for k in ("name", "schema", "encoding")})
         if check_csrf:
             from flask_wtf.csrf import ValidationError, validate_csrf
 
@@ -150,23 +159,74 @@ def _page(view: Callable[..., Any]) -> Callable[..., Any]:
     return csrf.exempt(view)
 
 
+TEMPLATE_CSV = (
+    "member_id,phone_hash,tier,points,joined_at\r\n"
+    "M0001,0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef,gold,1200,2024-05-01\r\n"
+    "M0002,,silver,80,2025-01-15\r\n"
+)
+
+
+def _upload_page(result=None, error=None, values: dict[str, str] | None = None,
+                 status: int = 200):
+    return render_template("uploads/upload.html", result=result, error=error,
+                           values=values or {}, types=SIMPLE_TYPES), status
+
+
 @bp.get("/datasets/upload")
 @roles_required(Role.MERCHANT.value)
 def upload_page():
-    return render_template("uploads/upload.html", result=None, error=None)
+    return _upload_page()
+
+
+@bp.get("/datasets/upload/template.csv")
+@roles_required(Role.MERCHANT.value)
+def template_csv():
+    """A small example file with the columns a member list usually has (UTF-8, BOM)."""
+    response = Response(("\ufeff" + TEMPLATE_CSV).encode("utf-8"), mimetype="text/csv")
+    response.headers["Content-Disposition"] = 'attachment; filename="yushan-members-template.csv"'
+    return response
 
 
 @bp.post("/datasets/upload")
 @roles_required(Role.MERCHANT.value)
 def upload_submit():
+    values: dict[str, str] = {}
     try:
-        result = _upload(page_user(), check_csrf=True)
+        result = _upload(page_user(), check_csrf=True, keep=values)
     except OnboardingError as exc:
-        return render_template("uploads/upload.html", result=None, error=exc), exc.status
-    return render_template("uploads/upload.html", result=result, error=None), 201
+        return _upload_page(error=exc, values=values, status=exc.status)
+    return _upload_page(result=result, status=201)
 
 
 upload_submit = _page(upload_submit)
+
+
+def _jobs_that_read(session, user: User, full_name: str, limit: int = 50) -> list[Job]:
+    """The merchant's jobs whose policy decision says they read ``full_name`` (newest first)."""
+    found: list[Job] = []
+    wanted = full_name.lower()
+    stmt = (select(Job).where(Job.merchant_id == user.tenant_id, Job.decision.is_not(None))
+            .order_by(Job.id.desc()).limit(2000))
+    for job in session.scalars(stmt):
+        read = (job.decision or {}).get("datasets_read") or []
+        if any(isinstance(name, str) and name.lower() == wanted for name in read):
+            found.append(job)
+            if len(found) >= limit:
+                break
+    return found
+
+
+@bp.get("/datasets/<path:name>/withdraw")
+@roles_required(Role.MERCHANT.value)
+def withdraw_confirm(name: str):
+    """What withdrawing destroys, and which jobs read the dataset, before the merchant confirms."""
+    user = page_user()
+    session = db()
+    dataset = find_own_dataset(session, user, name)
+    if dataset is None:
+        return _upload_page(error=errors.not_found(), status=404)
+    return render_template("uploads/withdraw.html", dataset=dataset,
+                           jobs=_jobs_that_read(session, user, dataset.full_name))
 
 
 @bp.post("/datasets/<path:name>/withdraw")
@@ -177,7 +237,7 @@ def withdraw_submit(name: str):
     try:
         outcome = withdraw(db(), app_config(), user, name, actor_for(user))
     except OnboardingError as exc:
-        return render_template("uploads/upload.html", result=None, error=exc), exc.status
+        return _upload_page(error=exc, status=exc.status)
     return render_template("uploads/withdrawn.html", outcome=outcome)
 
 
@@ -187,4 +247,4 @@ def download_page(name: str):
     try:
         return _download(page_user(), name)
     except OnboardingError as exc:
-        return render_template("uploads/upload.html", result=None, error=exc), exc.status
+        return _upload_page(error=exc, status=exc.status)

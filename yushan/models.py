@@ -210,6 +210,8 @@ class Dataset(Base):
     row_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     byte_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     content_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Merchant uploads: the text encoding the CSV arrived in (utf-8, gb18030), or None.
+    source_encoding: Mapped[str | None] = mapped_column(String(16), nullable=True)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, onupdate=utcnow)
@@ -292,6 +294,8 @@ class Job(Base):
     epsilon: Mapped[float | None] = mapped_column(Float, nullable=True)
     delta: Mapped[float | None] = mapped_column(Float, nullable=True)
     accuracy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    # Why the merchant rejected the output (its own words, shown to the submitter).
+    reject_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-03 11:24:03.606420
+Create Date: 2026-12-03 11:29:32.299849
 """
 
 from alembic import op
@@ -195,6 +195,7 @@ def upgrade() -> None:
         sa.Column("row_count", sa.BigInteger(), nullable=True),
         sa.Column("byte_size", sa.BigInteger(), nullable=True),
         sa.Column("content_hash", sa.String(length=64), nullable=True),
+        sa.Column("source_encoding", sa.String(length=16), nullable=True),
         sa.Column("created_by", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
@@ -248,6 +249,7 @@ def upgrade() -> None:
         sa.Column("epsilon", sa.Float(), nullable=True),
         sa.Column("delta", sa.Float(), nullable=True),
         sa.Column("accuracy", sa.JSON(), nullable=True),
+        sa.Column("reject_reason", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),

@@ -1,0 +1,98 @@
+"""What the catalog must translate: the web app's marked strings, and the policy engine's
+explanation templates (the message and suggestion of each ``deny(...)`` call in
+``policies/``), which violations carry so that pages can show them translated.
+
+``python -m web.i18n OUT.pot`` writes them as one template for ``pybabel update``
+(``make translations``); the translation test uses the same lists.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+WEB = Path(__file__).parent
+POLICIES = WEB.parent / "policies"
+KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "lazy_gettext": None}
+METHOD_MAP = [("**.py", "python"), ("templates/**.html", "jinja2")]
+# deny(rule, where, sources, message, suggestion, **params): the two templates.
+TEMPLATE_ARGS = (3, 4)
+
+
+def web_messages() -> dict[str, str]:
+    """msgid -> where it is used, for every marked string under web/."""
+    from babel.messages.extract import extract_from_dir
+
+    found: dict[str, str] = {}
+    for filename, lineno, message, _comments, _context in extract_from_dir(
+            str(WEB), METHOD_MAP, keywords=KEYWORDS):
+        for msgid in message if isinstance(message, tuple) else (message,):
+            if msgid:
+                found.setdefault(msgid, f"web/{filename}:{lineno}")
+    return found
+
+
+def _strings(node: ast.AST, tuples: dict[str, list[ast.AST]]) -> Iterator[str]:
+    """The literal strings an argument can be: a constant, either branch of ``a if c else
+    b``, or the items of a tuple named by ``*name``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        yield node.value
+    elif isinstance(node, ast.IfExp):
+        yield from _strings(node.body, tuples)
+        yield from _strings(node.orelse, tuples)
+
+
+def _deny_templates(tree: ast.AST) -> Iterator[tuple[str, int]]:
+    tuples: dict[str, list[ast.AST]] = {}
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and isinstance(node.value, ast.Tuple)):
+            tuples[node.targets[0].id] = list(node.value.elts)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if name != "deny":
+            continue
+        args: list[ast.AST] = []
+        for arg in node.args:
+            if isinstance(arg, ast.Starred) and isinstance(arg.value, ast.Name):
+                args.extend(tuples.get(arg.value.id, []))
+            else:
+                args.append(arg)
+        for index in TEMPLATE_ARGS:
+            if index < len(args):
+                for text in _strings(args[index], tuples):
+                    yield text, node.lineno
+
+
+def policy_messages() -> dict[str, str]:
+    """msgid -> where, for the explanation templates of the policy engine."""
+    found: dict[str, str] = {}
+    for path in sorted(POLICIES.glob("*.py")):
+        for text, lineno in _deny_templates(ast.parse(path.read_text(encoding="utf-8"))):
+            if text.strip():
+                found.setdefault(text, f"policies/{path.name}:{lineno}")
+    return found
+
+
+def all_messages() -> dict[str, str]:
+    return {**web_messages(), **policy_messages()}
+
+
+def write_template(out: Path) -> None:
+    from babel.messages.catalog import Catalog
+    from babel.messages.pofile import write_po
+
+    catalog = Catalog(project="yushan")
+    for msgid, where in all_messages().items():
+        path, _, line = where.rpartition(":")
+        catalog.add(msgid, locations=[(path, int(line))])
+    with out.open("wb") as fh:
+        write_po(fh, catalog, width=100)
+
+
+if __name__ == "__main__":
+    write_template(Path(sys.argv[1]))

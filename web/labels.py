@@ -1,0 +1,163 @@
+"""Words the pages show for the system's codes (states, kinds, roles, classes, release
+modes, error classes), and policy explanations in the reader's language.
+
+The codes stay in the page as data attributes (tests and scripts read them); people read
+these labels. Every label is a literal ``lazy_gettext`` call so that extraction finds it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask_babel import gettext, lazy_gettext
+
+log = logging.getLogger(__name__)
+
+LABELS: dict[str, dict[str, Any]] = {
+    "state": {
+        "queued": lazy_gettext("queued"),
+        "running": lazy_gettext("running"),
+        "blocked": lazy_gettext("blocked"),
+        "failed": lazy_gettext("failed"),
+        "cancelled": lazy_gettext("cancelled"),
+        "awaiting_approval": lazy_gettext("awaiting approval"),
+        "approved": lazy_gettext("approved"),
+        "rejected": lazy_gettext("rejected"),
+        "expired": lazy_gettext("expired"),
+    },
+    "kind": {
+        "aggregate": lazy_gettext("aggregate"),
+        "segment": lazy_gettext("segment"),
+    },
+    "role": {
+        "admin": lazy_gettext("administrator"),
+        "auditor": lazy_gettext("auditor"),
+        "merchant": lazy_gettext("merchant"),
+        "provider": lazy_gettext("service provider"),
+    },
+    "tenant_kind": {
+        "platform": lazy_gettext("platform"),
+        "merchant": lazy_gettext("merchant"),
+        "provider": lazy_gettext("service provider"),
+    },
+    "class": {
+        "identifier": lazy_gettext("identifier"),
+        "private": lazy_gettext("private"),
+        "quasi": lazy_gettext("quasi"),
+        "public": lazy_gettext("public"),
+        "own": lazy_gettext("own data"),
+    },
+    "release": {
+        "dp": lazy_gettext("differential privacy"),
+        "threshold": lazy_gettext("minimum group size"),
+    },
+    "type": {
+        "string": lazy_gettext("text"),
+        "int": lazy_gettext("integer"),
+        "bigint": lazy_gettext("large integer"),
+        "double": lazy_gettext("decimal number"),
+        "date": lazy_gettext("date"),
+        "timestamp": lazy_gettext("date and time"),
+        "boolean": lazy_gettext("yes/no"),
+    },
+    "encoding": {
+        "utf-8": lazy_gettext("UTF-8"),
+        "gb18030": lazy_gettext("GBK / GB18030"),
+    },
+    "error": {
+        "ParseException": lazy_gettext("SQL syntax error"),
+        "AnalysisException": lazy_gettext("Unknown table or column"),
+        "SyntaxError": lazy_gettext("SQL syntax error"),
+        "NameError": lazy_gettext("Unknown table or column"),
+        "Timeout": lazy_gettext("The job took too long"),
+        "MemoryLimit": lazy_gettext("The job used too much memory"),
+        "Cancelled": lazy_gettext("The job was cancelled"),
+        "InternalError": lazy_gettext("Internal error"),
+    },
+}
+
+
+# Axis and legend titles of the template charts (jobs/templates), for the reader.
+CHART_TITLES: dict[str, Any] = {
+    "segment": lazy_gettext("segment"),
+    "members": lazy_gettext("members"),
+    "store": lazy_gettext("store"),
+    "points expiring": lazy_gettext("points expiring"),
+    "within": lazy_gettext("within"),
+    "tier": lazy_gettext("tier"),
+    "spend": lazy_gettext("spend"),
+    "channel": lazy_gettext("channel"),
+    "also bought at": lazy_gettext("also bought at"),
+    "members of": lazy_gettext("members of"),
+    "share": lazy_gettext("share"),
+    "count": lazy_gettext("count"),
+}
+
+
+def translate_chart(spec: Any) -> Any:
+    """A Vega-Lite spec with its known axis and legend titles in the reader's language
+    (the data and field names stay as they are)."""
+    if isinstance(spec, dict):
+        out = {}
+        for key, value in spec.items():
+            if key == "title" and isinstance(value, str) and value in CHART_TITLES:
+                out[key] = str(CHART_TITLES[value])
+            elif key in ("data", "datasets"):
+                out[key] = value  # rows: never rewritten
+            else:
+                out[key] = translate_chart(value)
+        return out
+    if isinstance(spec, list):
+        return [translate_chart(v) for v in spec]
+    return spec
+
+
+def label(group: str, code: Any) -> str:
+    """The reader's word for ``code`` in ``group``; the code itself when there is none.
+
+    Errors go by Spark's error classes too: PARSE_SYNTAX_ERROR is a syntax error,
+    UNRESOLVED_COLUMN.*, TABLE_OR_VIEW_NOT_FOUND and the like are unknown names.
+    """
+    if code is None:
+        return ""
+    if group == "error" and str(code) not in LABELS["error"]:
+        text = str(code)
+        if "PARSE" in text or "SYNTAX" in text:
+            code = "ParseException"
+        elif any(w in text for w in ("UNRESOLVED", "NOT_FOUND", "CANNOT_RESOLVE")):
+            code = "AnalysisException"
+    found = LABELS.get(group, {}).get(str(code))
+    return str(found) if found is not None else str(code)
+
+
+def _formatted(template: str, params: dict[str, Any], fallback: str) -> str:
+    """``template`` translated and filled with ``params``; ``fallback`` when that fails."""
+    if not template:
+        return fallback
+    try:
+        return gettext(template).format(**(params or {}))
+    except (KeyError, IndexError, ValueError) as exc:
+        # A catalog entry naming a parameter the engine did not send: show the English.
+        log.warning("violation template cannot be formatted (%s)", type(exc).__name__)
+        return fallback
+
+
+def violation_text(violation: dict[str, Any]) -> dict[str, str]:
+    """A violation's message and suggestion in the reader's language.
+
+    Violations carry the English templates they were formatted from and their parameters;
+    the catalog translates the template, and the English message is the fallback.
+    """
+    params = violation.get("params") or {}
+    return {
+        "message": _formatted(violation.get("message_template") or "", params,
+                              violation.get("message") or ""),
+        "suggestion": _formatted(violation.get("suggestion_template") or "", params,
+                                 violation.get("suggestion") or ""),
+    }
+
+
+def translated_violations(violations: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """Each violation with ``message`` and ``suggestion`` in the reader's language."""
+    return [{**v, **violation_text(v)} for v in (violations or [])]
