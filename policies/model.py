@@ -77,6 +77,10 @@ class Violation:
             "sources": [s.to_dict() for s in self.sources],
             "message": self.message,
             "suggestion": self.suggestion,
+            # for translation: the English templates and their parameters (names only)
+            "message_template": self.message_template,
+            "suggestion_template": self.suggestion_template,
+            "params": dict(self.params),
         }
 
 
