@@ -61,6 +61,8 @@ def main() -> None:
                         help="timed runs per variant (enforcement); single runs vary by +-20%%")
     parser.add_argument("--latency-runs", type=int, default=20, help="timed checks per query")
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--release", choices=("threshold", "dp"), default="threshold",
+                        help="release mode of the consumer datasets for the enforcement runs")
     args = parser.parse_args()
 
     from policies import check
@@ -85,6 +87,10 @@ def main() -> None:
     session = session_factory(config)()
     datasets = readable_datasets(session, config, "hanfu_house")
     session.close()
+    import dataclasses
+
+    datasets = {name: dataclasses.replace(info, release_mode=args.release) if info.is_consumer_data
+                else info for name, info in datasets.items()}
     install_catalog(spark, datasets)
     register_segment_token(spark, KeyStore(config.master_key_path).segment_token_key("hanfu_house"),
                            "hanfu_house")
@@ -147,6 +153,7 @@ def main() -> None:
             "ratio_of_trimmed_means": round(te / tp, 3),  # middle half of the runs
             "suppressed_rows": suppressed,
             "runs": args.runs,
+            "release": args.release,
         }
         print(shape, json.dumps(report[f"enforcement_{shape}"], indent=1), flush=True)
 

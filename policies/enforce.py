@@ -255,6 +255,8 @@ def execute(spark: SparkSession, decision: Decision) -> ExecutionResult:
         # No consumer data: nothing to hold to k (P5 allowed row-level output).
         df = j.dataframe(query.jplan)
         return ExecutionResult(df, 0, -1)
+    if decision.release == "dp":
+        return _execute_dp(j, decision)
     return _execute_aggregate(j, decision)
 
 
@@ -543,18 +545,284 @@ def _execute_aggregate(j: _Jvm, decision: Decision) -> ExecutionResult:
 
 
 def _execute_segment(j: _Jvm, decision: Decision) -> ExecutionResult:
-    rows = j.dataframe(decision.query.jplan).distinct().localCheckpoint(eager=True)
-    segment, member = rows.columns
-    sizes = rows.groupBy(segment).agg(F.countDistinct(member).alias("n"))
+    """Segments of at least k distinct consumers (or, without consumer data, k members).
+
+    Members that map to one consumer count once: the consumer's entity is carried to the
+    output (:mod:`policies.carry`) and counted. A job with too many labels releases
+    nothing, exactly like one whose every segment was suppressed (P8): nothing observable
+    tells the two apart.
+    """
+    plan = decision.query.jplan
+    carry = decision.carry
+    if carry is not None and carry.entities:
+        plan = _widen(j, plan, (), carry.additions)
+    frame = j.dataframe(plan)
+    segment, member = frame.columns[:2]
+    if carry is not None and carry.entities:
+        # positions, not names: the entity column may share a name with an output
+        frame = frame.toDF(*[f"__c{i}" for i in range(len(frame.columns))])
+        extra = [F.col(f"__c{i}") for i in range(2, len(frame.columns))]
+        unit = F.coalesce(*extra) if len(extra) > 1 else extra[0]
+        rows = frame.select(F.col("__c0").alias(segment), F.col("__c1").alias(member),
+                            unit.alias("__unit")).distinct().localCheckpoint(eager=True)
+        counted = "__unit"
+    else:
+        rows = frame.distinct().localCheckpoint(eager=True)
+        counted = member
+    sizes = rows.groupBy(segment).agg(F.countDistinct(counted).alias("n"))
     labels = sizes.count()
+    total = rows.select(segment, member).distinct().count()
     if labels > MAX_SEGMENT_LABELS:
-        raise EnforcementError(
-            "SEGMENT_TOO_MANY_LABELS",
-            f"A segment job may produce at most {MAX_SEGMENT_LABELS} labels; this one "
-            "produced more.",
-        )
+        empty = rows.select(segment, member).limit(0)
+        return ExecutionResult(empty, total, total)
     keep = sizes.filter((F.col("n") >= decision.k) & F.col(segment).isNotNull()).select(segment)
-    released = rows.join(F.broadcast(keep), on=segment, how="left_semi").select(segment, member)
-    total = rows.count()
+    released = (rows.join(F.broadcast(keep), on=segment, how="left_semi")
+                .select(segment, member).distinct())
     kept = released.count()
     return ExecutionResult(released, total - kept, total)
+
+
+# -- dp jobs ---------------------------------------------------------------------------------
+
+
+def _jvm_aggregates(j: _Jvm, outputs) -> list[Any]:
+    """The AggregateExpressions of ``outputs`` in the order the policy numbered them
+    (outputs in order, each walked pre-order: :meth:`policies.flow.Flow._release_aggregates`)."""
+    found: list[Any] = []
+
+    def walk(e) -> None:
+        if e.nodeName() == "AggregateExpression":
+            found.append(e)
+            return
+        for child in j.items(e.children()):
+            walk(child)
+
+    for e in j.items(outputs):
+        walk(e)
+    return found
+
+
+def _replace_aggregates(j: _Jvm, e, groups: list[Any], group_attrs: list[Any],
+                        agg_attrs: list[Any], counter: list[int]):
+    """``e`` with each AggregateExpression replaced by its released value's attribute and
+    each grouping expression by the released group key's attribute (same walk order)."""
+    if e.nodeName() == "AggregateExpression":
+        attr = agg_attrs[counter[0]]
+        counter[0] += 1
+        return attr
+    for g, attr in zip(groups, group_attrs, strict=True):
+        if g.semanticEquals(e):
+            return attr
+    children = j.items(e.children())
+    if not children:
+        return e
+    new = [_replace_aggregates(j, c, groups, group_attrs, agg_attrs, counter) for c in children]
+    return e.withNewChildren(j.seq(new))
+
+
+class _Reduced:
+    """Each consumer's contribution: one row per (consumer, group), clamped (D2)."""
+
+    def __init__(self, frame: DataFrame, keys: list[str], parts: dict[int, dict[str, str]],
+                 key_types: list[str], aggregates: list[Any], grouping: list[Any]):
+        self.frame, self.keys, self.parts = frame, keys, parts
+        self.key_types, self.aggregates, self.grouping = key_types, aggregates, grouping
+
+
+def contributions(spark: SparkSession, decision: Decision) -> DataFrame:
+    """What each consumer contributes to a dp release, after the per-consumer reduction
+    and clamping and before any noise: ``__u`` (the consumer), ``__g*`` (group keys) and
+    one column per measured part. For tests and audits of the mechanism (D2)."""
+    return _reduce(_Jvm(spark), decision).frame
+
+
+def _reduce(j: _Jvm, decision: Decision) -> _Reduced:
+    import secrets
+
+    from pyspark.sql import Window
+
+    plan = decision.dp
+    root = decision.query.jplan
+    final = decision.final
+    jfinal = j.at(root, final.path)
+    child = _widen(j, j.child(jfinal, 0), final.path + (0,), decision.carry.additions)
+    child_ids = output_ids(final.node.children[0])
+    groups_of = _entity_groups(decision)
+    entities = [_entity_attribute(j, child, child_ids, i) for i in sorted(set(groups_of.values()))]
+    unit = entities[0] if len(entities) == 1 else j.expr.Coalesce(j.seq(entities))
+    grouping = j.items(jfinal.groupingExpressions())
+    aggregates = _jvm_aggregates(j, jfinal.aggregateExpressions())
+    # One row per (consumer, group): the group keys and each aggregate's per-consumer part.
+    outputs = [j.alias(unit, "__u")] + [j.alias(g, f"__g{n}") for n, g in enumerate(grouping)]
+    parts: dict[int, dict[str, str]] = {}
+    for agg in plan.aggregates:
+        parts[agg.index] = {}
+        if agg.same_as is not None:
+            continue
+        jae = aggregates[agg.index]
+        condition = jae.filter().get() if jae.filter().isDefined() else None
+        function = jae.aggregateFunction()
+        names: dict[str, str] = {}
+        if agg.function == "count":
+            outputs.append(j.alias(j.aggregate(function, False, condition), f"__c{agg.index}"))
+            names["count"] = f"__c{agg.index}"
+        elif agg.function in ("sum", "avg"):
+            arg = j.child(function, 0)
+            outputs.append(j.alias(j.aggregate(function, False, condition), f"__v{agg.index}"))
+            outputs.append(j.alias(j.aggregate(j.agg.Count(j.seq([arg])), False, condition),
+                                   f"__n{agg.index}"))
+            names.update(value=f"__v{agg.index}", rows=f"__n{agg.index}")
+        parts[agg.index] = names
+    per_unit = j.logical.Aggregate(j.seq([unit] + grouping), j.seq(outputs), child, jfinal.hint())
+    rows = j.dataframe(_standalone(j, root, per_unit))
+    keys = [f"__g{n}" for n in range(len(grouping))]
+    max_rows = plan.max_rows
+    columns = [F.col("__u")] + [F.col(k) for k in keys]
+    for agg in plan.aggregates:
+        names = parts[agg.index]
+        if agg.same_as is not None:
+            continue
+        if agg.function == "count":
+            columns.append(F.least(F.col(names["count"]), F.lit(max_rows)).alias(names["count"]))
+        elif agg.function in ("sum", "avg"):
+            n = F.col(names["rows"]).cast("double")
+            v = F.coalesce(F.col(names["value"]).cast("double"), F.lit(0.0))
+            total = v * n if agg.function == "avg" else v  # per-consumer sum
+            # More than max_rows rows: the consumer's sum scaled to max_rows rows (its mean
+            # kept), then clamped to the declared bounds whatever the expression was.
+            scaled = F.when(n > max_rows, total * F.lit(float(max_rows)) / n).otherwise(total)
+            lo, hi = agg.bounds
+            columns.append(F.least(F.greatest(scaled, F.lit(lo)), F.lit(hi)).alias(names["value"]))
+            columns.append(F.least(F.col(names["rows"]), F.lit(max_rows)).alias(names["rows"]))
+    reduced = rows.select(*columns)
+    if not plan.one_group and keys:
+        # At most max_groups groups per consumer, chosen by a keyed hash of the group key
+        # (the key is drawn per run, so a query cannot steer which groups are kept).
+        salt = secrets.randbits(62)
+        order = F.xxhash64(F.lit(salt), *[F.col(k) for k in keys])
+        rank = F.row_number().over(Window.partitionBy("__u").orderBy(order))
+        reduced = reduced.withColumn("__r", rank).where(F.col("__r") <= plan.max_groups)
+    return _Reduced(reduced, keys, parts,
+                    [f.dataType.simpleString() for f in rows.schema.fields[1:1 + len(keys)]],
+                    aggregates, grouping)
+
+
+def _execute_dp(j: _Jvm, decision: Decision) -> ExecutionResult:
+    """The dp release: per-consumer reduction and clamping, then the groups' sums and
+    counts in one Spark job; noise and partition selection from OpenDP on the (few) group
+    rows; the query's own post-processing (HAVING, ORDER BY, LIMIT, windows) over the
+    noisy rows."""
+    from policies import noise
+
+    plan = decision.dp
+    spark = j.spark
+    root = decision.query.jplan
+    final = decision.final
+    jfinal = j.at(root, final.path)
+    red = _reduce(j, decision)
+    reduced, keys, parts = red.frame, red.keys, red.parts
+    aggregates, grouping = red.aggregates, red.grouping
+    sums = [F.count(F.lit(1)).alias("__units")]
+    for agg in plan.aggregates:
+        for name in parts[agg.index].values():  # (copies have none)
+            sums.append(F.sum(F.col(name)).alias(name))
+    grouped = reduced.groupBy(*keys).agg(*sums) if keys else reduced.agg(*sums)
+    exact = grouped.collect()
+    if not keys and not exact:
+        exact = []
+    released, accuracy = _noisy_rows(plan, exact, keys, parts, noise)
+    # The released rows as a relation typed like the original aggregation's outputs.
+    key_types = red.key_types
+    agg_types = [str(a.dataType().simpleString()) for a in aggregates]
+    agg_names = [f"__a{i}" for i in range(len(aggregates))]
+    from pyspark.sql.types import StructField, StructType, _parse_datatype_string
+
+    schema = StructType(
+        [StructField(k, _parse_datatype_string(t), True) for k, t in zip(keys, key_types, strict=True)]
+        + [StructField(n, _parse_datatype_string("double"), True) for n in agg_names]
+    )
+    table = spark.createDataFrame(released, schema)
+    table = table.select(*[F.col(k) for k in keys],
+                         *[F.col(n).cast(t).alias(n) for n, t in zip(agg_names, agg_types, strict=True)])
+    relation = table._jdf.queryExecution().analyzed()
+    rel_out = j.items(relation.output())
+    group_attrs, agg_attrs = rel_out[:len(keys)], rel_out[len(keys):]
+    counter = [0]
+    projected = []
+    for e in j.items(jfinal.aggregateExpressions()):
+        body = e.child() if e.nodeName() == "Alias" else e
+        replaced = _replace_aggregates(j, body, grouping, group_attrs, agg_attrs, counter)
+        projected.append(j.alias(replaced, e.name(), e.exprId()))
+    project = j.logical.Project(j.seq(projected), relation)
+    result = ExecutionResult(j.dataframe(j.rebuild(root, (), final.path, project)),
+                             0, len(released))
+    result.accuracy = _column_accuracy(decision, accuracy)
+    result.epsilon, result.delta = plan.epsilon, plan.delta
+    return result
+
+
+def _noisy_rows(plan, exact, keys: list[str], parts: dict[int, dict[str, str]], noise):
+    """Noise every measurement of every group (OpenDP), select the groups to release, and
+    return the rows (keys, then one value per aggregate in policy order) with each
+    aggregate's 95% half-width (the largest over released rows, for averages)."""
+    units_m = plan.units()
+    units = noise.discrete_laplace([int(r["__units"]) for r in exact], units_m.scale)
+    noisy: dict[str, list[float]] = {}
+    for agg in plan.aggregates:
+        names = parts[agg.index]
+        if "count" in names:
+            m = plan.for_aggregate(agg.index, "count")
+            noisy[names["count"]] = noise.discrete_laplace([int(r[names["count"]] or 0) for r in exact], m.scale)
+        if "value" in names:
+            m = plan.for_aggregate(agg.index, "sum")
+            noisy[names["value"]] = noise.laplace([float(r[names["value"]] or 0.0) for r in exact], m.scale)
+            if agg.function == "avg":
+                c = plan.for_aggregate(agg.index, "count")
+                noisy[names["rows"]] = noise.discrete_laplace([int(r[names["rows"]] or 0) for r in exact], c.scale)
+    rows, widths = [], {}
+    count_of_aggregates = max((a.index for a in plan.aggregates), default=-1) + 1
+    measured = [a for a in plan.aggregates if a.same_as is None]
+    copies = [a for a in plan.aggregates if a.same_as is not None]
+    for i, r in enumerate(exact):
+        if keys and units[i] < plan.threshold:
+            continue  # DP partition selection: too few consumers to release this group
+        values: list[float | None] = [None] * count_of_aggregates
+        for agg in measured:
+            names = parts[agg.index]
+            if agg.function == "count_units":
+                values[agg.index] = float(max(units[i], 0))
+                widths[agg.index] = plan.units().ci95
+            elif agg.function == "count":
+                values[agg.index] = float(max(noisy[names["count"]][i], 0))
+                widths[agg.index] = plan.for_aggregate(agg.index, "count").ci95
+            elif agg.function == "sum":
+                values[agg.index] = noisy[names["value"]][i]
+                widths[agg.index] = plan.for_aggregate(agg.index, "sum").ci95
+            else:
+                total, n = noisy[names["value"]][i], noisy[names["rows"]][i]
+                if n < 1:
+                    values[agg.index] = None  # no reliable denominator: released as NULL
+                    continue
+                lo, hi = agg.bounds
+                mean = min(max(total / n, lo), hi)  # a mean of clamped values lies within
+                values[agg.index] = mean
+                s = plan.for_aggregate(agg.index, "sum").ci95
+                c = plan.for_aggregate(agg.index, "count").ci95
+                width = (s + abs(mean) * c) / max(n - c, 1.0)
+                widths[agg.index] = max(widths.get(agg.index, 0.0), width)
+        for agg in copies:
+            values[agg.index] = values[agg.same_as]
+            if agg.same_as in widths:
+                widths[agg.index] = widths[agg.same_as]
+        rows.append(tuple(r[k] for k in keys) + tuple(values))
+    return rows, widths
+
+
+def _column_accuracy(decision: Decision, widths: dict[int, float]) -> dict[str, dict[str, float]]:
+    """Half-widths by output column, for outputs that are one aggregate (maybe rounded or
+    cast); columns computed from several aggregates get none."""
+    out: dict[str, dict[str, float]] = {}
+    for agg in decision.dp.aggregates:
+        if agg.index in widths and agg.column in decision.columns:
+            out[agg.column] = {"ci95": round(float(widths[agg.index]), 6)}
+    return out

@@ -9,10 +9,12 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from policies.carry import CarryPlan, plan_carry
+from policies.dp import plan_dp
+from policies.flow import Flow, FlowResult, release_mode
 from policies.lineage import FinalAggregation, Lineages, Output, find_final, quasi_raw, sensitive
 from policies.model import OWN, Mode, Source, Violation, sorted_sources
 from policies.segment import platform_token_matcher
-from policies.sparkplan import AnalyzedQuery, PlanRefused, analyze
+from policies.sparkplan import AnalyzedQuery, PlanRefused, QueryError, analyze
 from policies.tree import Node
 from yushan.catalog import DatasetInfo
 
@@ -44,13 +46,18 @@ class Decision:
     epsilon: float | None = None
     delta: float | None = None
     accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
+    flow: FlowResult | None = None
+    error: QueryError | None = None  # a syntax or name error (not a policy decision)
+    dp: Any = None  # policies.dp.DpPlan for dp jobs
 
     @property
     def allowed(self) -> bool:
-        return not self.violations
+        return not self.violations and self.error is None
 
     @property
     def decision(self) -> str:
+        if self.error is not None:
+            return "error"
         return "allow" if self.allowed else "deny"
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,6 +73,7 @@ class Decision:
             "epsilon": self.epsilon,
             "delta": self.delta,
             "accuracy": dict(self.accuracy),
+            **({"error": self.error.to_dict()} if self.error is not None else {}),
             "enforcement": self.enforcement_summary(),
         }
 
@@ -105,6 +113,8 @@ def check(
         query = analyze(spark, sql)
     except PlanRefused as refused:
         return Decision(kind, merchant, [refused.violation])
+    except QueryError as error:
+        return Decision(kind, merchant, [], error=error)
     return decide(query, kind, merchant, datasets, platform_token_matcher(spark, merchant))
 
 
@@ -114,19 +124,39 @@ def decide(query: AnalyzedQuery, kind: str, merchant: str, datasets: Mapping[str
     final, blocker = find_final(root) if kind == "aggregate" else (None, None)
     lineages = Lineages(datasets, merchant, final, is_platform_token)
     outputs = lineages.run(root)
+    release = release_mode(root, {k.lower(): v for k, v in datasets.items()})
+    flow = Flow(datasets, merchant, final, release if kind == "aggregate" else None,
+                is_platform_token).run(root)
     consumer = sorted({r.dataset.full_name for r in lineages.relations if r.dataset.is_consumer_data})
     ks = [r.dataset.k or DEFAULT_K for r in lineages.relations if r.dataset.is_consumer_data]
     decision = Decision(
         kind, merchant, lineages.violations, columns=[name for _, name, _ in outputs],
         columns_read=sorted(lineages.columns_read), datasets_read=sorted(lineages.datasets_read), k=max(ks, default=DEFAULT_K),
         consumer_datasets=consumer, query=query, final=final, datasets=datasets,
+        # Segment jobs are exact, each segment over >= k consumers (the contract's segment
+        # section), whatever the datasets' mode.
+        release=release if kind == "aggregate" else ("threshold" if release else None),
     )
+    lineages.violations.extend(flow.violations)  # the decision's own list
+    decision.flow = flow
     if kind == "aggregate":
         _check_aggregate_outputs(decision, lineages, outputs, final, blocker)
         if final is not None and consumer:
             _plan_p3(decision, lineages, root, final)
     else:
         _check_segment_outputs(decision, lineages, outputs, datasets, merchant)
+        if consumer:
+            _check_segment_link(decision, lineages, flow)
+            _plan_segment_carry(decision, lineages, root, flow)
+    if decision.release == "dp" and final is not None and final.node.cls != "Aggregate":
+        lineages.deny(
+            "P3", "DISTINCT", set(),
+            "In dp mode a SELECT DISTINCT over consumer data cannot be released; only counts, "
+            "sums and averages per group can.",
+            "Use GROUP BY with count(DISTINCT user_id) instead of SELECT DISTINCT.",
+        )
+    if decision.allowed and decision.release == "dp" and final is not None:
+        plan_dp(decision, flow)
     _dedupe(decision)
     return decision
 
@@ -140,9 +170,6 @@ def _check_aggregate_outputs(decision: Decision, lineages: Lineages, outputs: li
             deny("P1", name, raw,
                  "This output column carries identifying or private values of consumers.",
                  "Remove the column, or count it: count(DISTINCT user_id) AS buyers.")
-        keyed = sensitive(lin, Mode.KEY)
-        if keyed:
-            lineages._check_group_key(name, lin, "GROUP BY")
         tokens = {s for s, m in lin if m == Mode.TOKEN}
         if tokens:
             deny("P1", name, tokens, "segment_token() may only be used in segment jobs.",
@@ -252,6 +279,47 @@ def _check_segment_outputs(decision: Decision, lineages: Lineages, outputs: list
              "member must be segment_token(<entity column>) or your own member key, unchanged.",
              "Use segment_token(c.user_id) AS member, or m.member_id AS member from your own "
              "dataset.")
+
+
+def _plan_segment_carry(decision: Decision, lineages: Lineages, root: Node,
+                        flow: FlowResult) -> None:
+    """Segments count distinct consumers: their entity must reach the output. A member
+    that is segment_token(entity) is one consumer already (the token is injective)."""
+    if len(flow.outputs) == 2 and flow.outputs[1][2].token:
+        return
+    cte_defs = {int(n.fields.get("id", -1)): n for n in _walk_plans(root) if n.cls == "CTERelationDef"}
+    if root.cls == "WithCTE":
+        last = len(root.children) - 1
+        carry = plan_carry(root.children[last], (last,), lineages.datasets, cte_defs)
+    else:
+        carry = plan_carry(root, (), lineages.datasets, cte_defs)
+    decision.carry = carry
+    for ds, why in carry.problems:
+        info = lineages.datasets.get(ds.lower())
+        entity = info.entity_column if info else "user_id"
+        lineages.deny(
+            "P3", "member", {Source(ds, entity or "", "identifier", True)},
+            f"The number of distinct consumers per segment cannot be counted for {ds}: {why}.",
+            f"Keep {entity} in every subquery between {ds} and the output.",
+        )
+
+
+def _check_segment_link(decision: Decision, lineages: Lineages, flow: FlowResult) -> None:
+    """A segment job that reads consumer data labels each member from that member's own
+    consumer: ``member`` is segment_token(entity), or the merchant's member key of a row
+    joined to the consumer on an identifier (m.phone_hash = c.phone_hash)."""
+    if len(flow.outputs) != 2:
+        return
+    member = flow.outputs[1][2]
+    if member.token or member.linked:
+        return
+    lineages.deny(
+        "P4", "member", set(),
+        "The members are not joined to the consumers whose data labels them, so a label "
+        "could carry another consumer's data.",
+        "Join your members to consumers on an identifier (m.phone_hash = c.phone_hash), or "
+        "use segment_token(c.user_id) AS member.",
+    )
 
 
 def _is_entity(source: Source, lineages: Lineages) -> bool:

@@ -233,8 +233,6 @@ class Lineages:
             self._refer(outputs)
             if is_final:
                 outputs = [(i, n, with_mode(lin, Mode.KEY)) for i, n, lin in outputs]
-                for _, name, lin in outputs:
-                    self._check_group_key(name, lin, "DISTINCT")
             return outputs
         if cls == "Aggregate":
             return self._aggregate(node, env, is_final, ctx)
@@ -293,9 +291,7 @@ class Lineages:
 
     def _aggregate(self, node: Node, env: dict[int, Lineage], is_final: bool, ctx: Ctx) -> list[Output]:
         for e in node.exprs.get("groupingExpressions", []):
-            lin = self.eval(e, env, Ctx("GROUP BY", at_or_above_final=is_final))
-            if is_final:
-                self._check_group_key(e.name or "GROUP BY", lin, "GROUP BY")
+            self.eval(e, env, Ctx("GROUP BY", at_or_above_final=is_final))
         outputs = []
         for i, e in enumerate(node.exprs.get("aggregateExpressions", [])):
             sub = Ctx(e.name, final=is_final, at_or_above_final=is_final, agg_index=i)
@@ -305,17 +301,6 @@ class Lineages:
                 lin = with_mode(lin, Mode.KEY)
             outputs.append((e.expr_id, e.name, lin))
         return outputs
-
-    def _check_group_key(self, where: str, lin: Lineage, clause: str) -> None:
-        bad = {s for s, m in lin if s.column_class in SENSITIVE and m in (Mode.RAW, Mode.KEY)}
-        if bad:
-            self.deny(
-                "P4", where, bad,
-                f"A {clause} key of the released rows depends on identifying or private "
-                "columns, so every row would describe one person.",
-                "Group by quasi or public columns (gender, city, category ...); group by "
-                "user_id only in a subquery that feeds a later aggregation.",
-            )
 
     # -- expressions ----------------------------------------------------------------------
 
@@ -367,7 +352,6 @@ class Lineages:
                       "Use a supported built-in function instead.")
         if cls in fn.COMPARISONS:
             lins = [self.eval(c, env, ctx, path + (i,)) for i, c in enumerate(e.children)]
-            self._check_targeting(lins, ctx)
             out = EMPTY
             for lin in lins:
                 out = out | lin
@@ -410,14 +394,6 @@ class Lineages:
         if name in fn.VALUE_AGGREGATES:
             if not ctx.final:
                 return inputs
-            bad = {s for s, m in inputs if s.column_class in SENSITIVE and m == Mode.RAW}
-            if bad:
-                self.deny(
-                    "P1", ctx.where, bad,
-                    f"{_agg_label(name)} over identifying or private columns reveals them; "
-                    "only count/count(DISTINCT) may use them.",
-                    "Use count(DISTINCT ...) of the column, or aggregate a quasi column instead.",
-                )
             return with_mode(inputs, Mode.AGG)
         if name not in fn.OTHER_KNOWN_AGGREGATES:
             self.deny("P2", ctx.where, {s for s, _ in inputs},
@@ -493,29 +469,6 @@ class Lineages:
             else:
                 out = out | self.eval(child, env, ctx, path + (i,))
         return out
-
-    def _check_targeting(self, lins: list[Lineage], ctx: Ctx) -> None:
-        """P6: an identifier/private value compared with something that is not a column of
-        the same kind (a literal, a list of literals, or a literal-only expression)."""
-        for i, lin in enumerate(lins):
-            target = {s for s, m in lin if s.column_class in SENSITIVE and m in (Mode.RAW, Mode.KEY)}
-            if not target:
-                continue
-            for j, other in enumerate(lins):
-                if j == i:
-                    continue
-                anchored = any(
-                    s.column_class in SENSITIVE or s.column_class == OWN for s, _ in other
-                )
-                if not anchored:
-                    self.deny(
-                        "P6", ctx.where, target,
-                        "An identifying or private column is compared with a literal value, "
-                        "which singles out individuals.",
-                        "Filter on quasi or public columns (city, birth_year, category ...); "
-                        "identifier columns may only be joined with other identifier columns.",
-                    )
-                    return
 
 
 def _int_list(value) -> list[int]:

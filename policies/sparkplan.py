@@ -40,6 +40,48 @@ FEATURE_NAMES = {
 }
 
 
+class QueryError(Exception):
+    """A syntax or name error: reported as such (P9), never as a policy rule."""
+
+    def __init__(self, error_class: str, message: str, position: dict | None):
+        super().__init__(message)
+        self.error_class = error_class
+        self.message = message
+        self.position = position
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"class": self.error_class, "message": self.message, "position": self.position}
+
+
+_POSITION = re.compile(r"line (\d+), pos (\d+)")
+
+
+def _query_error(exc: Exception, fallback: str) -> QueryError:
+    """Spark's error class, its first message line, and where in the SQL it points."""
+    error_class = fallback
+    getter = getattr(exc, "getCondition", None) or getattr(exc, "getErrorClass", None)
+    try:
+        error_class = str(getter() or fallback) if callable(getter) else fallback
+    except Exception:  # noqa: BLE001 - the class is a nicety; the message is what matters
+        error_class = fallback
+    message = _spark_message(exc)
+    position = None
+    try:
+        contexts = exc.getQueryContext() if hasattr(exc, "getQueryContext") else []
+        for context in contexts or []:
+            start, stop = int(context.startIndex()), int(context.stopIndex())
+            if start >= 0:
+                position = {"start": start, "stop": stop}
+                break
+    except Exception:  # noqa: BLE001
+        position = None
+    if position is None:
+        match = _POSITION.search(str(exc))
+        if match:
+            position = {"line": int(match.group(1)), "column": int(match.group(2))}
+    return QueryError(error_class, message, position)
+
+
 class PlanRefused(Exception):
     """The SQL is not a single plain query, or Spark could not analyse it."""
 
@@ -115,10 +157,16 @@ def analyze(spark: SparkSession, sql: str) -> AnalyzedQuery:
     try:
         parsed = state.sqlParser().parsePlan(sql)
     except (PySparkException, Py4JError) as exc:
-        raise _refuse(
-            f"The SQL could not be parsed: {_spark_message(exc)}",
-            "Submit exactly one SELECT statement (no trailing statements).",
-        ) from None
+        error = _query_error(exc, "PARSE_SYNTAX_ERROR")
+        if "';'" in error.message:
+            # A statement follows the first one: that is not a syntax slip but a second
+            # statement, which P7 refuses.
+            raise _refuse(
+                "Only a single query (SELECT ...) may be submitted; this text holds more "
+                "than one statement.",
+                "Submit exactly one SELECT statement (no trailing statements).",
+            ) from None
+        raise error from None
     _check_parsed(parsed)
     skip = jvm_constant(spark, "CommandExecutionMode.SKIP",
                         lambda jvm: jvm.org.apache.spark.sql.execution.CommandExecutionMode.SKIP())
@@ -127,8 +175,5 @@ def analyze(spark: SparkSession, sql: str) -> AnalyzedQuery:
         text = analyzed.toJSON()  # one reply, however large (sandbox.spark._QuickAckSocket)
     except (PySparkException, Py4JError) as exc:
         # Unknown and unreadable tables read exactly alike: Spark's own message.
-        raise _refuse(
-            _spark_message(exc),
-            "Check the dataset and column names against the catalog of this merchant.",
-        ) from None
+        raise _query_error(exc, "ANALYSIS_ERROR") from None
     return AnalyzedQuery(jplan=analyzed, tree=parse_plan_json(text))

@@ -233,6 +233,6 @@ def test_commands_are_never_executed(spark, hanfu_env):
                 hanfu_env.merchant, hanfu_env.datasets).to_dict()
     assert doc["decision"] == "deny"
     assert "leak" not in {t.name for t in spark.catalog.listTables()}
-    assert spark.conf.get("spark.sql.ansi.enabled") == "true"
-    check(spark, "SET spark.sql.ansi.enabled=false", "aggregate", hanfu_env.merchant, hanfu_env.datasets)
-    assert spark.conf.get("spark.sql.ansi.enabled") == "true"
+    assert spark.conf.get("spark.sql.ansi.enabled") == "false"
+    check(spark, "SET spark.sql.ansi.enabled=true", "aggregate", hanfu_env.merchant, hanfu_env.datasets)
+    assert spark.conf.get("spark.sql.ansi.enabled") == "false"

@@ -1,0 +1,773 @@
+"""The privacy unit's data flow over the analyzed plan (policy contract v2: P1, P3, P4, P6).
+
+Every row derived from platform consumer data belongs to one unit (one consumer). This pass
+walks the analyzed plan bottom-up and knows, for every attribute, whether it carries an
+identifier or private value (always bare: no function may touch one), whether it depends on
+consumer data, whether it holds the unit's entity, and which declared per-consumer bounds
+cover it; for every relation, whether its rows are consumer rows. It then denies:
+
+* **P1** an identifier or private column anywhere but its allowed positions: passed through
+  bare, a bare key of an equi-join between two relations, a bare GROUP BY key of a per-unit
+  aggregation (identifiers only), ``count(DISTINCT col)``, ``segment_token(entity)``;
+* **P4** consumer data moving between units below the release step: aggregations and
+  DISTINCT that do not keep the entity, windows not partitioned by it, joins of two
+  consumer relations whose resolved keys do not equate their entities, set operations,
+  subqueries that read consumer data;
+* **P6** generators fed by consumer data below the release step;
+* **P3** (threshold mode) an aggregate argument over consumer data that is not a bare
+  column, a CAST of one, or a constant;
+* in ``dp`` mode, aggregates the mechanism does not support, and sums without bounds.
+
+Decisions are made on expression ids and Spark's resolved join keys, never on names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+from policies.model import PRIVATE, SENSITIVE, Source, Violation, sorted_sources
+from policies.tree import Node
+from yushan.catalog import DatasetInfo
+
+SUBQUERIES = ("ScalarSubquery", "Exists", "ListQuery", "LateralSubquery")
+DP_SUMS = frozenset({"Sum", "Average", "TrySum", "TryAverage"})
+# Functions that can still fail at run time on some values with ANSI mode off (huge or
+# invalid sizes, patterns and formats). On consumer data a failure would answer a yes/no
+# question about a consumer (P8), so they are denied there.
+MAY_FAIL = frozenset({
+    "Sequence", "StringRepeat", "ArrayRepeat", "StringSpace", "StringLPad", "StringRPad",
+    "ToNumber", "ToBinary", "ElementAt", "FormatString", "AssertNotNull", "Elt",
+    "RegExpReplace", "RegExpExtract", "RegExpExtractAll", "RegExpCount", "RegExpSubStr",
+    "RegExpInStr", "RLike", "StringSplit", "DateFormatClass", "FromUnixTime",
+    "ParseToDate", "ParseToTimestamp", "GetTimestamp", "ToUnixTimestamp", "UnixTimestamp",
+    "JsonToStructs", "CsvToStructs", "SchemaOfJson", "Conv", "Factorial", "Decode",
+    "StringDecode", "Encode", "MakeInterval", "MakeDTInterval", "MakeYMInterval",
+    "ArrayInsert", "Slice", "MapFromArrays", "MapFromEntries", "CreateMap", "MapConcat",
+    "StringToMap", "UnBase64", "Luhncheck", "TryToNumber", "Mask", "Overlay",
+})
+# ... unless the argument that can make them fail is a literal (the pattern, the format).
+_LITERAL_SAFE = {
+    "RegExpReplace": (1,), "RegExpExtract": (1, 2), "RegExpExtractAll": (1, 2),
+    "RegExpCount": (1,), "RegExpSubStr": (1,), "RegExpInStr": (1, 2), "RLike": (1,),
+    "StringSplit": (1,), "DateFormatClass": (1,), "FromUnixTime": (1,),
+    "ParseToDate": (1,), "ParseToTimestamp": (1,), "GetTimestamp": (1,),
+    "ToUnixTimestamp": (1,), "UnixTimestamp": (1,), "ElementAt": (1,), "Decode": (1,),
+    "StringDecode": (1,), "Encode": (1,), "Conv": (1, 2), "Slice": (1, 2),
+    "Elt": (0,), "Mask": (1, 2, 3, 4),
+}
+
+
+@dataclass(frozen=True)
+class Attr:
+    """What the pass knows about one attribute (by expression id)."""
+
+    sens: frozenset[Source] = frozenset()  # identifier/private values, carried bare
+    consumer: bool = False  # depends on platform consumer data
+    entity: bool = False  # holds the unit's entity value
+    linked: bool = False  # a merchant value joined to one consumer by an identifier key
+    token: bool = False  # segment_token(entity)
+    bounds: tuple[float, float] | None = None  # hull of declared per-consumer bounds
+    # a function of columns of one-row-per-consumer datasets (or of literals only): as a
+    # group key it puts each consumer in exactly one group
+    one_group: bool = False
+
+
+@dataclass
+class Rel:
+    """A plan node's output: its attributes, and whether its rows are consumer rows."""
+
+    attrs: list[tuple[int, str, Attr]]
+    consumer: bool = False  # rows belong to units (consumer data below the release step)
+    reads_consumer: bool = False  # any consumer dataset below, released or not
+
+    def ids(self) -> set[int]:
+        return {i for i, _, _ in self.attrs}
+
+
+@dataclass
+class DpAggregate:
+    """One aggregate of the release step in dp mode, as the mechanism will compute it."""
+
+    index: int  # position in the final aggregation's aggregateExpressions walk order
+    function: str  # "count" | "count_units" | "sum" | "avg"
+    bounds: tuple[float, float] | None  # sum/avg: the per-consumer clamp
+    column: str  # the output column it feeds (for explanations and accuracy)
+    same_as: int | None = None  # an earlier aggregate computing exactly the same value
+
+
+@dataclass
+class FlowResult:
+    violations: list[Violation] = field(default_factory=list)
+    outputs: list[tuple[int, str, Attr]] = field(default_factory=list)
+    dp_aggregates: list[DpAggregate] = field(default_factory=list)
+    consumer_group_keys: bool = False  # a released group key depends on consumer data
+    grouped: bool = False  # the release step has GROUP BY keys
+    one_group_keys: bool = True  # every release group key puts a consumer in one group
+
+
+def _bare(e: Node) -> Node | None:
+    """The attribute ``e`` is, when it is one (possibly under an Alias)."""
+    if e.cls == "AttributeReference":
+        return e
+    if e.cls == "Alias" and len(e.children) == 1 and e.children[0].cls == "AttributeReference":
+        return e.children[0]
+    return None
+
+
+def _string_cast(e: Node) -> Node | None:
+    """The attribute of ``alias(cast(attr AS string))``, when ``e`` is one."""
+    if e.cls != "Alias" or len(e.children) != 1:
+        return None
+    cast = e.children[0]
+    if cast.cls != "Cast" or len(cast.children) != 1 or cast.children[0].cls != "AttributeReference":
+        return None
+    return cast.children[0] if cast.fields.get("dataType") == "string" else None
+
+
+def signature(e: Node) -> tuple:
+    """A structural key of an expression: equal for the same computation on the same
+    columns (ignores result ids), so a repeated aggregate is measured once."""
+    if e.cls == "AttributeReference":
+        return ("attr", e.expr_id)
+    fields = tuple(sorted((k, repr(v)) for k, v in e.fields.items()
+                          if k not in ("resultId", "exprId", "qualifier", "name")))
+    return (e.cls, fields, tuple(signature(c) for c in e.children))
+
+
+def _bare_or_cast(e: Node) -> Node | None:
+    while e.cls in ("Cast", "Alias") and len(e.children) == 1:
+        e = e.children[0]
+    return e if e.cls == "AttributeReference" else None
+
+
+def _conjuncts(e: Node) -> Iterator[Node]:
+    if e.cls == "And":
+        for c in e.children:
+            yield from _conjuncts(c)
+    else:
+        yield e
+
+
+def _hull(a, b):
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return (min(a[0], b[0]), max(a[1], b[1]))
+
+
+def _join_type(node: Node) -> str:
+    return str((node.fields.get("joinType") or {}).get("object", node.fields.get("joinType", "")))
+
+
+def _relation_name(node: Node) -> str | None:
+    table = node.fields.get("catalogTable")
+    if not isinstance(table, dict):
+        return None
+    ident = table.get("identifier") or {}
+    if not ident.get("database") or not ident.get("table"):
+        return None
+    return f"{ident['database']}.{ident['table']}".lower()
+
+
+def release_mode(root: Node, datasets: Mapping[str, DatasetInfo]) -> str | None:
+    """"dp" if any consumer dataset the plan reads is in dp mode, "threshold" if all are in
+    threshold mode, None when the plan reads no consumer data."""
+    modes = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node.cls == "LogicalRelation":
+            ds = datasets.get(_relation_name(node) or "")
+            if ds is not None and ds.is_platform and ds.is_consumer_data:
+                modes.add(ds.release_mode or "dp")
+        stack.extend(node.children)
+        if node.subplan is not None:
+            stack.append(node.subplan)
+        for exprs in node.exprs.values():
+            for e in exprs:
+                stack.extend(n.subplan for n in e.walk() if n.subplan is not None)
+    if not modes:
+        return None
+    return "dp" if "dp" in modes else "threshold"
+
+
+class Flow:
+    """The pass. ``Flow(...).run(root)`` -> :class:`FlowResult`."""
+
+    def __init__(self, datasets: Mapping[str, DatasetInfo], merchant: str, final,
+                 release: str | None, is_platform_token: Callable[[Node], bool]):
+        self.datasets = {k.lower(): v for k, v in datasets.items()}
+        self.merchant = merchant
+        self.final = final  # policies.lineage.FinalAggregation or None
+        self.release = release
+        self.is_platform_token = is_platform_token
+        self.result = FlowResult()
+        self._seen: set[tuple[str, str, str]] = set()
+        self._cte: dict[int, Rel] = {}
+        self._subquery_depth = 0
+        self._common: list[Attr] = []
+        self._dp_signatures: dict[tuple, int] = {}
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def deny(self, rule: str, where: str, sources, message: str, suggestion: str,
+             **params) -> None:
+        text, hint = message.format(**params), suggestion.format(**params)
+        key = (rule, where, text)
+        if key in self._seen:
+            return
+        self._seen.add(key)
+        self.result.violations.append(Violation(
+            rule, where, sorted_sources(set(sources)), text, hint,
+            message_template=message, suggestion_template=suggestion, params=dict(params)))
+
+    def _p1(self, where: str, sources, clause: str) -> None:
+        private = any(s.column_class == PRIVATE for s in sources)
+        self.deny(
+            "P1", where, sources,
+            "An identifying or private column is used in {clause}; such columns may only be "
+            "joined on (bare, between two datasets), grouped by per consumer, or counted with "
+            "count(DISTINCT ...).",
+            "Count it with count(DISTINCT ...), or filter, join and group on quasi or public "
+            "columns (city, gender, birth_year, category ...)." if private else
+            "Use it only as a join key (a.user_id = b.user_id), as the GROUP BY key of a "
+            "per-consumer subquery, or inside count(DISTINCT ...); filter on quasi or public "
+            "columns instead.",
+            clause=clause,
+        )
+
+    def run(self, root: Node) -> FlowResult:
+        rel = self.visit(root, {}, above_final=False)
+        self.result.outputs = rel.attrs
+        return self.result
+
+    # -- expressions ----------------------------------------------------------------------
+
+    def use(self, e: Node, env: dict[int, Attr], where: str, clause: str,
+            allow: set[int] | None = None) -> Attr:
+        """Evaluate ``e`` as a function of its inputs: any identifier/private input is a P1
+        violation (except inside count(DISTINCT) / segment_token and the ids in ``allow``).
+        Returns the result's facts (never sensitive)."""
+        out = Attr(one_group=True)
+        for ref, fact in self._refs(e, env, where):
+            if fact.sens and (allow is None or id(ref) not in allow):
+                self._p1(where, fact.sens, clause)
+            out = Attr(consumer=out.consumer or fact.consumer,
+                       bounds=_hull(out.bounds, fact.bounds),
+                       one_group=out.one_group and fact.one_group)
+        return out
+
+    def _refs(self, e: Node, env: dict[int, Attr], where: str) -> Iterator[tuple[Node, Attr]]:
+        """Every attribute reference under ``e`` with its facts, in positions that use its
+        value; subquery plans are visited on the way (P4)."""
+        cls = e.cls
+        if cls == "AttributeReference":
+            fact = env.get(e.expr_id)
+            if fact is not None:
+                yield e, fact
+            return
+        if cls == "OuterReference":
+            for inner in e.exprs.get("e", []):
+                yield from self._refs(inner, env, where)
+            for child in e.children:
+                yield from self._refs(child, env, where)
+            return
+        if cls == "AggregateExpression" and e.fields.get("isDistinct") is True and e.children:
+            function = e.children[0]
+            if function.cls == "Count" and all(c.cls == "AttributeReference" for c in function.children):
+                for c in function.children:  # counted distinct: an allowed position
+                    fact = env.get(c.expr_id)
+                    if fact is not None:
+                        yield c, replace(fact, sens=frozenset())
+                for child in e.children[1:]:  # the FILTER clause uses values
+                    yield from self._refs(child, env, where)
+                return
+        if cls == "SQLScalarFunction" and self.is_platform_token(e):
+            inputs = e.exprs.get("inputs", [])
+            if len(inputs) == 1 and inputs[0].cls == "AttributeReference":
+                fact = env.get(inputs[0].expr_id)
+                if fact is not None and fact.entity:
+                    yield inputs[0], replace(fact, sens=frozenset())
+                    return
+            for i in inputs:
+                yield from self._refs(i, env, where)
+            return
+        if cls == "WindowSpecDefinition":
+            # PARTITION BY inside the window expression: bare identifiers may partition
+            # per consumer (the Window node checks the same keys for P4).
+            partition = set(_int_list(e.fields.get("partitionSpec")))
+            keys = [e.children[i] for i in partition if i < len(e.children)]
+            per_unit = any(k.cls == "AttributeReference" and env.get(k.expr_id, Attr()).entity for k in keys)
+            for i, child in enumerate(e.children):
+                fact = env.get(child.expr_id) if child.cls == "AttributeReference" else None
+                if i in partition and per_unit and fact is not None and \
+                        not any(s.column_class == PRIVATE for s in fact.sens):
+                    yield child, replace(fact, sens=frozenset())
+                else:
+                    yield from self._refs(child, env, where)
+            return
+        if cls in SUBQUERIES:
+            self._subquery(e, env, where)
+        if cls == "With":
+            # Common sub-expressions: the references stand for the definitions.
+            defs = [list(self._refs(c, env, where)) for c in e.children[1:]]
+            merged = Attr()
+            for refs in defs:
+                for ref, fact in refs:
+                    yield ref, fact
+                    merged = Attr(sens=merged.sens | fact.sens,
+                                  consumer=merged.consumer or fact.consumer,
+                                  bounds=_hull(merged.bounds, fact.bounds))
+            self._common.append(merged)
+            try:
+                if e.children:
+                    yield from self._refs(e.children[0], env, where)
+            finally:
+                self._common.pop()
+            return
+        if cls == "CommonExpressionRef" and self._common:
+            yield e, self._common[-1]
+            return
+        if cls in MAY_FAIL:
+            # Arguments at the "safe" positions (a pattern, a format, an index) are what can
+            # make the function fail; when they are literals it fails for every row or none.
+            safe = _LITERAL_SAFE.get(cls)
+            literal_ok = safe is not None and all(
+                e.children[i].cls == "Literal" for i in safe if i < len(e.children))
+            if cls == "ElementAt" and len(e.children) > 1 and str(e.children[1].fields.get("value")) == "0":
+                literal_ok = False  # element_at(x, 0) fails whatever the mode
+            consumer = any(fact.consumer for c in e.children for _, fact in self._refs_quiet(c, env))
+            if consumer and not literal_ok:
+                self.deny(
+                    "P8", where, (),
+                    "The function {function} can fail on some values; on consumer data a "
+                    "failure would reveal something about a consumer.",
+                    "Remove {function} from expressions over consumer data, or give it literal "
+                    "arguments where it takes a pattern, format or index.",
+                    function=cls,
+                )
+        for child in e.children:
+            yield from self._refs(child, env, where)
+        for key, exprs in e.exprs.items():
+            if key == "inputs":
+                continue
+            for x in exprs:
+                yield from self._refs(x, env, where)
+
+    def _refs_quiet(self, e: Node, env: dict[int, Attr]) -> Iterator[tuple[Node, Attr]]:
+        for n in e.walk():
+            if n.cls == "AttributeReference" and n.expr_id in env:
+                yield n, env[n.expr_id]
+
+    def _subquery(self, e: Node, env: dict[int, Attr], where: str) -> None:
+        if e.subplan is None:
+            return
+        self._subquery_depth += 1
+        try:
+            rel = self.visit(e.subplan, env, above_final=False)
+        finally:
+            self._subquery_depth -= 1
+        if rel.reads_consumer:
+            self.deny(
+                "P4", where, (),
+                "A subquery (scalar, IN, EXISTS or LATERAL) reads consumer data: its value "
+                "would carry other consumers' data into each row.",
+                "Join the consumer dataset in FROM on user_id instead of reading it in a "
+                "subquery.",
+            )
+
+    # -- plan nodes -----------------------------------------------------------------------
+
+    def visit(self, node: Node, outer: dict[int, Attr], above_final: bool) -> Rel:
+        cls = node.cls
+        is_final = self.final is not None and node is self.final.node and self._subquery_depth == 0
+        here_above = (self.final is not None and self._subquery_depth == 0
+                      and any(node is n for n in self.final.above))
+        if cls == "WithCTE":
+            for child in node.children[:-1]:
+                self.visit(child, outer, False)
+            return self.visit(node.children[-1], outer, here_above)
+        if cls == "CTERelationDef":
+            rel = self.visit(node.children[0], outer, False)
+            self._cte[int(node.fields.get("id", -1))] = rel
+            return rel
+        if cls == "CTERelationRef":
+            defined = self._cte.get(int(node.fields.get("cteId", -1)))
+            attrs = node.exprs.get("output", [])
+            if defined is None:
+                return Rel([(a.expr_id, a.name, Attr()) for a in attrs])
+            facts = [f for _, _, f in defined.attrs]
+            return Rel([(a.expr_id, a.name, facts[i] if i < len(facts) else Attr())
+                        for i, a in enumerate(attrs)], defined.consumer, defined.reads_consumer)
+        children = [self.visit(c, outer, here_above and not is_final) for c in node.children]
+        env: dict[int, Attr] = dict(outer)
+        for child in children:
+            env.update({i: f for i, _, f in child.attrs})
+        below = not (here_above or is_final) and self._subquery_depth == 0
+        reads = any(c.reads_consumer for c in children)
+
+        if cls == "LogicalRelation":
+            return self._relation(node)
+        if cls in ("LocalRelation", "Range"):
+            return Rel([(a.expr_id, a.name, Attr()) for a in node.exprs.get("output", [])])
+        if cls == "OneRowRelation":
+            return Rel([])
+        if cls == "Project":
+            out = []
+            for e in node.exprs.get("projectList", []):
+                bare = _bare(e)
+                if bare is not None and bare.expr_id in env:
+                    out.append((e.expr_id, e.name, env[bare.expr_id]))
+                    continue
+                cast = _string_cast(e)
+                if cast is not None and env.get(cast.expr_id, Attr()).entity:
+                    # Spark binds a SQL function's argument (segment_token(user_id)) as
+                    # cast(user_id AS string) AS x: injective, so still the bare entity.
+                    out.append((e.expr_id, e.name, env[cast.expr_id]))
+                    continue
+                inner = e.children[0] if e.cls == "Alias" and e.children else e
+                if inner.cls == "SQLScalarFunction" and self.is_platform_token(inner):
+                    fact = self.use(e, env, e.name, "a SELECT expression")
+                    out.append((e.expr_id, e.name, Attr(consumer=fact.consumer, token=True)))
+                    continue
+                out.append((e.expr_id, e.name, self.use(e, env, e.name, "a SELECT expression")))
+            return Rel(out, children[0].consumer if children else False, reads)
+        if cls == "Filter":
+            for e in node.exprs.get("condition", []):
+                self.use(e, env, "WHERE/HAVING", "a WHERE or HAVING condition")
+            return children[0]
+        if cls == "Sort":
+            for e in node.exprs.get("order", []):
+                self.use(e, env, "ORDER BY", "ORDER BY")
+            return children[0]
+        if cls in ("GlobalLimit", "LocalLimit", "Offset", "Tail"):
+            if children and children[0].consumer and (below or self._subquery_depth > 0):
+                # Which consumers' rows survive a LIMIT depends on the other consumers'
+                # rows (their order, their number).
+                self.deny(
+                    "P4", "LIMIT", (),
+                    "LIMIT, OFFSET or TAIL over consumer rows below the final aggregation lets "
+                    "other consumers' data decide which consumers are counted.",
+                    "Filter with WHERE instead, or apply LIMIT to the released groups after "
+                    "the final GROUP BY.",
+                )
+            return children[0] if children else Rel([])
+        if cls in ("SubqueryAlias", "View", "ResolvedHint", "CollectMetrics", "Repartition"):
+            return children[0] if children else Rel([])
+        if cls == "RepartitionByExpression":
+            for e in node.all_exprs():
+                self.use(e, env, "(query)", "a repartitioning expression")
+            return children[0]
+        if cls == "Join":
+            return self._join(node, children, env, below)
+        if cls == "Aggregate":
+            return self._aggregate(node, children[0], env, is_final, below)
+        if cls in ("Distinct", "Deduplicate"):
+            rel = children[0]
+            keeps_entity = any(f.entity for _, _, f in rel.attrs)
+            for _, name, fact in rel.attrs:
+                if fact.sens and (is_final or not keeps_entity
+                                  or any(s.column_class == PRIVATE for s in fact.sens)):
+                    self._p1(name, fact.sens, "DISTINCT")
+            if rel.consumer and below and not keeps_entity:
+                self._cross_unit("DISTINCT", "a SELECT DISTINCT")
+            if is_final:
+                return Rel(rel.attrs, False, reads)
+            return rel
+        if cls == "Window":
+            return self._window(node, children[0], env, below)
+        if cls == "Generate":
+            consumer = False
+            for e in node.exprs.get("generator", []):
+                consumer = self.use(e, env, "LATERAL VIEW", "a generator").consumer or consumer
+            if consumer and (below or self._subquery_depth > 0):
+                self.deny(
+                    "P6", "LATERAL VIEW", (),
+                    "A generator (explode, posexplode, inline, stack, LATERAL VIEW) is fed "
+                    "by consumer data, so one consumer could weigh as many.",
+                    "Generate rows only from literals or non-consumer data, or aggregate "
+                    "without multiplying rows.",
+                )
+            rel = children[0]
+            dropped = set(_int_list(node.fields.get("unrequiredChildIndex")))
+            kept = [a for i, a in enumerate(rel.attrs) if i not in dropped]
+            extra = [(a.expr_id, a.name, Attr(consumer=consumer))
+                     for a in node.exprs.get("generatorOutput", [])]
+            return Rel(kept + extra, rel.consumer, reads)
+        if cls in ("Union", "Intersect", "Except"):
+            if any(c.consumer for c in children) and (below or self._subquery_depth > 0):
+                self.deny(
+                    "P4", "(query)", (),
+                    "UNION, INTERSECT and EXCEPT may not combine consumer rows below the "
+                    "final aggregation.",
+                    "Aggregate each part in a job of its own, or filter one dataset with OR "
+                    "instead of combining rows.",
+                )
+            first = children[0].attrs if children else []
+            merged = []
+            for i, (ident, name, fact) in enumerate(first):
+                for other in children[1:]:
+                    if i < len(other.attrs):
+                        f = other.attrs[i][2]
+                        fact = Attr(sens=fact.sens | f.sens, consumer=fact.consumer or f.consumer,
+                                    bounds=_hull(fact.bounds, f.bounds))
+                merged.append((ident, name, replace(fact, entity=False, linked=False)))
+                if fact.sens:
+                    self._p1(name, fact.sens, "a set operation (UNION/INTERSECT/EXCEPT)")
+            return Rel(merged, any(c.consumer for c in children), reads)
+        if cls == "Expand":
+            merged = Attr()
+            for child in children:
+                for _, _, f in child.attrs:
+                    merged = Attr(sens=merged.sens | f.sens, consumer=merged.consumer or f.consumer,
+                                  bounds=_hull(merged.bounds, f.bounds))
+            if merged.sens:
+                self._p1("GROUP BY", merged.sens, "ROLLUP, CUBE or GROUPING SETS")
+            return Rel([(a.expr_id, a.name, replace(merged, sens=frozenset()))
+                        for a in node.exprs.get("output", [])],
+                       any(c.consumer for c in children), reads)
+        # Unknown nodes are denied by the lineage pass (P7, closed world).
+        return Rel([a for c in children for a in c.attrs], any(c.consumer for c in children), reads)
+
+    def _relation(self, node: Node) -> Rel:
+        ds = self.datasets.get(_relation_name(node) or "")
+        attrs = node.exprs.get("output", [])
+        if ds is None or not (ds.is_platform and ds.is_consumer_data):
+            return Rel([(a.expr_id, a.name, Attr()) for a in attrs])
+        entity = (ds.entity_column or "").lower()
+        out = []
+        for a in attrs:
+            col = ds.column(a.name)
+            cls = col.column_class if col is not None else PRIVATE
+            source = Source(ds.full_name, a.name, cls, True)
+            bounds = None
+            if col is not None and col.lower_bound is not None and col.upper_bound is not None:
+                bounds = (float(col.lower_bound), float(col.upper_bound))
+            out.append((a.expr_id, a.name, Attr(
+                sens=frozenset({source}) if cls in SENSITIVE else frozenset(),
+                consumer=True, entity=a.name.lower() == entity, bounds=bounds,
+                one_group=ds.one_row_per_unit)))
+        return Rel(out, consumer=True, reads_consumer=True)
+
+    def _join(self, node: Node, children: list[Rel], env: dict[int, Attr], below: bool) -> Rel:
+        left, right = children[0], children[1] if len(children) > 1 else Rel([])
+        lids, rids = left.ids(), right.ids()
+        join_type = _join_type(node)
+        keys: list[tuple[Node, Node]] = []
+        allowed: set[int] = set()
+        for cond in node.exprs.get("condition", []):
+            for part in _conjuncts(cond):
+                if part.cls == "EqualTo" and len(part.children) == 2:
+                    a, b = part.children
+                    if a.cls == b.cls == "AttributeReference" and (
+                        (a.expr_id in lids and b.expr_id in rids)
+                        or (a.expr_id in rids and b.expr_id in lids)
+                    ):
+                        if a.expr_id in rids:
+                            a, b = b, a
+                        keys.append((a, b))
+                        allowed.update((id(a), id(b)))
+                        continue
+                self.use(part, env, "JOIN ON", "a join condition", allow=allowed)
+        semi = "LeftSemi" in join_type or "LeftAnti" in join_type
+        if left.consumer and right.consumer and (below or self._subquery_depth > 0):
+            equated = any(env.get(a.expr_id, Attr()).entity and env.get(b.expr_id, Attr()).entity
+                          for a, b in keys)
+            if not equated or "FullOuter" in join_type:
+                self.deny(
+                    "P4", "JOIN ON", (),
+                    "Two relations of consumer data are joined without equating their "
+                    "consumers: rows of one consumer would be combined with another's.",
+                    "Join consumer datasets on their entity columns (o.user_id = c.user_id) "
+                    "with an inner or left join; filter each side in WHERE.",
+                )
+        linked_left = linked_right = False
+        if left.consumer != right.consumer:
+            for a, b in keys:
+                fa, fb = env.get(a.expr_id, Attr()), env.get(b.expr_id, Attr())
+                if left.consumer and any(s.column_class != PRIVATE for s in fa.sens) and not fb.consumer:
+                    linked_right = True
+                if right.consumer and any(s.column_class != PRIVATE for s in fb.sens) and not fa.consumer:
+                    linked_left = True
+        lattrs = [(i, n, replace(f, linked=True) if linked_left else f) for i, n, f in left.attrs]
+        rattrs = [(i, n, replace(f, linked=True) if linked_right else f) for i, n, f in right.attrs]
+        if "LeftOuter" in join_type:
+            rattrs = [(i, n, replace(f, entity=False)) for i, n, f in rattrs]
+        elif "RightOuter" in join_type:
+            lattrs = [(i, n, replace(f, entity=False)) for i, n, f in lattrs]
+        attrs = lattrs if semi else lattrs + rattrs
+        reads = left.reads_consumer or right.reads_consumer
+        return Rel(attrs, left.consumer or right.consumer, reads)
+
+    def _aggregate(self, node: Node, child: Rel, env: dict[int, Attr], is_final: bool,
+                   below: bool) -> Rel:
+        groups = node.exprs.get("groupingExpressions", [])
+        per_unit = any(_bare(g) is not None and env.get(_bare(g).expr_id, Attr()).entity
+                       for g in groups)
+        group_facts: dict[int, Attr] = {}
+        if is_final:
+            self.result.grouped = bool(groups)
+        for g in groups:
+            bare = _bare(g)
+            fact = env.get(bare.expr_id) if bare is not None else None
+            if is_final:
+                key = fact if fact is not None else self.use(g, env, "GROUP BY", "a GROUP BY expression")
+                self.result.one_group_keys = self.result.one_group_keys and key.one_group
+            if fact is not None:
+                group_facts[bare.expr_id] = fact
+                if fact.sens and (is_final or not per_unit
+                                  or any(s.column_class == PRIVATE for s in fact.sens)):
+                    self._p1(g.name or "GROUP BY", fact.sens, "a GROUP BY key of released rows"
+                             if is_final else "a GROUP BY key")
+                if is_final and fact.consumer:
+                    self.result.consumer_group_keys = True
+            else:
+                used = self.use(g, env, "GROUP BY", "a GROUP BY expression")
+                if is_final and used.consumer:
+                    self.result.consumer_group_keys = True
+        if child.consumer and not per_unit and not is_final and (below or self._subquery_depth > 0):
+            self._cross_unit("GROUP BY", "an aggregation")
+        out = []
+        agg_index = 0
+        for e in node.exprs.get("aggregateExpressions", []):
+            bare = _bare(e)
+            if bare is not None and bare.expr_id in group_facts:
+                fact = group_facts[bare.expr_id]
+                out.append((e.expr_id, e.name, fact if not is_final else replace(
+                    fact, entity=False, linked=False)))
+                continue
+            fact = self.use(e, env, e.name, "an aggregate's argument or FILTER")
+            if is_final:
+                agg_index = self._release_aggregates(e, env, agg_index)
+                fact = replace(fact, entity=False)
+            out.append((e.expr_id, e.name, fact))
+        if is_final:
+            return Rel(out, False, child.reads_consumer)
+        return Rel(out, child.consumer, child.reads_consumer)
+
+    def _release_aggregates(self, output: Node, env: dict[int, Attr], index: int) -> int:
+        """Mode-specific rules for the aggregates of the release step (P3 / dp)."""
+        for agg in output.walk():
+            if agg.cls != "AggregateExpression" or not agg.children:
+                continue
+            function = agg.children[0]
+            args = function.children
+            consumer = any(f.consumer for a in args for _, f in self._refs_quiet(a, env))
+            distinct = agg.fields.get("isDistinct") is True
+            if self.release == "threshold" and consumer:
+                for a in args:
+                    if a.cls == "Literal" or _bare_or_cast(a) is not None:
+                        continue
+                    self.deny(
+                        "P3", output.name, {s for _, f in self._refs_quiet(a, env) for s in f.sens},
+                        "In threshold mode an aggregate's argument over consumer data must be a "
+                        "bare column, a CAST of one, or a constant; {column} computes it.",
+                        "Move the condition into WHERE or FILTER (WHERE ...), and aggregate the "
+                        "column itself: sum(amount) FILTER (WHERE city = 'Hangzhou').",
+                        column=output.name,
+                    )
+                    break
+            if self.release == "dp" and self._subquery_depth == 0:
+                self._dp_aggregate(output, function, args, distinct, env, index, agg)
+            index += 1
+        return index
+
+    def _dp_aggregate(self, output: Node, function: Node, args: list[Node], distinct: bool,
+                      env: dict[int, Attr], index: int, agg: Node) -> None:
+        key = signature(agg)
+        earlier = self._dp_signatures.get(key)
+        if earlier is not None:
+            first = next(a for a in self.result.dp_aggregates if a.index == earlier)
+            self.result.dp_aggregates.append(replace(first, index=index, column=output.name,
+                                                     same_as=earlier))
+            return
+        self._dp_signatures[key] = index
+        name = function.cls
+        unsupported = (
+            "In dp mode the release step supports count(*), count(expr), count(DISTINCT "
+            "user_id), sum and avg; {function} in {column} is not supported.",
+            "Use count, count(DISTINCT user_id), sum or avg; for a spread, release sum and "
+            "count of squares in separate columns, or ask the admin for threshold mode.",
+        )
+        if name == "Count" and not distinct:
+            self.result.dp_aggregates.append(DpAggregate(index, "count", None, output.name))
+            return
+        if name == "Count" and distinct:
+            if len(args) == 1 and args[0].cls == "AttributeReference" and \
+                    env.get(args[0].expr_id, Attr()).entity:
+                self.result.dp_aggregates.append(DpAggregate(index, "count_units", None, output.name))
+                return
+            self.deny("P2", output.name, (), *unsupported,
+                      function="count(DISTINCT) of a column other than the consumer",
+                      column=output.name)
+            return
+        if name in DP_SUMS and not distinct and len(args) == 1:
+            bounds = None
+            consumer = False
+            for _, fact in self._refs_quiet(args[0], env):
+                consumer = consumer or fact.consumer
+                bounds = _hull(bounds, fact.bounds)
+            if bounds is None:
+                self.deny(
+                    "D2", output.name, (),
+                    "In dp mode each consumer's contribution to a sum is clamped to the "
+                    "declared per-consumer bounds of the columns it is computed from; {column} "
+                    "is computed from no column with declared bounds.",
+                    "Sum or average a column with declared bounds (e.g. orders.amount, "
+                    "consumers.birth_year, vip_level), or count rows instead.",
+                    column=output.name,
+                )
+                return
+            kind = "avg" if name in ("Average", "TryAverage") else "sum"
+            self.result.dp_aggregates.append(DpAggregate(index, kind, bounds, output.name))
+            return
+        self.deny("P2", output.name, (), *unsupported,
+                  function=name.lower() + (" DISTINCT" if distinct else ""), column=output.name)
+
+    def _window(self, node: Node, child: Rel, env: dict[int, Attr], below: bool) -> Rel:
+        partition = node.exprs.get("partitionSpec", [])
+        by_entity = any(_bare(p) is not None and env.get(_bare(p).expr_id, Attr()).entity
+                        for p in partition)
+        for p in partition:
+            bare = _bare(p)
+            fact = env.get(bare.expr_id) if bare is not None else None
+            if fact is not None:
+                if fact.sens and (not by_entity or any(s.column_class == PRIVATE for s in fact.sens)):
+                    self._p1("PARTITION BY", fact.sens, "a window's PARTITION BY")
+            else:
+                self.use(p, env, "PARTITION BY", "a window's PARTITION BY")
+        for e in node.exprs.get("orderSpec", []):
+            self.use(e, env, "PARTITION BY/ORDER BY", "a window's ORDER BY")
+        extra = []
+        for e in node.exprs.get("windowExpressions", []):
+            fact = self.use(e, env, e.name, "a window function")
+            extra.append((e.expr_id, e.name, fact))
+        if child.consumer and not by_entity and (below or self._subquery_depth > 0):
+            self.deny(
+                "P4", "OVER", (),
+                "A window function over consumer rows that is not partitioned by the "
+                "consumer carries other consumers' data into each row.",
+                "Partition the window by user_id (OVER (PARTITION BY user_id ...)), or apply "
+                "the window to the released groups after the final GROUP BY.",
+            )
+        return Rel(child.attrs + extra, child.consumer, child.reads_consumer)
+
+    def _cross_unit(self, where: str, what: str) -> None:
+        self.deny(
+            "P4", where, (),
+            "{what} combines rows of different consumers below the final aggregation; only "
+            "the release step may combine consumers.",
+            "Group by user_id in the inner query (a per-consumer rollup) and combine "
+            "consumers only in the final GROUP BY.",
+            what=what[0].upper() + what[1:],
+        )
+
+
+def _int_list(value) -> list[int]:
+    if isinstance(value, list):
+        return [int(v) for v in value if isinstance(v, int)]
+    if isinstance(value, str):
+        return [int(v) for v in value.strip("[]").split(",") if v.strip().isdigit()]
+    return []
