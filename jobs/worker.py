@@ -245,7 +245,8 @@ class Worker:
 
         tell_submitter(self.config, job.id, CLAIMED)  # its submitter waits for the decision
         try:
-            report = executor.run(self._request(job), self.limits, tick, decided)
+            request = self._request(job)
+            report = executor.run(request, self.limits, tick, decided)
         except ExecutorFault as exc:
             log.error("job %s: executor fault (%s)", job.id, exc)
             self._give_back(job, "ExecutorCrashed", "the sandbox running this job stopped unexpectedly")
@@ -253,7 +254,7 @@ class Worker:
         if report.stopped is not None:
             self._abandoned(job, report)
             return True
-        self._record(job, report)
+        self._record(job, report, _versions(request))
         return report.faulted
 
     def _abandoned(self, job: Claimed, report: RunReport) -> None:
@@ -274,7 +275,7 @@ class Worker:
             except StateConflict:
                 pass
 
-    def _record(self, job: Claimed, report: RunReport) -> None:
+    def _record(self, job: Claimed, report: RunReport, versions: dict[str, int] | None = None) -> None:
         message = report.message or {}
         outcome = message.get("outcome")
         if message.get("workspace"):
@@ -283,7 +284,7 @@ class Worker:
             with session_scope(self.config) as session:
                 row = session.get(Job, job.id)
                 if outcome == JobOutcome.RELEASED:
-                    self._released(session, row, message, report)
+                    self._released(session, row, message, report, versions or {})
                 elif outcome == JobOutcome.BLOCKED:
                     decision = message.get("decision") or {}
                     transition(
@@ -305,7 +306,8 @@ class Worker:
             log.info("job %s changed while it ran; its output is discarded", job.id)
             remove_output(self.config, job.id)
 
-    def _released(self, session, row: Job, message: dict, report: RunReport) -> None:
+    def _released(self, session, row: Job, message: dict, report: RunReport,
+                  versions: dict[str, int]) -> None:
         stored = StoredOutput.from_message(message["output"])
         decision = message.get("decision") or {}
         released, suppressed = int(message["released_rows"]), int(message["suppressed_rows"])
@@ -335,6 +337,10 @@ class Worker:
                 "content_hash": stored.content_hash,
                 "columns_read": decision.get("columns_read"),
                 "datasets_read": decision.get("datasets_read"),
+                # The platform data versions the job read (a refresh adds versions).
+                "dataset_versions": {name: versions[name.lower()]
+                                     for name in decision.get("datasets_read") or ()
+                                     if name.lower() in versions},
                 "usage": report.usage,
                 "timings": message.get("timings"),
                 # A template's final query (e.g. lookalike weights): kept in the audit trail.
@@ -347,3 +353,9 @@ class Worker:
                 "decision": decision or row.decision,
             },
         )
+
+
+def _versions(request: dict) -> dict[str, int]:
+    """Platform dataset versions the executor was given, by lower-case full name."""
+    return {name: info["version"] for name, info in request["datasets"].items()
+            if info.get("version") is not None}

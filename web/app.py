@@ -75,7 +75,18 @@ def compile_translations() -> None:
 def create_app(config: Config | None = None) -> Flask:
     """The Yushan web app and JSON API for ``config`` (default: the environment's)."""
     from sandbox.crypto import load_or_create_key
-    from web import admin, api, auditor, auth, merchant, pages, provider, templates_views, uploads
+    from web import (
+        admin,
+        api,
+        auditor,
+        auth,
+        merchant,
+        pages,
+        platform_datasets,
+        provider,
+        templates_views,
+        uploads,
+    )
     from web.errors import register_error_handlers
 
     config = config or get_config()
@@ -114,6 +125,8 @@ def create_app(config: Config | None = None) -> Flask:
         app.register_blueprint(blueprint)
     app.register_blueprint(templates_views.bp)  # templates, segments
     app.register_blueprint(uploads.bp)
+    app.register_blueprint(platform_datasets.bp)  # the admin's platform-dataset API
+    csrf.exempt(platform_datasets.bp)  # bearer tokens only
     # Upload API views take bearer tokens (no CSRF); its pages keep CSRF protection.
     for rule in app.url_map.iter_rules():
         if rule.endpoint.startswith(uploads.bp.name + ".") and rule.rule.startswith("/api/"):
