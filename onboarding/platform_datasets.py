@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -241,6 +243,19 @@ def _format_of(source: Path, filename: str | None = None) -> str:
         raise errors.bad_request(str(exc)) from None
 
 
+@contextmanager
+def _fresh_path(config: Config, source: Path) -> Iterator[Path]:
+    """``source`` under a name Spark has never listed: Spark keeps the file listing of a
+    path it has read, so a file rewritten in place and read again (a refresh from the same
+    path) would be seen with its old length."""
+    from onboarding.ingest import upload_workspace
+
+    with upload_workspace(config) as workspace:
+        link = workspace / ("source" + ("" if source.is_dir() else source.suffix))
+        link.symlink_to(source.resolve(), target_is_directory=source.is_dir())
+        yield link
+
+
 def _read(spark: SparkSession, source: Path, filename: str | None = None) -> tuple[DataFrame, str]:
     if not source.exists():
         raise errors.bad_request("The source does not exist on the server.")
@@ -278,7 +293,6 @@ def register_platform_dataset(
 ) -> Dataset:
     """Validate ``source`` (Parquet or CSV, file or directory) and register
     ``platform.<name>`` as its version 1."""
-    from audit import record
 
     _may(user)
     short = check_dataset_name(name)
@@ -308,7 +322,26 @@ def register_platform_dataset(
     target = config.platform_warehouse_dir / short
     if target.exists() and source.resolve() != target.resolve():
         raise errors.conflict(f"{target.relative_to(config.home)} already holds files.")
-    spark = _spark(config, spark)
+    if not source.exists():
+        raise errors.bad_request("The source does not exist on the server.")
+    with _fresh_path(config, source) as fresh:
+        return _register(session, config, user, short, full_name, _spark(config, spark), fresh,
+                         filename or source.name, source.resolve() == target.resolve(), classes=classes,
+                         entity_column=entity_column, k=k, shared=shared, description=description,
+                         actor=actor, mode=mode if consumer else None,
+                         groups=groups if consumer else None, rows=rows if consumer else None,
+                         bounds=bounds, one_row_per_unit=one_row_per_unit)
+
+
+def _register(session: Session, config: Config, user: User, short: str, full_name: str,
+              spark: SparkSession, source: Path, filename: str, in_place: bool, *,
+              classes: dict[str, str], entity_column: str | None, k: Any, shared: bool,
+              description: str, actor: Actor, mode: str | None, groups: int | None,
+              rows: int | None, bounds: Any, one_row_per_unit: bool) -> Dataset:
+    from audit import record
+
+    consumer = entity_column is not None
+    target = config.platform_warehouse_dir / short
     df, fmt = _read(spark, source, filename)
     types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
     checked = check_bounds(bounds, types, full_name) if consumer else {}
@@ -318,15 +351,14 @@ def register_platform_dataset(
                details=report.audit_summary())
         session.commit()
         raise errors.rejected(report.to_dict())
-    if source.resolve() != target.resolve():
+    if not in_place:
         df.write.mode("error").parquet(str(target))
     platform = ensure_platform(session)
     dataset = Dataset(
         tenant_id=platform.id, name=short, full_name=full_name, description=description,
         is_consumer_data=consumer, entity_column=entity_column,
         k=k if consumer else None, shared=shared,
-        release_mode=mode if consumer else None,
-        max_groups=groups if consumer else None, max_rows=rows if consumer else None,
+        release_mode=mode, max_groups=groups, max_rows=rows,
         one_row_per_unit=bool(one_row_per_unit),
         storage_path=str(target.relative_to(config.home)), encrypted=False,
         row_count=report.rows, created_by=user.id, version=1,
@@ -361,13 +393,24 @@ def refresh_platform_dataset(
     """Bring new data into a platform dataset as a new immutable version (same columns and
     types, validated like a registration). Jobs that start afterwards read it; the old
     version's files stay until no pending job may need them."""
-    from audit import record
 
     _may(user)
     dataset = platform_dataset(session, name)
     if dataset is None:
         raise errors.not_found()
-    spark = _spark(config, spark)
+    if not source.exists():
+        raise errors.bad_request("The source does not exist on the server.")
+    with _fresh_path(config, source) as fresh:
+        _refresh(session, config, user, dataset, _spark(config, spark), fresh, filename or source.name,
+                 actor)
+    prune_versions(session, config, actor=actor)
+    return dataset
+
+
+def _refresh(session: Session, config: Config, user: User, dataset: Dataset, spark: SparkSession,
+             source: Path, filename: str, actor: Actor) -> None:
+    from audit import record
+
     df, fmt = _read(spark, source, filename)
     classes = {c.name: c.column_class for c in dataset.columns}
     report = _check(df, classes, dataset.entity_column, unique_entity=bool(dataset.one_row_per_unit),
@@ -402,8 +445,6 @@ def refresh_platform_dataset(
         session.rollback()
         shutil.rmtree(target, ignore_errors=True)
         raise
-    prune_versions(session, config, actor=actor)
-    return dataset
 
 
 def _version_rows(session: Session, dataset: Dataset) -> list[DatasetVersion]:
