@@ -74,9 +74,13 @@ def _emit(doc: dict, as_json: bool) -> None:
             click.echo(f"    suggestion: {violation['suggestion']}")
     if doc.get("error"):
         click.echo(f"  error {doc['error'].get('class')}: {doc['error'].get('message')}")
+    # Present only once the merchant approved, for those who may see the rows (P8).
     summary = doc.get("summary") or {}
     if summary.get("released_rows") is not None:
-        click.echo(f"  released rows {summary['released_rows']}, suppressed rows {summary['suppressed_rows']}")
+        line = f"  released rows {summary['released_rows']}"
+        if summary.get("suppressed_rows") is not None:  # never reported in dp mode
+            line += f", suppressed rows {summary['suppressed_rows']}"
+        click.echo(line)
 
 
 def _job_error(exc) -> None:
@@ -158,7 +162,7 @@ def submit_command(username, merchant, kind, sql_file, name, wait, as_json) -> N
     while wait and doc["state"] in ("queued", "running"):
         time.sleep(0.25)
         with session_scope(config) as session:
-            doc = service.job_json(session.get(Job, job_id), None)
+            doc = service.job_json(session.get(Job, job_id), _user(session, username))
     _emit(doc, as_json)
     if doc["state"] == "blocked":
         sys.exit(EXIT_DENIED)
@@ -202,24 +206,24 @@ def approve_command(job_id: int, username: str, as_json: bool) -> None:
 @click.option("--as", "username", required=True)
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), default="csv",
               show_default=True)
+@click.option("--excel", is_flag=True,
+              help="CSV for Excel: UTF-8 with a byte-order mark and CRLF line ends.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
               help="File to write (default: standard output; required for parquet).")
-def download_command(job_id: int, username: str, fmt: str, output: str | None) -> None:
-    """Download an approved job's released rows."""
-    import io
-    import json
-
-    import pyarrow.csv as pacsv
-    import pyarrow.parquet as pq
-
+def download_command(job_id: int, username: str, fmt: str, excel: bool, output: str | None) -> None:
+    """Download an approved job's released rows (the same file as the API's download:
+    CSV text cells that could run as spreadsheet formulas get a leading apostrophe)."""
     from jobs import quarantine
     from jobs.errors import JobError
+    from jobs.results import render_result
     from yushan.config import get_config
     from yushan.db import session_scope
 
     config = get_config()
     if fmt == "parquet" and not output:
         raise click.UsageError("--format parquet needs --output FILE")
+    if excel and fmt != "csv":
+        raise click.UsageError("--excel applies to --format csv only")
     try:
         with session_scope(config) as session:
             user = _user(session, username)
@@ -227,18 +231,9 @@ def download_command(job_id: int, username: str, fmt: str, output: str | None) -
                                            origin=CLI_ORIGIN)
     except JobError as exc:
         _job_error(exc)
-    if fmt == "parquet":
-        pq.write_table(table, output)
-        return
-    if fmt == "json":
-        text = json.dumps({"columns": table.column_names, "rows": table.to_pylist()},
-                          ensure_ascii=False, default=str)
-    else:
-        buffer = io.BytesIO()
-        pacsv.write_csv(table, buffer)
-        text = buffer.getvalue().decode()
+    body = render_result(table, fmt, excel=excel)
     if output:
-        with open(output, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with open(output, "wb") as fh:
+            fh.write(body)
     else:
-        click.echo(text, nl=False)
+        click.echo(body, nl=False)

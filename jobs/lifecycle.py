@@ -11,13 +11,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from audit import Actor, record
 from jobs.errors import InvalidState, StateConflict
 from jobs.wakeup import wake_after_commit
-from yushan.models import Job, JobState
+from sandbox.redact import submitter_error
+from yushan.models import MAX_JOB_ID, Dataset, Job, JobState, random_job_id
 
 S = JobState
 
@@ -58,6 +59,45 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def new_job_id(session: Session) -> int:
+    """A random job id not yet taken (a collision is a 1 in 10**15 event: drawn again)."""
+    while True:
+        candidate = random_job_id()
+        if session.get(Job, candidate) is None:
+            return candidate
+
+
+def valid_job_id(value: object) -> int | None:
+    """``value`` as a job id, or None when it cannot name a job (malformed, out of range).
+
+    Callers answer None exactly like a missing job; it also keeps a huge number away from
+    the database driver (beyond 64 bits it raises instead of finding nothing)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if 1 <= number <= MAX_JOB_ID else None
+
+
+def read_consumer_data(session: Session, decision: dict[str, Any] | None) -> bool:
+    """Whether a job read consumer data, as far as its policy decision tells. Unknown (no
+    decision yet, or one that does not list what it read) counts as yes."""
+    if not isinstance(decision, dict):
+        return True
+    if decision.get("release") is not None:  # dp or threshold: consumer data
+        return True
+    named = decision.get("datasets_read")
+    if not isinstance(named, list):
+        return True
+    read = {str(name).lower() for name in named}
+    if not read:
+        return False
+    consumer = session.scalars(select(Dataset.full_name).where(Dataset.is_consumer_data.is_(True)))
+    return any(name.lower() in read for name in consumer)
+
+
 def job_objects(job: Job) -> dict[str, Any]:
     return {"job": job.id, "merchant": job.merchant.slug if job.merchant else job.merchant_id}
 
@@ -84,6 +124,17 @@ def transition(
     if to not in TRANSITIONS[current]:
         raise InvalidState(f"job {job.id} is {current.value}; it cannot become {to.value}")
     changes: dict[str, Any] = {"state": to.value, "updated_at": now(), **(values or {})}
+    details = dict(details or {})
+    if to == S.FAILED:
+        # Every failure passes here: what the submitter sees of it (P8); the specific
+        # error stays in the audit entry.
+        decision = changes.get("decision") or job.decision
+        specific = changes.get("error")
+        consumer = read_consumer_data(session, decision)
+        changes["error"] = submitter_error(specific, read_consumer_data=consumer)
+        if consumer:
+            changes["progress"] = 1.0  # how far it got before failing is not shown either
+        details.setdefault("error", specific)
     if to in (S.AWAITING_APPROVAL, S.BLOCKED, S.FAILED, S.CANCELLED) and "finished_at" not in changes:
         changes["finished_at"] = now()
     if to != S.RUNNING:
@@ -105,7 +156,7 @@ def transition(
         action or ACTIONS[to],
         actor=actor,
         objects=job_objects(job),
-        details={"from": current.value, "to": to.value, **(details or {})},
+        details={"from": current.value, "to": to.value, **details},
     )
     return job
 
@@ -127,6 +178,7 @@ def create(
     decision is known already: ``None`` means it is still to come). A deny blocks it later,
     through :func:`transition`."""
     job = Job(
+        id=new_job_id(session),
         merchant_id=merchant_id,
         submitted_by=submitter_id,
         kind=kind,

@@ -128,7 +128,8 @@ def sweep_shredded_outputs(session: Session, config: Config) -> list[int]:
         if not entry.name.isdigit():
             continue
         job_id = int(entry.name)
-        job = session.get(Job, job_id)
+        number = lifecycle.valid_job_id(job_id)  # an out-of-range name is no job's
+        job = session.get(Job, number) if number is not None else None
         keep = job is not None and (
             (job.output is not None and job.output.wrapped_key is not None)
             or job.state == JobState.RUNNING.value  # being written right now
@@ -208,7 +209,7 @@ def pending_reviews(session: Session, limit: int = 200) -> list[Job]:
         .options(selectinload(Job.merchant), selectinload(Job.submitter), selectinload(Job.output))
         .where(Job.kind == JobKind.SEGMENT.value, Job.state.in_(REVIEWABLE),
                JobOutput.platform_reviewed_at.is_(None), JobOutput.wrapped_key.is_not(None))
-        .order_by(Job.id).limit(limit)
+        .order_by(Job.created_at, Job.id).limit(limit)
     ))
 
 

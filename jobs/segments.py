@@ -59,6 +59,6 @@ def segment_summary(session: Session, config: Config, job: Job) -> list[dict[str
     return segments
 
 
-def may_see_summary(user: User, job: Job) -> bool:
+def may_see_summary(session: Session, user: User, job: Job) -> bool:
     """Who sees segment sizes (:func:`yushan.access.see_segment_summary`)."""
-    return access.see_segment_summary(user, job).allowed
+    return access.see_segment_summary(session, user, job).allowed

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from sqlalchemy import update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from audit import Actor, record
 from jobs import lifecycle, quarantine
@@ -24,6 +24,7 @@ from jobs.errors import (
     StateConflict,
     require,
 )
+from jobs.ratelimit import check_rate
 from jobs.wakeup import open_watch
 from sandbox.crypto import KeyStore
 from yushan import access
@@ -63,6 +64,7 @@ def _validate(kind: str, sql: str) -> str:
 
 def evaluate(config: Config, sql: str, kind: str, merchant: str, datasets: dict[str, DatasetInfo]) -> dict[str, Any]:
     """The policy decision for a query, on this process's own SparkSession."""
+    # Late on purpose: a web process loads pyspark only when it first checks a query.
     import policies
     from policies.segment import register_segment_token
     from sandbox.catalog import CATALOG_LOCK, install_catalog
@@ -106,6 +108,7 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
            template: str | None = None, params: dict[str, Any] | None = None) -> Job:
     """Queue a job and give the submitter the policy's decision on it: the job comes back
     ``blocked`` with its violations when the policy denies it, else queued (or further on).
+    Over the merchant's submission limit it raises :class:`jobs.ratelimit.RateLimited`.
 
     Commits the session twice. The job is committed as queued *before* any check, so that
     a worker can start on it at once: the executor checks every job on its own catalog
@@ -118,8 +121,9 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
     """
     sql = _validate(kind, sql)
     merchant = _acting_merchant(session, user, merchant_slug)
-    datasets = readable_datasets(session, config, merchant.slug)
     actor, merchant_slug = actor_for(user, origin), merchant.slug
+    check_rate(session, config, merchant, actor)  # RateLimited: 429 with Retry-After (P8)
+    datasets = readable_datasets(session, config, merchant.slug)
     job = lifecycle.create(
         session,
         merchant_id=merchant.id,
@@ -196,12 +200,16 @@ def record_submission_decision(session: Session, job: Job, decision: dict[str, A
     raise StateConflict(f"job {job.id} kept changing while its decision was recorded")
 
 
+def find_job(session: Session, job_id: object) -> Job | None:
+    """The job with this id whoever it belongs to, or None (also when ``job_id`` cannot name
+    a job: malformed or out of range). Callers check visibility."""
+    number = lifecycle.valid_job_id(job_id)
+    return session.get(Job, number) if number is not None else None
+
+
 def get_visible_job(session: Session, user: User, job_id: int) -> Job | None:
     """The job, or None when it is missing or not visible to ``user``."""
-    try:
-        job = session.get(Job, int(job_id))
-    except (TypeError, ValueError):
-        return None
+    job = find_job(session, job_id)
     return job if access.see_job(user, job) else None
 
 
@@ -218,9 +226,35 @@ def cancel(session: Session, user: User, job: Job, *, origin: str | None = None)
     return job
 
 
+def release_mode(job: Job) -> str | None:
+    """How the job's released values are protected: ``dp``, ``threshold``, or None (no
+    consumer data read, or not decided yet)."""
+    mode = getattr(job, "release", None)  # the job's own column, where the schema has one
+    if mode is None:
+        mode = (job.decision or {}).get("release")
+    return mode if isinstance(mode, str) else None
+
+
+def visible_summary(job: Job, viewer: User | None) -> dict[str, Any] | None:
+    """``released_rows``/``suppressed_rows`` for ``viewer``, or None (policy P8).
+
+    The counts are part of the release: nobody sees them before the merchant approves (the
+    merchant decides on the preview), and afterwards only those who may see the rows. In
+    ``dp`` mode the suppressed count is never reported (it would count consumers exactly).
+    """
+    if viewer is None or job.state != JobState.APPROVED.value:
+        return None
+    session = object_session(job)
+    if session is None or not access.read_results(session, viewer, job):
+        return None
+    suppressed = None if release_mode(job) == "dp" else job.suppressed_rows
+    return {"released_rows": job.released_rows, "suppressed_rows": suppressed}
+
+
 def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:
-    """The API's job document. Never rows; errors are redacted already (P8)."""
-    summary = {"released_rows": job.released_rows, "suppressed_rows": job.suppressed_rows}
+    """The API's job document for ``viewer``. Never rows; errors are redacted already (P8);
+    the summary only as :func:`visible_summary` allows."""
+    summary = visible_summary(job, viewer)
     return {
         "id": job.id,
         "name": job.name,
@@ -234,7 +268,8 @@ def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:
         "violations": job.violations or [],
         "error": job.error,
         "summary": summary,
-        "attempts": job.attempts,
+        # No attempt count: a retry follows a crashed run, and what crashed a run may be the
+        # data (P8); the audit trail has the attempts.
         "created_at": _iso(job.created_at),
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),

@@ -220,7 +220,7 @@ class Worker:
 
     def execute(self, job: Claimed, executor: Executor) -> bool:
         """Run one claimed job; record its outcome. Returns True when the executor faulted."""
-        state = {"last_beat": time.monotonic(), "progress": None, "written": None}
+        state = {"last_beat": time.monotonic(), "progress": None, "written": None, "decision": None}
 
         def tick(progress: float | None) -> StopReason | None:
             if progress is not None:
@@ -241,6 +241,7 @@ class Worker:
             return None
 
         def decided(decision: dict) -> None:
+            state["decision"] = decision  # what a failure is judged by (P8), if no later one
             tell_submitter(self.config, job.id, DECIDED, decision)
 
         tell_submitter(self.config, job.id, CLAIMED)  # its submitter waits for the decision
@@ -254,7 +255,7 @@ class Worker:
         if report.stopped is not None:
             self._abandoned(job, report)
             return True
-        self._record(job, report, _versions(request))
+        self._record(job, report, state["decision"], _versions(request))
         return report.faulted
 
     def _abandoned(self, job: Claimed, report: RunReport) -> None:
@@ -275,7 +276,11 @@ class Worker:
             except StateConflict:
                 pass
 
-    def _record(self, job: Claimed, report: RunReport, versions: dict[str, int] | None = None) -> None:
+    def _record(self, job: Claimed, report: RunReport, heard: dict | None = None,
+                versions: dict[str, int] | None = None) -> None:
+        """Record the run's outcome; ``heard`` is the executor's decision relayed before it
+        ran (a time or memory limit's outcome carries none of its own); ``versions`` the
+        platform dataset versions the executor was given."""
         message = report.message or {}
         outcome = message.get("outcome")
         if message.get("workspace"):
@@ -294,11 +299,13 @@ class Worker:
                     )
                 else:
                     error = message.get("error") or {"class": "InternalError", "message": "the job failed"}
-                    # The full text (it may quote data) goes to the audit entry only (P8).
+                    decision = message.get("decision") or heard
+                    # The full text (it may quote data) and the specific error go to the audit
+                    # entry only; transition() gives a consumer-data job the generic error (P8).
                     transition(
                         session, row, JobState.FAILED, actor=worker_actor(), lease_owner=self.identity,
                         details={"error": error, "detail": message.get("detail", ""), "usage": report.usage},
-                        values={"error": error},
+                        values={"error": error, **({"decision": decision} if decision else {})},
                     )
         except (StateConflict, InvalidState):
             # Cancelled, blocked at submission or taken over meanwhile: what the run

@@ -187,6 +187,13 @@ def plan_checks(schema: UploadSchema, file_columns: list[ColumnSpec], file_forma
                                      "(a SHA-256 digest).",
                                      E.ExpectColumnValuesToMatchRegex(column=spec.name,
                                                                       regex=HEX64_REGEX)))
+            # A column that links members to consumers: two members linked to one consumer
+            # would let a segment job count that consumer several times (policy, "Segment
+            # jobs"), e.g. 50 copies of one phone_hash passing k alone.
+            plan.append(PlannedCheck("consumer_link_unique", spec.name,
+                                     "Two or more rows link to the same consumer; each row must "
+                                     "link to a different one.",
+                                     E.ExpectColumnValuesToBeUnique(column=spec.name)))
         plan.extend(_optional_checks(spec, E))
     return plan
 

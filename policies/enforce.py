@@ -695,9 +695,10 @@ def _reduce(j: _Jvm, decision: Decision) -> _Reduced:
             columns.append(F.least(F.greatest(scaled, F.lit(lo)), F.lit(hi)).alias(names["value"]))
             columns.append(F.least(F.col(names["rows"]), F.lit(max_rows)).alias(names["rows"]))
     reduced = rows.select(*columns)
-    if not plan.one_group and keys:
-        # At most max_groups groups per consumer, chosen by a keyed hash of the group key
-        # (the key is drawn per run, so a query cannot steer which groups are kept).
+    if keys:
+        # At most max_groups groups per consumer (1 when the keys are the consumer's own
+        # columns: then the cap only backs up the analysis), chosen by a keyed hash of the
+        # group key (the key is drawn per run, so a query cannot steer which are kept).
         salt = secrets.randbits(62)
         order = F.xxhash64(F.lit(salt), *[F.col(k) for k in keys])
         rank = F.row_number().over(Window.partitionBy("__u").orderBy(order))

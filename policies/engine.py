@@ -284,8 +284,12 @@ def _check_segment_outputs(decision: Decision, lineages: Lineages, outputs: list
 def _plan_segment_carry(decision: Decision, lineages: Lineages, root: Node,
                         flow: FlowResult) -> None:
     """Segments count distinct consumers: their entity must reach the output. A member
-    that is segment_token(entity) is one consumer already (the token is injective)."""
-    if len(flow.outputs) == 2 and flow.outputs[1][2].token:
+    that is segment_token(entity) is one consumer already (the token is injective); a
+    member key joined to consumers on a column whose values are unique (phone_hash:
+    uploads refuse duplicates) stands for at most one member per consumer, so counting
+    members never counts a consumer twice. Otherwise the entity is carried and counted."""
+    member = flow.outputs[1][2] if len(flow.outputs) == 2 else None
+    if member is not None and (member.token or (member.linked and member.one_group)):
         return
     cte_defs = {int(n.fields.get("id", -1)): n for n in _walk_plans(root) if n.cls == "CTERelationDef"}
     if root.cls == "WithCTE":

@@ -30,6 +30,7 @@ from policies.model import PRIVATE, SENSITIVE, Source, Violation, sorted_sources
 from policies.tree import Node
 from yushan.catalog import DatasetInfo
 
+UNIQUE_LINK_COLUMNS = frozenset({"phone_hash"})  # onboarding.schema.HEX64_COLUMNS, unique at upload
 SUBQUERIES = ("ScalarSubquery", "Exists", "ListQuery", "LateralSubquery")
 DP_SUMS = frozenset({"Sum", "Average", "TrySum", "TryAverage"})
 # Functions that can still fail at run time on some values with ANSI mode off (huge or
@@ -45,16 +46,33 @@ MAY_FAIL = frozenset({
     "StringDecode", "Encode", "MakeInterval", "MakeDTInterval", "MakeYMInterval",
     "ArrayInsert", "Slice", "MapFromArrays", "MapFromEntries", "CreateMap", "MapConcat",
     "StringToMap", "UnBase64", "Luhncheck", "TryToNumber", "Mask", "Overlay",
+    # found by attacking our own policy: escapes, indexes, time zones, date overflow,
+    # comparators and map keys that fail on some values
+    "Like", "ILike", "SplitPart", "FromUTCTimestamp", "ToUTCTimestamp", "ConvertTimezone",
+    "TimestampAdd", "AddMonths", "DateAdd", "DateSub", "DateAddInterval", "TimeAdd",
+    "ArraySort", "TransformKeys", "MapZipWith", "TruncTimestamp", "TruncDate",
+    "MakeTimestamp", "NextDay", "StringLocate",
+    "SubstringIndex", "ArrayJoin", "StringReplace",
+    "StringTranslate", "Levenshtein", "FormatNumber", "Round", "BRound", "WidthBucket",
 })
 # ... unless the argument that can make them fail is a literal (the pattern, the format).
 _LITERAL_SAFE = {
     "RegExpReplace": (1,), "RegExpExtract": (1, 2), "RegExpExtractAll": (1, 2),
     "RegExpCount": (1,), "RegExpSubStr": (1,), "RegExpInStr": (1, 2), "RLike": (1,),
     "StringSplit": (1,), "DateFormatClass": (1,), "FromUnixTime": (1,),
-    "ParseToDate": (1,), "ParseToTimestamp": (1,), "GetTimestamp": (1,),
+    "ParseToDate": "rest", "ParseToTimestamp": "rest", "GetTimestamp": (1,),
     "ToUnixTimestamp": (1,), "UnixTimestamp": (1,), "ElementAt": (1,), "Decode": (1,),
     "StringDecode": (1,), "Encode": (1,), "Conv": (1, 2), "Slice": (1, 2),
     "Elt": (0,), "Mask": (1, 2, 3, 4),
+    "Like": "rest", "ILike": "rest", "SplitPart": (1, 2), "FromUTCTimestamp": (1,),
+    "ToUTCTimestamp": (1,), "ConvertTimezone": (0, 1), "TimestampAdd": (0,),
+    "AddMonths": (1,), "DateAdd": (1,), "DateSub": (1,), "DateAddInterval": (1,),
+    "TimeAdd": (1,), "TruncTimestamp": (0,), "TruncDate": (1,), "NextDay": (1,),
+    "MakeTimestamp": "rest",
+    "SubstringIndex": (1, 2),
+    "ArrayJoin": (1, 2),
+    "Levenshtein": (2,), "FormatNumber": (1,), "Round": (1,), "BRound": (1,),
+    "WidthBucket": (1, 2, 3),
 }
 
 
@@ -71,6 +89,9 @@ class Attr:
     # a function of columns of one-row-per-consumer datasets (or of literals only): as a
     # group key it puts each consumer in exactly one group
     one_group: bool = False
+    member_key: bool = False  # the member key of one of the merchant's datasets
+    unique_link: bool = False  # a merchant column whose values are distinct (phone_hash)
+    column: bool = False  # a dataset's column, unchanged (not a literal or an expression)
 
 
 @dataclass
@@ -133,6 +154,43 @@ def signature(e: Node) -> tuple:
     fields = tuple(sorted((k, repr(v)) for k, v in e.fields.items()
                           if k not in ("resultId", "exprId", "qualifier", "name")))
     return (e.cls, fields, tuple(signature(c) for c in e.children))
+
+
+def _literal_number(e: Node) -> float | None:
+    while e.cls == "Cast" and len(e.children) == 1:
+        e = e.children[0]
+    if e.cls != "Literal":
+        return None
+    try:
+        value = float(e.fields.get("value"))
+    except (TypeError, ValueError):
+        return None
+    return value if value == value and abs(value) != float("inf") else None
+
+
+def declared_clamp(e: Node) -> tuple[Node, tuple[float, float]] | None:
+    """``least(greatest(x, lo), hi)`` (or the same the other way round) with literal bounds:
+    the clamped expression and the bounds the query declares for it."""
+    while e.cls in ("Cast", "Alias") and len(e.children) == 1:
+        e = e.children[0]
+    if e.cls not in ("Least", "Greatest") or len(e.children) != 2:
+        return None
+    inner_cls = "Greatest" if e.cls == "Least" else "Least"
+    inner, outer_bound = e.children
+    if inner.cls != inner_cls:
+        inner, outer_bound = outer_bound, inner
+    if inner.cls != inner_cls or len(inner.children) != 2:
+        return None
+    x, inner_bound = inner.children
+    if _literal_number(inner_bound) is None:
+        x, inner_bound = inner_bound, x
+    a, b = _literal_number(inner_bound), _literal_number(outer_bound)
+    if a is None or b is None:
+        return None
+    lo, hi = (a, b) if e.cls == "Least" else (b, a)
+    if lo > hi:
+        return None
+    return x, (lo, hi)
 
 
 def _bare_or_cast(e: Node) -> Node | None:
@@ -334,8 +392,13 @@ class Flow:
             # Arguments at the "safe" positions (a pattern, a format, an index) are what can
             # make the function fail; when they are literals it fails for every row or none.
             safe = _LITERAL_SAFE.get(cls)
-            literal_ok = safe is not None and all(
-                e.children[i].cls == "Literal" for i in safe if i < len(e.children))
+            if safe == "rest":
+                safe = tuple(range(1, len(e.children)))
+            # a failing argument must not come from consumer data (a literal, or data that
+            # is not consumer data, fails for every row alike or for none)
+            literal_ok = safe is not None and not any(
+                fact.consumer for i in safe if i < len(e.children)
+                for _, fact in self._refs_quiet(e.children[i], env))
             if cls == "ElementAt" and len(e.children) > 1 and str(e.children[1].fields.get("value")) == "0":
                 literal_ok = False  # element_at(x, 0) fails whatever the mode
             consumer = any(fact.consumer for c in e.children for _, fact in self._refs_quiet(c, env))
@@ -492,7 +555,9 @@ class Flow:
                 )
             rel = children[0]
             dropped = set(_int_list(node.fields.get("unrequiredChildIndex")))
-            kept = [a for i, a in enumerate(rel.attrs) if i not in dropped]
+            # generated rows repeat their row: nothing identifies one row any more
+            kept = [(i, n, replace(f, unique_link=False, member_key=False))
+                    for k, (i, n, f) in enumerate(rel.attrs) if k not in dropped]
             extra = [(a.expr_id, a.name, Attr(consumer=consumer))
                      for a in node.exprs.get("generatorOutput", [])]
             return Rel(kept + extra, rel.consumer, reads)
@@ -535,7 +600,13 @@ class Flow:
         ds = self.datasets.get(_relation_name(node) or "")
         attrs = node.exprs.get("output", [])
         if ds is None or not (ds.is_platform and ds.is_consumer_data):
-            return Rel([(a.expr_id, a.name, Attr()) for a in attrs])
+            own = ds is not None and ds.owner == self.merchant
+            key = (ds.member_key or "").lower() if own else ""
+            # Uploads refuse duplicate values in columns that link to consumers, so such a
+            # column (and the member key) identifies one row of the merchant's data.
+            return Rel([(a.expr_id, a.name, Attr(
+                member_key=bool(key) and a.name.lower() == key, column=ds is not None,
+                unique_link=own and a.name.lower() in UNIQUE_LINK_COLUMNS)) for a in attrs])
         entity = (ds.entity_column or "").lower()
         out = []
         for a in attrs:
@@ -548,7 +619,7 @@ class Flow:
             out.append((a.expr_id, a.name, Attr(
                 sens=frozenset({source}) if cls in SENSITIVE else frozenset(),
                 consumer=True, entity=a.name.lower() == entity, bounds=bounds,
-                one_group=ds.one_row_per_unit)))
+                one_group=ds.one_row_per_unit, column=True)))
         return Rel(out, consumer=True, reads_consumer=True)
 
     def _join(self, node: Node, children: list[Rel], env: dict[int, Attr], below: bool) -> Rel:
@@ -567,11 +638,35 @@ class Flow:
                     ):
                         if a.expr_id in rids:
                             a, b = b, a
+                        fa, fb = env.get(a.expr_id, Attr()), env.get(b.expr_id, Attr())
+                        sens = fa.sens | fb.sens
+                        # An identifier may meet another dataset's column, never a literal
+                        # list (VALUES), an expression, or a private column.
+                        if sens and (any(x.column_class == PRIVATE for x in sens)
+                                     or not (fa.column and fb.column)):
+                            self._p1("JOIN ON", sens, "a join key that is not an identifier "
+                                     "joined to another dataset's column")
                         keys.append((a, b))
                         allowed.update((id(a), id(b)))
                         continue
                 self.use(part, env, "JOIN ON", "a join condition", allow=allowed)
         semi = "LeftSemi" in join_type or "LeftAnti" in join_type
+        if (left.consumer != right.consumer) and not semi and (below or self._subquery_depth > 0):
+            decided = [
+                part for cond in node.exprs.get("condition", []) for part in _conjuncts(cond)
+                if not (part.cls == "EqualTo" and all(id(c) in allowed for c in part.children))
+                and any(f.consumer for _, f in self._refs_quiet(part, env))
+            ]
+            if not keys or decided:
+                self.deny(
+                    "P6", "JOIN ON", (),
+                    "How many rows a consumer's row meets in this join depends on consumer "
+                    "data (a join without an equality key, or a condition on consumer columns), "
+                    "so one consumer could weigh as many.",
+                    "Join on equal keys only (o.item_id = i.item_id, m.phone_hash = "
+                    "c.phone_hash) and put conditions on consumer columns in WHERE.",
+                )
+        equated = False
         if left.consumer and right.consumer and (below or self._subquery_depth > 0):
             equated = any(env.get(a.expr_id, Attr()).entity and env.get(b.expr_id, Attr()).entity
                           for a, b in keys)
@@ -584,19 +679,32 @@ class Flow:
                     "with an inner or left join; filter each side in WHERE.",
                 )
         linked_left = linked_right = False
+        one_left = one_right = False  # each consumer meets at most one row of that side
         if left.consumer != right.consumer:
             for a, b in keys:
                 fa, fb = env.get(a.expr_id, Attr()), env.get(b.expr_id, Attr())
                 if left.consumer and any(s.column_class != PRIVATE for s in fa.sens) and not fb.consumer:
                     linked_right = True
+                    one_right = one_right or fb.unique_link or fb.member_key
                 if right.consumer and any(s.column_class != PRIVATE for s in fb.sens) and not fa.consumer:
                     linked_left = True
-        lattrs = [(i, n, replace(f, linked=True) if linked_left else f) for i, n, f in left.attrs]
-        rattrs = [(i, n, replace(f, linked=True) if linked_right else f) for i, n, f in right.attrs]
-        if "LeftOuter" in join_type:
-            rattrs = [(i, n, replace(f, entity=False)) for i, n, f in rattrs]
-        elif "RightOuter" in join_type:
-            lattrs = [(i, n, replace(f, entity=False)) for i, n, f in lattrs]
+                    one_left = one_left or fa.unique_link or fa.member_key
+        # A join may repeat each side's rows: uniqueness facts do not survive it, except a
+        # member key on the side just linked to one consumer by a unique column, and a join
+        # of one consumer's rows with that same consumer's rows (entities equated).
+        if equated:
+            return Rel(left.attrs if semi else left.attrs + right.attrs, True,
+                       left.reads_consumer or right.reads_consumer)
+        lattrs = [(i, n, replace(f, linked=True, one_group=f.one_group or one_left,
+                                 unique_link=False, member_key=f.member_key and one_left)
+                   if linked_left else replace(f, unique_link=False, member_key=False))
+                  for i, n, f in left.attrs]
+        rattrs = [(i, n, replace(f, linked=True, one_group=f.one_group or one_right,
+                                 unique_link=False, member_key=f.member_key and one_right)
+                   if linked_right else replace(f, unique_link=False, member_key=False))
+                  for i, n, f in right.attrs]
+        # The padded side of an outer join keeps its facts: a NULL entity is a row of no
+        # consumer (counted as none), never another consumer's.
         attrs = lattrs if semi else lattrs + rattrs
         reads = left.reads_consumer or right.reads_consumer
         return Rel(attrs, left.consumer or right.consumer, reads)
@@ -604,8 +712,12 @@ class Flow:
     def _aggregate(self, node: Node, child: Rel, env: dict[int, Attr], is_final: bool,
                    below: bool) -> Rel:
         groups = node.exprs.get("groupingExpressions", [])
-        per_unit = any(_bare(g) is not None and env.get(_bare(g).expr_id, Attr()).entity
-                       for g in groups)
+        per_unit = any(_bare(g) is not None and (
+            env.get(_bare(g).expr_id, Attr()).entity
+            # a member key joined to one consumer on a unique link stands for that consumer
+            or (env.get(_bare(g).expr_id, Attr()).linked and env.get(_bare(g).expr_id, Attr()).member_key
+                and env.get(_bare(g).expr_id, Attr()).one_group))
+            for g in groups)
         group_facts: dict[int, Attr] = {}
         if is_final:
             self.result.grouped = bool(groups)
@@ -629,6 +741,20 @@ class Flow:
                     self.result.consumer_group_keys = True
         if child.consumer and not per_unit and not is_final and (below or self._subquery_depth > 0):
             self._cross_unit("GROUP BY", "an aggregation")
+        # One row per consumer (grouped by the entity and nothing that varies within a
+        # consumer): then every output is a single value per consumer.
+        single = per_unit and all(
+            (f := (env.get(_bare(g).expr_id) if _bare(g) is not None else None)) is not None
+            and (f.entity or f.one_group) for g in groups)
+        if per_unit and not any(_bare(g) is not None and env.get(_bare(g).expr_id, Attr()).entity
+                                for g in groups):
+            # Grouped by a linked member key: the rows are that member's consumer's, and the
+            # key stands for the consumer above (P4 joins, segment members).
+            for g in groups:
+                bare = _bare(g)
+                if bare is not None and env.get(bare.expr_id, Attr()).member_key:
+                    env[bare.expr_id] = replace(env[bare.expr_id], entity=True)
+                    group_facts[bare.expr_id] = env[bare.expr_id]
         out = []
         agg_index = 0
         for e in node.exprs.get("aggregateExpressions", []):
@@ -638,7 +764,8 @@ class Flow:
                 out.append((e.expr_id, e.name, fact if not is_final else replace(
                     fact, entity=False, linked=False)))
                 continue
-            fact = self.use(e, env, e.name, "an aggregate's argument or FILTER")
+            fact = replace(self.use(e, env, e.name, "an aggregate's argument or FILTER"),
+                           one_group=single)
             if is_final:
                 agg_index = self._release_aggregates(e, env, agg_index)
                 fact = replace(fact, entity=False)
@@ -660,6 +787,9 @@ class Flow:
                 for a in args:
                     if a.cls == "Literal" or _bare_or_cast(a) is not None:
                         continue
+                    clamp = declared_clamp(a)
+                    if clamp is not None and _bare_or_cast(clamp[0]) is not None:
+                        continue  # a bare column clamped to literal bounds weights no one
                     self.deny(
                         "P3", output.name, {s for _, f in self._refs_quiet(a, env) for s in f.sens},
                         "In threshold mode an aggregate's argument over consumer data must be a "
@@ -676,6 +806,7 @@ class Flow:
 
     def _dp_aggregate(self, output: Node, function: Node, args: list[Node], distinct: bool,
                       env: dict[int, Attr], index: int, agg: Node) -> None:
+        filtered = len(agg.children) > 1  # FILTER (WHERE ...)
         key = signature(agg)
         earlier = self._dp_signatures.get(key)
         if earlier is not None:
@@ -696,7 +827,7 @@ class Flow:
             return
         if name == "Count" and distinct:
             if len(args) == 1 and args[0].cls == "AttributeReference" and \
-                    env.get(args[0].expr_id, Attr()).entity:
+                    env.get(args[0].expr_id, Attr()).entity and not filtered:
                 self.result.dp_aggregates.append(DpAggregate(index, "count_units", None, output.name))
                 return
             self.deny("P2", output.name, (), *unsupported,
@@ -709,6 +840,17 @@ class Flow:
             for _, fact in self._refs_quiet(args[0], env):
                 consumer = consumer or fact.consumer
                 bounds = _hull(bounds, fact.bounds)
+            clamp = declared_clamp(args[0])
+            if clamp is not None:
+                # bounds from the query: the tighter of its clamp and the policy's
+                lo, hi = clamp[1]
+                policy = bounds
+                bounds = (max(lo, policy[0]), min(hi, policy[1])) if policy else (lo, hi)
+                if bounds[0] > bounds[1]:
+                    bounds = policy
+            if bounds is not None:
+                # a consumer may contribute nothing: the clamp always includes zero
+                bounds = (min(bounds[0], 0.0), max(bounds[1], 0.0))
             if bounds is None:
                 self.deny(
                     "D2", output.name, (),
@@ -716,7 +858,8 @@ class Flow:
                     "declared per-consumer bounds of the columns it is computed from; {column} "
                     "is computed from no column with declared bounds.",
                     "Sum or average a column with declared bounds (e.g. orders.amount, "
-                    "consumers.birth_year, vip_level), or count rows instead.",
+                    "consumers.birth_year, vip_level), declare bounds in the query with "
+                    "least(greatest(x, lo), hi), or count rows instead.",
                     column=output.name,
                 )
                 return
@@ -742,7 +885,8 @@ class Flow:
             self.use(e, env, "PARTITION BY/ORDER BY", "a window's ORDER BY")
         extra = []
         for e in node.exprs.get("windowExpressions", []):
-            fact = self.use(e, env, e.name, "a window function")
+            # a window's value varies from row to row even within one consumer
+            fact = replace(self.use(e, env, e.name, "a window function"), one_group=False)
             extra.append((e.expr_id, e.name, fact))
         if child.consumer and not by_entity and (below or self._subquery_depth > 0):
             self.deny(

@@ -186,6 +186,7 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
         clock[0] = now
 
     lap("prepare")
+    doc: dict[str, Any] | None = None  # the latest decision: a failure reports it too
     try:
         with CATALOG_LOCK:
             refused = screen(spark, sql)  # a command, not a query: the same deny as at submission
@@ -240,13 +241,15 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
             lap("collect")
         if table.num_rows > limits.output_rows:
             err = limit_error("OutputRowsExceeded", limit_message("OutputRowsExceeded", limits.output_rows))
-            return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text}
+            return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text,
+                    "decision": doc}
         plain = workspace / "result.parquet"
         pq.write_table(table, plain)
         size = plain.stat().st_size
         if size > limits.output_bytes or table.nbytes > limits.output_bytes:
             err = limit_error("OutputBytesExceeded", limit_message("OutputBytesExceeded", limits.output_bytes))
-            return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text}
+            return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text,
+                    "decision": doc}
         stored = store_output(config, keystore, job_id, plain)
         lap("store")
         return {
@@ -260,7 +263,9 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
         }
     except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted outcome (P8)
         err = redact(exc)
-        return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text}
+        # The worker shows the submitter of a consumer-data job a generic error instead.
+        return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text,
+                "decision": doc}
     finally:
         progress.stopped.set()
         _forget_job_state(spark, group)

@@ -1,14 +1,25 @@
 """P8: what a submitter learns about a failed job. Never a data value.
 
-The submitter sees ``{"class", "message"}``: Spark's error condition (a fixed identifier
-such as ``DIVIDE_BY_ZERO``) or the exception type, and a generic sentence. The full text,
-which may quote values from the data, goes to the audit entry of the failure only.
+A job that read consumer data fails, whatever the cause, with one generic error,
+:data:`GENERIC_FAILURE`: which error happened could depend on the data (a division by zero
+only when one consumer's row is there), so the class itself would leak. The job's record
+gets the generic error where the failure is recorded (``jobs.lifecycle.transition``).
+
+A job that read no consumer data shows ``{"class", "message"}``: Spark's error condition (a
+fixed identifier such as ``DIVIDE_BY_ZERO``) or the exception type, and a generic sentence.
+
+In both cases the full text, which may quote values from the data, and the specific class
+go to the audit entry of the failure only.
 """
 
 from __future__ import annotations
 
 import traceback
 from dataclasses import dataclass
+from typing import Any
+
+# What the submitter of a job that read consumer data sees of any failure (P8).
+GENERIC_FAILURE: dict[str, str] = {"class": "JobFailed", "message": "The job could not be completed."}
 
 # Generic sentences per family of Spark error conditions; the first contained key wins.
 _GENERIC: tuple[tuple[str, str], ...] = (
@@ -74,3 +85,10 @@ def redact(exc: BaseException) -> RedactedError:
 def limit_error(error_class: str, message: str) -> RedactedError:
     """An error the platform raises itself (limits, lost workers): safe to show as is."""
     return RedactedError(error_class, message, message)
+
+
+def submitter_error(error: dict[str, Any] | None, *, read_consumer_data: bool) -> dict[str, Any]:
+    """The error a job's submitter sees: the generic one when the job read consumer data."""
+    if read_consumer_data or not isinstance(error, dict):
+        return dict(GENERIC_FAILURE)
+    return error

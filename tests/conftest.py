@@ -148,11 +148,20 @@ def output_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def hanfu_world(demo_config, tmp_path_factory):
-    """hanfu_house's catalog in the demo world (its own datasets decrypted once)."""
+def hanfu_dp_world(demo_config, tmp_path_factory):
+    """hanfu_house's catalog in the demo world as registered: consumer data in dp mode
+    (its own datasets decrypted once)."""
     from policy_support import world
 
     return world(demo_config, "hanfu_house", tmp_path_factory.mktemp("policy-world"))
+
+
+@pytest.fixture(scope="session")
+def hanfu_world(hanfu_dp_world):
+    """The same catalog with consumer data in threshold mode: exact results to compare."""
+    from policy_support import in_mode
+
+    return in_mode(hanfu_dp_world, "threshold")
 
 
 @pytest.fixture
@@ -170,3 +179,10 @@ def worker(demo_config: Config):
 
     with WorkerThread(demo_config) as running:
         yield running.worker
+
+
+@pytest.fixture
+def hanfu_dp_env(hanfu_dp_world, spark):
+    """``hanfu_dp_world`` installed in the session (dp mode, as the demo registers it)."""
+    hanfu_dp_world.install(spark)
+    return hanfu_dp_world

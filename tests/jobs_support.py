@@ -12,7 +12,7 @@ from yushan.config import Config
 from yushan.db import session_scope
 from yushan.models import Job, Role, TenantKind, User
 
-ALLOW = {"decision": "allow", "violations": [], "columns_read": []}
+ALLOW = {"decision": "allow", "violations": [], "columns_read": [], "datasets_read": [], "release": None}
 
 
 def small_world(config: Config) -> None:

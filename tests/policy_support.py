@@ -48,6 +48,15 @@ def world(config: Config, merchant: str, workdir: Path) -> PolicyWorld:
     return PolicyWorld(config, merchant, datasets, locations, keystore)
 
 
+def in_mode(env: PolicyWorld, release: str) -> PolicyWorld:
+    """``env`` with every consumer dataset in ``release`` mode ("dp" or "threshold")."""
+    import dataclasses
+
+    datasets = {name: dataclasses.replace(info, release_mode=release) if info.is_consumer_data else info
+                for name, info in env.datasets.items()}
+    return dataclasses.replace(env, datasets=datasets)
+
+
 def load_cases() -> list[dict]:
     cases = []
     for path in sorted(CASES_DIR.glob("*.json")):

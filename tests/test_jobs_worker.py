@@ -248,10 +248,12 @@ def test_a_free_worker_answers_the_submitter_with_its_executors_check(demo_confi
 
 
 def test_a_runtime_error_shows_its_class_and_the_audit_trail_keeps_the_rest(demo_config, worker):
-    sql = "SELECT tier, sum(CAST(member_id AS INT)) AS s FROM hanfu_house.members GROUP BY tier"
+    # Casts give NULL (P8: try_ semantics); a function that still fails on a value fails the
+    # job. On the merchant's own data its class is shown; the value never is.
+    sql = "SELECT tier, sum(to_number(member_id, '9999')) AS s FROM hanfu_house.members GROUP BY tier"
     job = wait(demo_config, submit(demo_config, sql, username="hanfu_owner"))
     assert job.state == "failed"
-    assert job.error["class"].startswith("CAST_INVALID_INPUT")
+    assert job.error["class"] not in ("JobFailed", None)
     assert "HF" not in job.error["message"]
     with session_scope(demo_config) as session:
         (entry,) = audit.query(session, job=job.id, action="job.fail")
@@ -280,7 +282,12 @@ def test_memory_and_wall_clock_limits_stop_the_job_and_recycle_the_executor(demo
         job = wait(demo_config, submit(demo_config, JOIN_SQL.format(floor=1)))
     finally:
         worker.limits = normal
-    assert job.state == "failed" and job.error["class"] == error_class
+    # A job that read consumer data fails with the one generic class (P8); the limit it
+    # hit is in the audit trail.
+    assert job.state == "failed" and job.error == {"class": "JobFailed", "message": "The job could not be completed."}
+    with session_scope(demo_config) as session:
+        (entry,) = audit.query(session, job=job.id, action="job.fail")
+    assert entry["details"]["error"]["class"] == error_class
     after = wait(demo_config, submit(demo_config, JOIN_SQL.format(floor=2)))
     assert after.state == "awaiting_approval"  # a fresh executor took over
     assert no_job_workspaces(demo_config)

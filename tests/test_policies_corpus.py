@@ -7,12 +7,11 @@ same question with the k-threshold applied by hand (the case's ``rows_sql``).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 
 import pytest
-from policy_support import PolicyWorld, load_cases, normalise, world
+from policy_support import PolicyWorld, in_mode, load_cases, normalise, world
 
 from policies import check
 
@@ -38,18 +37,12 @@ def test_corpus_is_large_and_covers_every_rule():
     assert any(c["kind"] == "segment" for c in CASES)
 
 
-def _in_mode(datasets: dict, release: str) -> dict:
-    """The catalog with every consumer dataset in ``release`` mode."""
-    return {name: dataclasses.replace(info, release_mode=release) if info.is_consumer_data else info
-            for name, info in datasets.items()}
-
-
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_case(case, hanfu, spark):
     """Cases run in threshold mode (exact rows to compare) unless they say ``"release": "dp"``."""
     hanfu.install(spark)
     release = case.get("release", "threshold")
-    decision = check(spark, case["sql"], case["kind"], hanfu.merchant, _in_mode(hanfu.datasets, release))
+    decision = check(spark, case["sql"], case["kind"], hanfu.merchant, in_mode(hanfu, release).datasets)
     doc = decision.to_dict()
     fired = {v["rule"] for v in doc["violations"]}
     if case["expect"] == "deny":

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.spark
 J = "FROM platform.orders o JOIN platform.consumers c ON o.user_id = c.user_id"
 
 
-def _dp(hanfu_env, spark, sql: str):
-    decision = check(spark, sql, "aggregate", hanfu_env.merchant, hanfu_env.datasets)
+def _dp(hanfu_dp_env, spark, sql: str):
+    decision = check(spark, sql, "aggregate", hanfu_dp_env.merchant, hanfu_dp_env.datasets)
     assert decision.allowed, [v.message for v in decision.violations]
     assert decision.release == "dp"
     return decision
@@ -52,9 +52,9 @@ EXPRESSIONS = st.recursive(_leaf, _expr, max_leaves=6)
 
 @settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 @given(expression=EXPRESSIONS)
-def test_each_consumers_sum_is_clamped_whatever_the_expression(expression, hanfu_env, spark):
+def test_each_consumers_sum_is_clamped_whatever_the_expression(expression, hanfu_dp_env, spark):
     sql = f"SELECT c.city, sum({expression}) AS s {J} GROUP BY c.city"
-    decision = check(spark, sql, "aggregate", hanfu_env.merchant, hanfu_env.datasets)
+    decision = check(spark, sql, "aggregate", hanfu_dp_env.merchant, hanfu_dp_env.datasets)
     if not decision.allowed:  # literals only: no declared bounds to clamp to
         assert {v.rule for v in decision.violations} == {"D2"}
         assert not any(c in expression for c in ("amount", "birth_year", "vip_level"))
@@ -68,8 +68,8 @@ def test_each_consumers_sum_is_clamped_whatever_the_expression(expression, hanfu
         assert lo <= low and high <= hi
 
 
-def test_a_consumer_reaches_at_most_max_groups_groups(hanfu_env, spark):
-    decision = _dp(hanfu_env, spark, "SELECT o.category, count(*) AS n FROM platform.orders o GROUP BY o.category")
+def test_a_consumer_reaches_at_most_max_groups_groups(hanfu_dp_env, spark):
+    decision = _dp(hanfu_dp_env, spark, "SELECT o.category, count(*) AS n FROM platform.orders o GROUP BY o.category")
     assert not decision.dp.one_group and decision.dp.max_groups == 4
     parts = contributions(spark, decision)
     most = parts.groupBy("__u").count().selectExpr("max(count)").first()[0]
@@ -79,8 +79,8 @@ def test_a_consumer_reaches_at_most_max_groups_groups(hanfu_env, spark):
     assert raw > 4
 
 
-def test_group_keys_of_the_consumers_own_row_put_each_consumer_in_one_group(hanfu_env, spark):
-    decision = _dp(hanfu_env, spark, f"SELECT c.city, count(DISTINCT o.user_id) AS b, avg(o.amount) AS a {J} GROUP BY c.city")
+def test_group_keys_of_the_consumers_own_row_put_each_consumer_in_one_group(hanfu_dp_env, spark):
+    decision = _dp(hanfu_dp_env, spark, f"SELECT c.city, count(DISTINCT o.user_id) AS b, avg(o.amount) AS a {J} GROUP BY c.city")
     assert decision.dp.one_group and decision.dp.max_groups == 1
     parts = contributions(spark, decision)
     assert parts.groupBy("__u").count().selectExpr("max(count)").first()[0] == 1
@@ -90,11 +90,11 @@ def test_group_keys_of_the_consumers_own_row_put_each_consumer_in_one_group(hanf
     f"SELECT o.category, sum(o.amount * 3 + 7) AS s, count(*) AS n {J} GROUP BY o.category",
     f"SELECT c.gender, avg(o.amount) AS a {J} GROUP BY c.gender",
 ])
-def test_removing_one_consumer_moves_the_release_by_at_most_the_sensitivity(sql, hanfu_env, spark):
+def test_removing_one_consumer_moves_the_release_by_at_most_the_sensitivity(sql, hanfu_dp_env, spark):
     """Before noise, the group values are sums of the consumers' reduced rows, so removing a
     consumer changes them by exactly that consumer's rows: their L1 size must stay within
     each measurement's sensitivity."""
-    decision = _dp(hanfu_env, spark, sql)
+    decision = _dp(hanfu_dp_env, spark, sql)
     plan = decision.dp
     parts = contributions(spark, decision)
     for agg in plan.aggregates:
@@ -110,10 +110,10 @@ def test_removing_one_consumer_moves_the_release_by_at_most_the_sensitivity(sql,
     assert units <= plan.units().sensitivity
 
 
-def test_the_weighted_target_cannot_decide_a_released_sum(hanfu_env, spark):
+def test_the_weighted_target_cannot_decide_a_released_sum(hanfu_dp_env, spark):
     """DOM-1: one consumer's amount weighted by 10^12 moves the sum by at most the bound."""
-    weighted = _dp(hanfu_env, spark, f"SELECT sum(o.amount + CASE WHEN c.city = 'Hangzhou' AND c.gender = 'F' THEN o.amount * 1000000000000 ELSE 0 END) AS s {J}")
-    plain = _dp(hanfu_env, spark, f"SELECT sum(o.amount) AS s {J}")
+    weighted = _dp(hanfu_dp_env, spark, f"SELECT sum(o.amount + CASE WHEN c.city = 'Hangzhou' AND c.gender = 'F' THEN o.amount * 1000000000000 ELSE 0 END) AS s {J}")
+    plain = _dp(hanfu_dp_env, spark, f"SELECT sum(o.amount) AS s {J}")
     s_weighted = float(weighted.execute(spark).dataframe.first()[0])
     s_plain = float(plain.execute(spark).dataframe.first()[0])
     consumers = spark.sql("SELECT count(*) FROM platform.consumers WHERE city = 'Hangzhou' AND gender = 'F'").first()[0]
@@ -122,8 +122,8 @@ def test_the_weighted_target_cannot_decide_a_released_sum(hanfu_env, spark):
     assert abs(s_weighted - s_plain) < consumers * 20000 + 10 * weighted.dp.aggregates[0].bounds[1] * 4
 
 
-def test_the_check_tells_cost_and_accuracy_before_running(hanfu_env, spark):
-    decision = _dp(hanfu_env, spark, f"SELECT c.city, count(DISTINCT o.user_id) AS buyers, sum(o.amount) AS s, avg(o.amount) AS a {J} GROUP BY c.city")
+def test_the_check_tells_cost_and_accuracy_before_running(hanfu_dp_env, spark):
+    decision = _dp(hanfu_dp_env, spark, f"SELECT c.city, count(DISTINCT o.user_id) AS buyers, sum(o.amount) AS s, avg(o.amount) AS a {J} GROUP BY c.city")
     doc = decision.to_dict()
     assert doc["release"] == "dp" and doc["epsilon"] == pytest.approx(1.0) and 0 < doc["delta"] < 1e-3
     assert doc["accuracy"]["buyers"]["ci95"] == pytest.approx(noise.ci95(decision.dp.units().scale))
@@ -133,8 +133,8 @@ def test_the_check_tells_cost_and_accuracy_before_running(hanfu_env, spark):
     assert spent == pytest.approx(decision.epsilon)
 
 
-def test_released_values_come_with_their_half_width(hanfu_env, spark):
-    decision = _dp(hanfu_env, spark, f"SELECT c.city, count(DISTINCT o.user_id) AS buyers, avg(o.amount) AS a {J} GROUP BY c.city ORDER BY buyers DESC")
+def test_released_values_come_with_their_half_width(hanfu_dp_env, spark):
+    decision = _dp(hanfu_dp_env, spark, f"SELECT c.city, count(DISTINCT o.user_id) AS buyers, avg(o.amount) AS a {J} GROUP BY c.city ORDER BY buyers DESC")
     result = decision.execute(spark)
     rows = result.dataframe.collect()
     result.confirm()
@@ -145,9 +145,9 @@ def test_released_values_come_with_their_half_width(hanfu_env, spark):
     assert all(r["buyers"] >= decision.dp.threshold - 3 * decision.dp.units().scale for r in rows)
 
 
-def test_repeated_aggregates_are_measured_once(hanfu_env, spark):
+def test_repeated_aggregates_are_measured_once(hanfu_dp_env, spark):
     """HAVING count(*) and the output count(*) are one measurement: one value, one cost."""
-    decision = _dp(hanfu_env, spark, "SELECT c.city, count(*) AS n, rank() OVER (ORDER BY count(*) DESC) AS r FROM platform.consumers c GROUP BY c.city ORDER BY n DESC")
+    decision = _dp(hanfu_dp_env, spark, "SELECT c.city, count(*) AS n, rank() OVER (ORDER BY count(*) DESC) AS r FROM platform.consumers c GROUP BY c.city ORDER BY n DESC")
     counts = [m for m in decision.dp.measurements if m.kind == "count"]
     assert len(counts) == 1
     rows = decision.execute(spark).dataframe.collect()
@@ -184,3 +184,16 @@ def test_selection_threshold_bounds_delta():
     tau = noise.selection_threshold(scale, groups, delta)
     # a group made by one consumer (count 1) passes with probability 1/2 exp(-(tau-1)/b)
     assert groups * 0.5 * math.exp(-(tau - 1) / scale) == pytest.approx(delta)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT n, count(*) AS k FROM (SELECT o.user_id, o.category, count(*) AS n FROM platform.orders o GROUP BY o.user_id, o.category) GROUP BY n",
+    f"SELECT r, count(*) AS k FROM (SELECT c.city, row_number() OVER (PARTITION BY c.user_id ORDER BY c.birth_year) AS r {J}) GROUP BY r",
+    # a unique link column laundered through a cross join (found by attacking the policy)
+    "SELECT d.x, sum(c.vip_level) FILTER (WHERE c.gender = 'M' AND c.birth_year = 2005 AND c.city = 'Hangzhou' AND c.registered_at = DATE'2016-08-11') AS s FROM platform.consumers c JOIN (SELECT m.phone_hash, g.x FROM hanfu_house.members m CROSS JOIN (SELECT explode(sequence(1, 1000)) AS x) g) d ON c.phone_hash = d.phone_hash GROUP BY d.x",
+])
+def test_keys_that_vary_within_a_consumer_are_bounded_by_max_groups(sql, hanfu_dp_env, spark):
+    """A per-(consumer, category) count, or a row number, takes several values for one
+    consumer: such keys must not be treated as one group per consumer."""
+    decision = _dp(hanfu_dp_env, spark, sql)
+    assert not decision.dp.one_group and decision.dp.max_groups == 4

@@ -53,8 +53,9 @@ CASES = [
 
 
 @pytest.mark.parametrize("case_id,sql,expected", CASES, ids=[c[0] for c in CASES])
-def test_facts_proven_from_the_plan(spark, hanfu_env, case_id, sql, expected):
-    decision = check(spark, sql, "aggregate", hanfu_env.merchant, hanfu_env.datasets)
+def test_facts_proven_from_the_plan(spark, hanfu_dp_env, case_id, sql, expected):
+    # dp mode: it allows computed arguments (clamped), whose facts must not be over-proven
+    decision = check(spark, sql, "aggregate", hanfu_dp_env.merchant, hanfu_dp_env.datasets)
     assert decision.allowed, decision.to_dict()["violations"]
     _, _, aggregate = decision.final.aggregates[0]
     column = argument_column(aggregate.children[0].children[0])

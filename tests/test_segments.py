@@ -80,13 +80,13 @@ def test_segment_job_summary_approval_and_download(demo_config, worker, client):
     provider = api_token(client, "insight_isv")
     merchant = api_token(client, "hanfu_owner")
 
-    # Quarantined: the summary shows labels and sizes (each >= k), no rows yet.
-    summary = client.get(f"/api/v1/jobs/{job_id}/segments", headers=bearer(provider)).get_json()
+    # Quarantined: the merchant sees labels and sizes (each >= k), no rows yet; the provider
+    # sees neither sizes nor counts before the merchant approves (P8).
+    summary = client.get(f"/api/v1/jobs/{job_id}/segments", headers=bearer(merchant)).get_json()
     sizes = {s["segment"]: s["members"] for s in summary["segments"]}
     assert sizes and all(n >= K for n in sizes.values())
-    doc = client.get(f"/api/v1/jobs/{job_id}", headers=bearer(provider)).get_json()
-    assert sum(sizes.values()) == doc["summary"]["released_rows"]
-    assert doc["summary"]["suppressed_rows"] > 0  # the small tiers
+    assert client.get(f"/api/v1/jobs/{job_id}/segments", headers=bearer(provider)).status_code == 404
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=bearer(provider)).get_json()["summary"] is None
     assert client.get(f"/api/v1/jobs/{job_id}/result?format=csv", headers=bearer(merchant)).status_code == 409
     # Another merchant cannot tell the job exists.
     other = api_token(client, "tea_owner")
@@ -98,6 +98,10 @@ def test_segment_job_summary_approval_and_download(demo_config, worker, client):
     assert f'id="segments-{job_id}"' in page and next(iter(sizes)) in page
 
     assert client.post(f"/api/v1/jobs/{job_id}/approve", headers=bearer(merchant)).status_code == 200
+    doc = client.get(f"/api/v1/jobs/{job_id}", headers=bearer(provider)).get_json()  # view_results
+    assert sum(sizes.values()) == doc["summary"]["released_rows"]
+    assert client.get(f"/api/v1/jobs/{job_id}/segments", headers=bearer(provider)).get_json()["segments"] \
+        == summary["segments"]
     csv_text = client.get(f"/api/v1/jobs/{job_id}/result?format=csv", headers=bearer(merchant)).get_data(as_text=True)
     lines = csv_text.splitlines()
     assert lines[0] == "segment,member"
@@ -126,7 +130,8 @@ def test_platform_review_is_needed_as_well_when_the_admin_turns_it_on(demo_confi
     # A lookalike job: its model is trained in the sandbox, its final query checked there.
     job_id = submit(demo_config, "lookalike", {"seed_tier": "bronze", "audience_size": 100})
     assert wait(demo_config, job_id) == "awaiting_approval"
-    summary = client.get(f"/api/v1/jobs/{job_id}/segments", headers=bearer(provider)).get_json()
+    summary = client.get(f"/api/v1/jobs/{job_id}/segments", headers=bearer(merchant)).get_json()
+    assert client.get(f"/api/v1/jobs/{job_id}/segments", headers=bearer(provider)).status_code == 404
     assert [s["segment"] for s in summary["segments"]] == ["lookalike"]
     assert summary["segments"][0]["members"] >= 100
     assert summary["review"] == {"mode": "required", "required": True, "reviewed": False, "reviewed_at": None}

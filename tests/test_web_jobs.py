@@ -62,7 +62,7 @@ def test_job_lifecycle_across_roles_and_tenants(live):
     job_id = response.get_json()["id"]
     doc = wait_for_job(client, t["insight_isv"], job_id)
     assert doc["state"] == "awaiting_approval", doc
-    assert doc["summary"]["released_rows"] == 2
+    assert doc["summary"] is None  # part of the release: shown after approval (P8)
     got = client.get(f"/api/v1/jobs/{job_id}", headers=bearer(t["insight_isv"]))
     assert_documented(got, "/api/v1/jobs/{id}", "GET")
 
@@ -85,6 +85,9 @@ def test_job_lifecycle_across_roles_and_tenants(live):
 
     approved = client.post(f"/api/v1/jobs/{job_id}/approve", headers=bearer(t["hanfu_owner"]))
     assert approved.status_code == 200 and approved.get_json()["state"] == "approved"
+    assert approved.get_json()["summary"]["released_rows"] == 2
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=bearer(t["insight_isv"])).get_json()["summary"][
+        "released_rows"] == 2  # its authorisation has view_results
     assert_documented(approved, "/api/v1/jobs/{id}/approve", "POST")
     again = client.post(f"/api/v1/jobs/{job_id}/approve", headers=bearer(t["hanfu_owner"]))
     assert again.status_code == 409

@@ -34,6 +34,7 @@ from web.common import (
     RESULT_FORMATS,
     Refusal,
     dataset_json,
+    excel_requested,
     may_decide,
     parse_job_request,
     render_result,
@@ -52,7 +53,7 @@ AUDIT_MAX_LIMIT = 10_000
 
 
 def refuse(refusal: Refusal) -> ApiError:
-    return ApiError(refusal.status, refusal.code, refusal.message)
+    return ApiError(refusal.status, refusal.code, refusal.message, refusal.headers)
 
 
 def json_body() -> Any:
@@ -71,10 +72,13 @@ def json_body() -> Any:
 
 
 def visible_job(job_id: int) -> Job:
-    """The job when the caller may see it; 404 when missing or not theirs."""
+    """The job when the caller may see it; 404 when missing or not theirs.
+
+    The answer is the API's generic 404, the same as for a path no route matches (a
+    malformed id such as ``abc`` or ``-5``): no id is told apart from another."""
     job = service.get_visible_job(db(), current_api_user(), job_id)
     if job is None:
-        raise ApiError(404, "not_found", "No such job.")
+        raise ApiError(404)
     return job
 
 
@@ -255,7 +259,7 @@ def job_result(job_id: int):
     # read_result refuses (403, 409) and audits the download in this transaction.
     table = call_service(quarantine.read_result, session, app_config(), user, job,
                          origin=request_origin())
-    body = render_result(table, fmt)
+    body = render_result(table, fmt, excel=excel_requested())
     session.commit()
     response = Response(body, mimetype=RESULT_FORMATS[fmt][1].split(";")[0])
     response.headers["Content-Type"] = RESULT_FORMATS[fmt][1]

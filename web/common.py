@@ -3,18 +3,17 @@ request validation, result rendering, and the mapping of service errors to statu
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from jobs.errors import JobError
+from jobs.ratelimit import RateLimited
+from jobs.results import RESULT_FORMATS, plain_value, render_result, table_rows  # noqa: F401 - re-exported
+from jobs.results import result_filename as _result_filename
 from jobs.service import KINDS, validate_request
 from yushan import access
 from yushan.accounts import PLATFORM
@@ -30,12 +29,6 @@ from yushan.models import (
 )
 
 MAX_JSON_BYTES = 1024 * 1024
-RESULT_FORMATS: dict[str, tuple[str, str]] = {
-    # format -> (file extension, media type)
-    "json": ("json", "application/json"),
-    "csv": ("csv", "text/csv; charset=utf-8"),
-    "parquet": ("parquet", "application/vnd.apache.parquet"),
-}
 JOB_KINDS = KINDS
 ACTIVE_STATES = (JobState.QUEUED.value, JobState.RUNNING.value)
 JOB_ROLES = access.JOB_ROLES
@@ -44,11 +37,12 @@ JOB_ROLES = access.JOB_ROLES
 class Refusal(Exception):
     """A request refused with an HTTP status and a fixed, value-free message."""
 
-    def __init__(self, status: int, code: str, message: str):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
 
 # ---------------------------------------------------------------- acting for merchants
@@ -115,7 +109,8 @@ def visible_jobs(session: Session, user: User, *, states: tuple[str, ...] | None
         stmt = stmt.where(Job.state.in_(states))
     if merchant_id is not None:
         stmt = stmt.where(Job.merchant_id == merchant_id)
-    return list(session.scalars(stmt.order_by(Job.id.desc()).limit(limit)))
+    # Ids are random: creation time orders jobs (the id only breaks ties).
+    return list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
 
 
 def may_decide(user: User, job: Job) -> bool:
@@ -169,60 +164,27 @@ def service_refusal(exc: Exception) -> Refusal | None:
     and code; the message is ours and fixed (exception texts may quote data)."""
     from web.errors import GENERIC_MESSAGES
 
+    if isinstance(exc, RateLimited):
+        return Refusal(exc.status, exc.code,
+                       f"Too many job submissions for this merchant in the last hour (at most "
+                       f"{exc.limit}); try again in {exc.retry_after} s.",
+                       {"Retry-After": str(exc.retry_after)})
     if isinstance(exc, JobError):
         return Refusal(exc.status, exc.code, GENERIC_MESSAGES.get(exc.status, "Refused."))
     return None
 
 
 # ---------------------------------------------------------------- results
-
-
-def plain_value(value: Any) -> Any:
-    """A JSON-friendly form of a result value."""
-    if isinstance(value, Decimal):
-        # Aggregates (sums, averages) are what leaves; a float is what JSON readers expect.
-        return float(value)
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.hex()
-    return value
-
-
-def table_rows(table, limit: int | None = None) -> tuple[list[str], list[dict[str, Any]]]:
-    """Column names and rows (plain values) of a pyarrow Table."""
-    if limit is not None:
-        table = table.slice(0, limit)
-    columns = list(table.column_names)
-    rows = [{k: plain_value(v) for k, v in row.items()} for row in table.to_pylist()]
-    return columns, rows
-
-
-def render_result(table, fmt: str) -> bytes:
-    """The table as a JSON document, CSV or Parquet file."""
-    if fmt == "json":
-        columns, rows = table_rows(table)
-        return json.dumps({"columns": columns, "rows": rows}, ensure_ascii=False).encode("utf-8")
-    if fmt == "csv":
-        columns, rows = table_rows(table)
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow(["" if row[c] is None else row[c] for c in columns])
-        return out.getvalue().encode("utf-8")
-    if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        sink = io.BytesIO()
-        pq.write_table(table, sink)
-        return sink.getvalue()
-    raise Refusal(422, "invalid_format", "'format' must be one of: json, csv, parquet.")
+# One renderer for every download (jobs.results); re-exported for the views.
 
 
 def result_filename(job: Job, fmt: str, now: datetime | None = None) -> str:
     """``job-<id>-<UTC timestamp>.<ext>``: downloads never overwrite each other."""
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
-    return f"job-{job.id}-{stamp}.{RESULT_FORMATS[fmt][0]}"
+    return _result_filename(job.id, fmt, now)
+
+
+def excel_requested() -> bool:
+    """``excel=1`` on a CSV download: UTF-8 with a BOM and CRLF line ends (jobs.results)."""
+    from flask import request
+
+    return request.args.get("excel", "").strip().lower() in ("1", "true", "yes", "on")

@@ -27,6 +27,7 @@ from web.common import (
     JOB_ROLES,
     RESULT_FORMATS,
     Refusal,
+    excel_requested,
     may_decide,
     render_result,
     result_filename,
@@ -117,7 +118,7 @@ def job(job_id: int):
     if can_view and found.state == JobState.APPROVED.value:
         try:
             table = quarantine.read_result(session, app_config(), user, found,
-                                              origin=request_origin())
+                                           origin=request_origin())
         except Exception as exc:
             refusal_status(exc)
         else:
@@ -176,7 +177,7 @@ def download(job_id: int):
                                           origin=request_origin())
     except Exception as exc:
         abort(refusal_status(exc))
-    body = render_result(table, fmt)
+    body = render_result(table, fmt, excel=excel_requested())
     session.commit()
     response = Response(body)
     response.headers["Content-Type"] = RESULT_FORMATS[fmt][1]

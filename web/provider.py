@@ -69,8 +69,8 @@ def submit_job():
         if refusal is None:
             raise
         session.rollback()
-        return render_template("job_form.html",
-                               **form_context(values, status_error=refusal.message)), refusal.status
+        return (render_template("job_form.html", **form_context(values, status_error=refusal.message)),
+                refusal.status, refusal.headers)
     session.commit()
     if job.state == "blocked":
         flash(gettext("The policy blocked this job; see the explanations below."), "error")

@@ -90,7 +90,7 @@ def _segment_helpers() -> dict[str, Any]:
         if job is None or user is None or job.kind != JobKind.SEGMENT.value:
             return None
         session = db()
-        if not segments.may_see_summary(user, job):
+        if not segments.may_see_summary(session, user, job):
             return None
         return {"segments": segments.segment_summary(session, app_config(), job),
                 "review": quarantine.review_status(session, job)}
@@ -207,7 +207,7 @@ def chart(job_id: int):
     user = page_user()
     job, template = template_job_or_404(job_id)
     if template.kind is JobKind.SEGMENT:
-        if not segments.may_see_summary(user, job):
+        if not segments.may_see_summary(session, user, job):
             abort(404)
         sizes = segments.segment_summary(session, app_config(), job)
         if sizes is None:
@@ -260,7 +260,7 @@ def set_mode():
 @roles_required(Role.ADMIN.value)
 def review(job_id: int, decision: str):
     session = db()
-    job = session.get(Job, job_id)
+    job = service.find_job(session, job_id)
     if job is None:
         abort(404)
     try:
@@ -283,7 +283,7 @@ def api_call(fn, *args, **kwargs):
     except Exception as exc:
         refusal = refusal_for(exc)
         db().rollback()
-        raise ApiError(refusal.status, refusal.code, refusal.message) from None
+        raise ApiError(refusal.status, refusal.code, refusal.message, refusal.headers) from None
 
 
 def api_body() -> dict[str, Any]:
@@ -324,9 +324,9 @@ def api_segments(job_id: int):
     """A segment job's summary: ``{"segments": [{"segment", "members"}], "review": {...}}``."""
     session = db()
     user = current_api_user()
-    job = session.get(Job, job_id)
-    if job is None or not segments.may_see_summary(user, job):
-        raise ApiError(404, "not_found", "No such job.")
+    job = service.find_job(session, job_id)
+    if job is None or not segments.may_see_summary(session, user, job):
+        raise ApiError(404)
     sizes = api_call(segments.segment_summary, session, app_config(), job)
     if sizes is None:
         raise ApiError(409, "no_output", "This job has no segment output.")
@@ -351,9 +351,9 @@ def api_set_mode():
 def api_review(job_id: int):
     """``{"decision": "approve" | "reject"}`` by a platform admin."""
     session = db()
-    job = session.get(Job, job_id)
+    job = service.find_job(session, job_id)
     if job is None:
-        raise ApiError(404, "not_found", "No such job.")
+        raise ApiError(404)
     decision = api_body().get("decision", "")
     api_call(quarantine.platform_review, session, app_config(), current_api_user(), job, decision,
              origin=request_origin())

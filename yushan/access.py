@@ -15,7 +15,7 @@ rules, in short:
   active authorisation grants ``view_results``, read its released rows.
 - merchants: a merchant's own users act for it (run and check jobs); a provider's users act
   for the merchants that have an active authorisation for their organisation.
-- segment sizes: whoever sees the job except auditors (no output figures), and admins.
+- segment sizes: admins, the job's merchant, and after approval whoever reads the rows.
 - a merchant's own datasets (upload, withdraw, export) and its authorisations: its users.
 - platform settings, reviews and platform datasets: platform admins.
 """
@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.orm import Session
 
-from yushan.models import Authorization, Job, Role, Tenant, TenantKind, User
+from yushan.models import Authorization, Job, JobState, Role, Tenant, TenantKind, User
 
 JOB_ROLES = (Role.PROVIDER.value, Role.MERCHANT.value)
 
@@ -167,27 +167,17 @@ def read_results(session: Session, user: User, job: Job) -> Permission:
     return _visible(user, job, deny("you may see this job's state and summary, not its rows"))
 
 
-def see_segment_summary(user: User, job: Job) -> Permission:
-    """Segment sizes: whoever sees the job (submitter, merchant), and admins."""
+def see_segment_summary(session: Session, user: User, job: Job) -> Permission:
+    """Segment sizes are part of the release (policy P8): platform admins (they review
+    segments), the job's merchant (it decides on them, as on a preview), and, once the
+    merchant approved, those who may read the rows."""
     if user.role == Role.ADMIN.value:
         return allow("platform admins review segments")
-    if user.role == Role.AUDITOR.value:
-        return hide("auditors read metadata, not output figures")
-    return see_job(user, job)
-
-
-def manage_own_data(user: User) -> Permission:
-    """Upload, withdraw and export a merchant's own datasets: its own users only."""
-    if user.role == Role.MERCHANT.value:
-        return allow("a merchant's user")
-    return deny("Only a merchant's own users may upload or withdraw its data.")
-
-
-def manage_authorizations(user: User) -> Permission:
-    """Grant, change or revoke providers' authorisations: a merchant's own users, for it."""
-    if user.role == Role.MERCHANT.value:
-        return allow("a merchant's user")
-    return deny("only a merchant's users authorise service providers")
+    if _is_jobs_merchant(user, job):
+        return allow("its merchant")
+    if job.state == JobState.APPROVED.value and read_results(session, user, job):
+        return allow("released to those who may read the rows")
+    return _visible(user, job, deny("segment sizes are released with the rows"))
 
 
 # --- the platform -----------------------------------------------------------------------------

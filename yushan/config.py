@@ -149,6 +149,10 @@ class Config:
     max_output_rows: int = 1_000_000
     max_output_bytes: int = 512 * 1024**2
     executor_memory_bytes: int = 6 * 1024**3
+    # Job submissions per merchant in any 60 minutes (YUSHAN_JOB_RATE_LIMIT; 0 = no limit).
+    # Policy P8 limits jobs that read consumer data; what a job reads is only known once it
+    # is checked, so every submission counts (stricter than the contract; docs/outcomes.md).
+    job_rate_limit: int = 240
     network_isolation: bool = True
     # "" = this installation's Spark class archive, "off" = none, else the archive's path
     class_archive: str = ""
@@ -251,6 +255,7 @@ class Config:
             executor_memory_bytes=_env_int(
                 "YUSHAN_EXECUTOR_MEMORY_BYTES", 6 * 1024**3, minimum=256 * 1024**2
             ),
+            job_rate_limit=_env_int("YUSHAN_JOB_RATE_LIMIT", 240, minimum=0),
             network_isolation=_env_bool("YUSHAN_NETWORK_ISOLATION", True),
             class_archive=(os.environ.get("YUSHAN_CLASS_ARCHIVE") or "").strip(),
             spark_driver_host=_env_address("YUSHAN_SPARK_DRIVER_HOST", "127.0.0.1"),

@@ -6,6 +6,7 @@ Schema changes go through Alembic (``yushan/migrations``); see ``make migration`
 from __future__ import annotations
 
 import enum
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -266,11 +267,24 @@ class DatasetColumn(Base):
     dataset: Mapped[Dataset] = relationship(back_populates="columns")
 
 
+# Job ids are random, not a sequence: an id tells a tenant nothing about how many jobs
+# others submitted (policy P8, api.md "Additions"). Drawn from [10**15, 2**53): always 16
+# digits, and exact for JSON readers (JavaScript). 64-bit in the database.
+MIN_JOB_ID = 10**15
+MAX_JOB_ID = 2**53 - 1
+JobId = BigInteger().with_variant(Integer, "sqlite")  # SQLite: INTEGER PRIMARY KEY (64-bit rowid)
+
+
+def random_job_id() -> int:
+    """A random job id (jobs.lifecycle.create also makes sure it is not taken)."""
+    return MIN_JOB_ID + secrets.randbelow(MAX_JOB_ID - MIN_JOB_ID + 1)
+
+
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(JobId, primary_key=True, autoincrement=False, default=random_job_id)
     merchant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
     submitted_by: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))
@@ -308,7 +322,7 @@ class JobOutput(Base):
     __tablename__ = "job_outputs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    job_id: Mapped[int] = mapped_column(JobId, ForeignKey("jobs.id"), unique=True)
     storage_path: Mapped[str] = mapped_column(String(500))
     wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     content_hash: Mapped[str] = mapped_column(String(64))

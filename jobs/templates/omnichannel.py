@@ -15,6 +15,11 @@ from jobs.templates import charts
 from jobs.templates.base import PERIOD_PARAMS, Template, sql_date, table_prefix
 from yushan.models import JobKind
 
+# One member's offline spend in the period counts up to this much. Which members matched a
+# consumer is consumer data, so in dp mode every summed value needs per-consumer bounds
+# (policy D2); the query declares them with least/greatest.
+OFFLINE_SPEND_CAP = 100000
+
 
 def build(p: dict[str, Any], merchant: str) -> str:
     schema = table_prefix(merchant)
@@ -38,10 +43,10 @@ WITH matched AS (
 )
 SELECT x.tier,
   count(DISTINCT x.user_id) AS members,
-  count(online.user_id) AS online_buyers,
+  count(online.spend) AS online_buyers,
   sum(online.spend) AS online_spend,
   count(offline.member_id) AS offline_buyers,
-  sum(offline.spend) AS offline_spend
+  sum(least(greatest(offline.spend, 0), {OFFLINE_SPEND_CAP})) AS offline_spend
 FROM matched x
 LEFT JOIN online ON online.user_id = x.user_id
 LEFT JOIN offline ON offline.member_id = x.member_id
