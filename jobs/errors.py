@@ -37,6 +37,13 @@ class QueryTooLarge(JobError):
     status = 413
 
 
+class QueryTooComplex(JobError):
+    """The query nests too deep or has too many tokens (jobs.sql_limits)."""
+
+    code = "sql_too_complex"
+    status = 422
+
+
 class NotFound(JobError):
     """Missing, or not the caller's: the two are never told apart."""
 

@@ -1,6 +1,7 @@
 """The durable job queue in the metadata database: claims, leases, heartbeats, recovery.
 
-- A claim moves the oldest ``queued`` job to ``running`` under a lease. On PostgreSQL the
+- A claim moves the next ``queued`` job to ``running`` under a lease, fairly across
+  merchants (:func:`_fair_candidate`). On PostgreSQL the
   candidate row is locked with ``FOR UPDATE SKIP LOCKED``; on SQLite every write
   transaction is ``BEGIN IMMEDIATE`` (one writer at a time). In both, the move itself is a
   conditional update on the state, so two workers can never both win one job.
@@ -19,7 +20,7 @@ import socket
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from audit import Actor
@@ -66,18 +67,42 @@ def _as_utc(value: datetime | None) -> datetime | None:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _fair_candidate():
+    """The next queued job, fairly across merchants: from the merchant with the fewest
+    running jobs, then the one served least recently (its last job's start), then the
+    oldest job. One merchant's thousand queued jobs delay another's next job by at most
+    the one job that was already running."""
+    running = (
+        select(Job.merchant_id, func.count().label("running"))
+        .where(Job.state == JobState.RUNNING.value)
+        .group_by(Job.merchant_id)
+        .subquery()
+    )
+    served = (
+        select(Job.merchant_id, func.max(Job.started_at).label("last_start"))
+        .where(Job.started_at.is_not(None))
+        .group_by(Job.merchant_id)
+        .subquery()
+    )
+    return (
+        select(Job.id)
+        .outerjoin(running, running.c.merchant_id == Job.merchant_id)
+        .outerjoin(served, served.c.merchant_id == Job.merchant_id)
+        .where(Job.state == JobState.QUEUED.value)
+        .order_by(func.coalesce(running.c.running, 0), served.c.last_start.asc().nulls_first(),
+                  Job.created_at, Job.id)
+        .limit(1)
+    )
+
+
 def claim(config: Config, worker_id: str) -> Claimed | None:
-    """Lease the oldest queued job to ``worker_id``, or return None when there is none."""
+    """Lease the next queued job (fairly across merchants) to ``worker_id``, or return
+    None when there is none."""
     with session_scope(config) as session:
         for _ in range(3):  # a lost race is retried with the next candidate
-            candidate = (
-                select(Job.id)
-                .where(Job.state == JobState.QUEUED.value)
-                .order_by(Job.created_at, Job.id)
-                .limit(1)
-            )
+            candidate = _fair_candidate()
             if not config.is_sqlite:
-                candidate = candidate.with_for_update(skip_locked=True)
+                candidate = candidate.with_for_update(skip_locked=True, of=Job)
             job_id = session.scalar(candidate)
             if job_id is None:
                 return None
@@ -106,8 +131,10 @@ def claim(config: Config, worker_id: str) -> Claimed | None:
     return None
 
 
-def heartbeat(config: Config, job_id: int, worker_id: str, progress: float | None = None) -> LeaseStatus:
-    """Renew the lease (and store progress); say whether the worker still holds the job."""
+def heartbeat(config: Config, job_id: int, worker_id: str, progress: float | None = None,
+              attempt: int | None = None) -> LeaseStatus:
+    """Renew the lease (and store progress); say whether the worker still holds the job
+    (in ``attempt``, when given: a lost lease is never renewed by a later claim's owner)."""
     stamp = now()
     values: dict = {
         "lease_expires_at": stamp + timedelta(seconds=config.job_lease_seconds),
@@ -118,7 +145,8 @@ def heartbeat(config: Config, job_id: int, worker_id: str, progress: float | Non
     with session_scope(config) as session:
         result = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == JobState.RUNNING.value, Job.lease_owner == worker_id)
+            .where(Job.id == job_id, Job.state == JobState.RUNNING.value, Job.lease_owner == worker_id,
+                   *((Job.attempts == attempt,) if attempt is not None else ()))
             .values(**values)
             .execution_options(synchronize_session=False)
         )

@@ -20,11 +20,13 @@ from jobs.errors import (
     InvalidName,
     InvalidSQL,
     InvalidState,
+    QueryTooComplex,
     QueryTooLarge,
     StateConflict,
     require,
 )
 from jobs.ratelimit import check_rate
+from jobs.sql_limits import sql_shape_problem
 from jobs.wakeup import open_watch
 from sandbox.crypto import KeyStore
 from yushan import access
@@ -35,7 +37,6 @@ from yushan.models import Job, JobKind, JobState, User
 log = logging.getLogger(__name__)
 
 KINDS = tuple(k.value for k in JobKind)
-MAX_SQL_BYTES = 100 * 1024
 MAX_NAME_CHARS = 200
 
 
@@ -47,8 +48,9 @@ def validate_request(kind: str, sql: str, name: str = "") -> tuple[str, str, str
     """A job request's kind, SQL and name checked (the one place: the API, the pages, the
     CLI and templates all pass here); returns the SQL without a trailing ``;`` and the
     name stripped. Messages are fixed text: they never quote the request."""
-    if len(sql.encode("utf-8")) > MAX_SQL_BYTES:
-        raise QueryTooLarge(f"The SQL is larger than {MAX_SQL_BYTES // 1024} KB.")
+    problem = sql_shape_problem(sql)  # size, nesting and tokens, before Spark's parser recurses
+    if problem is not None:
+        raise (QueryTooLarge if problem.status == 413 else QueryTooComplex)(problem.message)
     if kind not in KINDS:
         raise InvalidKind("'kind' must be one of: " + ", ".join(KINDS) + ".")
     if not sql.strip():

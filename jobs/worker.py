@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from audit import record, register_config
 from jobs.errors import InvalidState, StateConflict
+from jobs.health import forget_beat, record_beat
 from jobs.lifecycle import transition
 from jobs.quarantine import sweep_shredded_outputs
 from jobs.queue import (
@@ -140,6 +141,7 @@ class Worker:
                     sweep_orphans(self.config)  # executors that died with another worker
                     cgroup.sweep_groups()  # and their memory cgroups, once they are empty
                     sweep_watches(self.config)  # submitters that died waiting for a decision
+                    record_beat(self.config, self.identity, self.pool.health())  # /readyz
                 if not any(t.is_alive() for t in slots):
                     break
                 self.stopping.wait(0.5)
@@ -148,6 +150,7 @@ class Worker:
             for thread in slots:
                 thread.join(timeout=30)
             self.pool.close()
+            forget_beat(self.config, self.identity)
             if self.wake is not None:
                 self.wake.close()
 
@@ -211,6 +214,7 @@ class Worker:
             prepare = preparation_of(row.template, row.params, job.merchant) if row else None
         return {
             "job_id": job.id,
+            "attempt": job.attempt,  # its output goes to this attempt's own directory
             "merchant": job.merchant,
             "kind": job.kind,
             "sql": job.sql,
@@ -231,7 +235,7 @@ class Worker:
                 return None
             state["last_beat"] = time.monotonic()
             state["written"] = state["progress"]
-            status = heartbeat(self.config, job.id, self.identity, state["progress"])
+            status = heartbeat(self.config, job.id, self.identity, state["progress"], job.attempt)
             if status is LeaseStatus.CANCELLED:
                 return StopReason.CANCELLED
             if status is LeaseStatus.LOST:
@@ -250,7 +254,8 @@ class Worker:
             report = executor.run(request, self.limits, tick, decided)
         except ExecutorFault as exc:
             log.error("job %s: executor fault (%s)", job.id, exc)
-            self._give_back(job, "ExecutorCrashed", "the sandbox running this job stopped unexpectedly")
+            self._give_back(job, "ExecutorLost",
+                            "the sandbox running this job died or hung (not the job's error)")
             return True
         if report.stopped is not None:
             self._abandoned(job, report)
@@ -259,7 +264,7 @@ class Worker:
         return report.faulted
 
     def _abandoned(self, job: Claimed, report: RunReport) -> None:
-        remove_output(self.config, job.id)
+        remove_output(self.config, job.id, job.attempt)
         if report.stopped is StopReason.SHUTDOWN:
             self._give_back(job, "WorkerStopped", "the worker running this job was stopped")
         else:
@@ -289,11 +294,12 @@ class Worker:
             with session_scope(self.config) as session:
                 row = session.get(Job, job.id)
                 if outcome == JobOutcome.RELEASED:
-                    self._released(session, row, message, report, versions or {})
+                    self._released(session, row, message, report, self._fence(job), versions or {})
                 elif outcome == JobOutcome.BLOCKED:
                     decision = message.get("decision") or {}
                     transition(
                         session, row, JobState.BLOCKED, actor=worker_actor(), lease_owner=self.identity,
+                        where=self._fence(job),
                         details={"decision": decision.get("decision"), "stage": "executor"},
                         values={"decision": decision, "violations": decision.get("violations", [])},
                     )
@@ -304,6 +310,7 @@ class Worker:
                     # entry only; transition() gives a consumer-data job the generic error (P8).
                     transition(
                         session, row, JobState.FAILED, actor=worker_actor(), lease_owner=self.identity,
+                        where=self._fence(job),
                         details={"error": error, "detail": message.get("detail", ""), "usage": report.usage},
                         values={"error": error, **({"decision": decision} if decision else {})},
                     )
@@ -311,9 +318,17 @@ class Worker:
             # Cancelled, blocked at submission or taken over meanwhile: what the run
             # produced is not kept.
             log.info("job %s changed while it ran; its output is discarded", job.id)
-            remove_output(self.config, job.id)
+            remove_output(self.config, job.id, job.attempt)  # never another attempt's
 
-    def _released(self, session, row: Job, message: dict, report: RunReport,
+    @staticmethod
+    def _fence(job: Claimed) -> tuple:
+        """The attempt fence of a recording: the job must still be in this attempt (its
+        lease owner is checked too). Checked by the same conditional update that records
+        the outcome, so a worker whose lease was lost, say while it was stopped, cannot
+        record anything once the job was taken over, even by another slot of this worker."""
+        return (Job.attempts == job.attempt,)
+
+    def _released(self, session, row: Job, message: dict, report: RunReport, fence: tuple,
                   versions: dict[str, int]) -> None:
         stored = StoredOutput.from_message(message["output"])
         decision = message.get("decision") or {}
@@ -338,6 +353,7 @@ class Worker:
         )
         transition(
             session, row, JobState.AWAITING_APPROVAL, actor=worker_actor(), lease_owner=self.identity,
+            where=fence,
             details={
                 "released_rows": released,
                 "suppressed_rows": suppressed,

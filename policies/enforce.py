@@ -653,7 +653,16 @@ def _reduce(j: _Jvm, decision: Decision) -> _Reduced:
     grouping = j.items(jfinal.groupingExpressions())
     aggregates = _jvm_aggregates(j, jfinal.aggregateExpressions())
     # One row per (consumer, group): the group keys and each aggregate's per-consumer part.
-    outputs = [j.alias(unit, "__u")] + [j.alias(g, f"__g{n}") for n, g in enumerate(grouping)]
+    if plan.one_group:
+        # Every key is a column of the consumer's own one row: group by the consumer alone
+        # and take its key. One group per consumer then holds by construction, whatever the
+        # analysis concluded, and no second pass is needed to cap it.
+        outputs = [j.alias(unit, "__u")] + [
+            j.alias(j.aggregate(j.agg.First(g, True)), f"__g{n}") for n, g in enumerate(grouping)]
+        by = [unit]
+    else:
+        outputs = [j.alias(unit, "__u")] + [j.alias(g, f"__g{n}") for n, g in enumerate(grouping)]
+        by = [unit] + grouping
     parts: dict[int, dict[str, str]] = {}
     for agg in plan.aggregates:
         parts[agg.index] = {}
@@ -673,7 +682,7 @@ def _reduce(j: _Jvm, decision: Decision) -> _Reduced:
                                    f"__n{agg.index}"))
             names.update(value=f"__v{agg.index}", rows=f"__n{agg.index}")
         parts[agg.index] = names
-    per_unit = j.logical.Aggregate(j.seq([unit] + grouping), j.seq(outputs), child, jfinal.hint())
+    per_unit = j.logical.Aggregate(j.seq(by), j.seq(outputs), child, jfinal.hint())
     rows = j.dataframe(_standalone(j, root, per_unit))
     keys = [f"__g{n}" for n in range(len(grouping))]
     max_rows = plan.max_rows
@@ -695,10 +704,9 @@ def _reduce(j: _Jvm, decision: Decision) -> _Reduced:
             columns.append(F.least(F.greatest(scaled, F.lit(lo)), F.lit(hi)).alias(names["value"]))
             columns.append(F.least(F.col(names["rows"]), F.lit(max_rows)).alias(names["rows"]))
     reduced = rows.select(*columns)
-    if keys:
-        # At most max_groups groups per consumer (1 when the keys are the consumer's own
-        # columns: then the cap only backs up the analysis), chosen by a keyed hash of the
-        # group key (the key is drawn per run, so a query cannot steer which are kept).
+    if keys and not plan.one_group:
+        # At most max_groups groups per consumer, chosen by a keyed hash of the group key
+        # (the key is drawn per run, so a query cannot steer which are kept).
         salt = secrets.randbits(62)
         order = F.xxhash64(F.lit(salt), *[F.col(k) for k in keys])
         rank = F.row_number().over(Window.partitionBy("__u").orderBy(order))

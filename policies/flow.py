@@ -339,8 +339,16 @@ class Flow:
                     fact = env.get(c.expr_id)
                     if fact is not None:
                         yield c, replace(fact, sens=frozenset())
-                for child in e.children[1:]:  # the FILTER clause uses values
-                    yield from self._refs(child, env, where)
+                counted = {c.expr_id for c in function.children}
+                for child in e.children[1:]:  # the FILTER clause uses values...
+                    # ...except "col IS NOT NULL" of the counted column itself, which
+                    # count(DISTINCT col) implies (the enforced plan's per-value count)
+                    exempt = {id(n.children[0]) for n in child.walk()
+                              if n.cls == "IsNotNull" and len(n.children) == 1
+                              and n.children[0].cls == "AttributeReference"
+                              and n.children[0].expr_id in counted}
+                    for ref, fact in self._refs(child, env, where):
+                        yield ref, replace(fact, sens=frozenset()) if id(ref) in exempt else fact
                 return
         if cls == "SQLScalarFunction" and self.is_platform_token(e):
             inputs = e.exprs.get("inputs", [])

@@ -157,9 +157,8 @@ def _forget_job_state(spark, group: str) -> None:
 
 def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: Channel) -> dict[str, Any]:
     """Run one job request; always answer with an outcome message."""
-    import pyarrow.parquet as pq
-
     from sandbox.catalog import CATALOG_LOCK, install_catalog
+    from sandbox.collect import write_parquet
     from sandbox.guard import screen
     from sandbox.limits import Limits, limit_message
     from sandbox.output import store_output
@@ -235,34 +234,36 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
                 # know it is exceeded. An aggregate's groups are few; a LIMIT on top of it
                 # would only cost an extra shuffle to one partition.
                 frame = frame.limit(limits.output_rows + 1)
-            table = frame.toArrow()
+            # Written while it arrives, under the output limits: never collected whole.
+            plain = workspace / "result.parquet"
+            written = write_parquet(frame, plain, limits.output_rows, limits.output_bytes)
+            if written.exceeded is not None:
+                limit = limits.output_rows if written.exceeded == "OutputRowsExceeded" else limits.output_bytes
+                err = limit_error(written.exceeded, limit_message(written.exceeded, limit))
+                return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text,
+                        "decision": doc}
             result.confirm()  # the enforced plan passed its re-check: the rows may be kept
             suppressed = int(result.suppressed_rows or 0)
             lap("collect")
-        if table.num_rows > limits.output_rows:
-            err = limit_error("OutputRowsExceeded", limit_message("OutputRowsExceeded", limits.output_rows))
-            return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text,
-                    "decision": doc}
-        plain = workspace / "result.parquet"
-        pq.write_table(table, plain)
-        size = plain.stat().st_size
-        if size > limits.output_bytes or table.nbytes > limits.output_bytes:
-            err = limit_error("OutputBytesExceeded", limit_message("OutputBytesExceeded", limits.output_bytes))
-            return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text,
-                    "decision": doc}
-        stored = store_output(config, keystore, job_id, plain)
+        stored = store_output(config, keystore, job_id, plain, attempt=request.get("attempt"))
         lap("store")
         return {
             **answer,
             "outcome": JobOutcome.RELEASED,
             "decision": doc,
             "output": stored.to_message(),
-            "columns": [{"name": f.name, "type": str(f.type)} for f in table.schema],
-            "released_rows": table.num_rows,
+            "columns": [{"name": f.name, "type": str(f.type)} for f in written.schema],
+            "released_rows": written.num_rows,
             "suppressed_rows": suppressed,
         }
     except Exception as exc:  # noqa: BLE001 - every failure becomes a redacted outcome (P8)
         err = redact(exc)
+        if RESULT_CAP_KEY in str(exc):  # the text names sizes only; it is not shown
+            err = limit_error("OutputBytesExceeded", "the job's result is larger than the "
+                              "engine's result-size cap (half its memory)")
+        lost = engine_lost(spark, exc)
+        if lost is not None:  # not the job's error: the engine under it died
+            answer["engine_lost"] = lost
         # The worker shows the submitter of a consumer-data job a generic error instead.
         return {**answer, "outcome": JobOutcome.FAILED, "error": err.public(), "detail": err.full_text,
                 "decision": doc}
@@ -271,6 +272,51 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
         _forget_job_state(spark, group)
         remove_workspace(workspace)
         lap("cleanup")  # the answer (and its timings) is sent after this
+
+
+# --- the engine's health ---------------------------------------------------------------------
+
+# Spark's refusal to collect more than spark.driver.maxResultSize names the setting.
+RESULT_CAP_KEY = "spark.driver.maxResultSize"
+# The JVM's exit status under -XX:+ExitOnOutOfMemoryError.
+JVM_OOM_EXIT = 3
+
+
+def engine_exit_code(spark) -> int | None:
+    """The JVM's exit status when it has died (-9 for a kill), else None."""
+    proc = getattr(getattr(spark.sparkContext, "_gateway", None), "proc", None)
+    if proc is None:
+        return None
+    return proc.poll()
+
+
+def engine_lost(spark, exc: BaseException) -> dict[str, Any] | None:
+    """After a job's error: ``{"exit_code"}`` when the JVM died or its gateway broke, else
+    None (the job's own error). A JVM exiting on OutOfMemoryError may still be going when
+    the gateway's error arrives: a broken connection waits a moment for its exit status."""
+    from py4j.protocol import Py4JNetworkError
+
+    broken = isinstance(exc, Py4JNetworkError | ConnectionError | EOFError)
+    deadline = time.monotonic() + (3.0 if broken else 0.0)
+    while True:
+        code = engine_exit_code(spark)
+        if code is not None:
+            return {"exit_code": code}
+        if time.monotonic() >= deadline:
+            return {"exit_code": None} if broken else None
+        time.sleep(0.05)
+
+
+def ping_engine(spark) -> dict[str, Any]:
+    """One round trip to the JVM: ``{"ok": True}``, or why not (its exit status)."""
+    lost = engine_exit_code(spark)
+    if lost is not None:
+        return {"ok": False, "exit_code": lost}
+    try:
+        spark.sparkContext._jvm.java.lang.System.nanoTime()
+    except Exception as exc:  # noqa: BLE001 - py4j's errors: the gateway is gone
+        return {"ok": False, "error": type(exc).__name__, "exit_code": engine_exit_code(spark)}
+    return {"ok": True}
 
 
 # --- the process -----------------------------------------------------------------------------
@@ -316,12 +362,13 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_message(init["config"])
 
     from sandbox.crypto import KeyStore
-    from sandbox.spark import get_spark, stop_spark
+    from sandbox.spark import engine_conf, get_spark, stop_spark
     from sandbox.workspace import create_executor_dir, remove_workspace
 
     scratch = create_executor_dir(config)
     try:
-        spark = get_spark(config, "yushan-executor", extra={"spark.local.dir": str(scratch)})
+        spark = get_spark(config, "yushan-executor",
+                          extra={"spark.local.dir": str(scratch), **engine_conf(config)})
         # Task failures are logged by the JVM with the offending values: nothing is logged.
         spark.sparkContext.setLogLevel("OFF")
         warm_up = WarmUp(spark, scratch)  # JIT-compiles the hot paths while idle
@@ -335,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                 message = channel.recv()
             if message is None or message.get("type") == "stop":
                 break
+            if message.get("type") == "ping":  # before each job: is the engine still there?
+                channel.send({"type": "pong", **ping_engine(spark)})
+                continue
             if message.get("type") == "run":
                 warm_up.stop()  # a waiting job goes first
                 channel.send(run_job(spark, config, keystore, message, channel))

@@ -38,7 +38,7 @@ class Limits:
     @classmethod
     def from_config(cls, config: Config) -> Limits:
         # CPU time defaults to twice the wall clock: a job may use both cores all along.
-        cpu = float(config.extra.get("job_cpu_seconds", 2 * config.job_timeout_seconds))
+        cpu = float(config.job_cpu_seconds or 2 * config.job_timeout_seconds)
         return cls(
             wall_seconds=float(config.job_timeout_seconds),
             cpu_seconds=cpu,

@@ -46,14 +46,18 @@ class StoredOutput:
         )
 
 
-def output_dir(config: Config, job_id: int) -> Path:
-    return config.outputs_dir / str(job_id)
+def output_dir(config: Config, job_id: int, attempt: int | None = None) -> Path:
+    """``outputs/<job id>/``, or one attempt's own ``outputs/<job id>/attempt-<n>/``: a run
+    whose lease was lost must never overwrite or remove the output of the run that won."""
+    base = config.outputs_dir / str(job_id)
+    return base if attempt is None else base / f"attempt-{int(attempt)}"
 
 
-def store_output(config: Config, keystore: KeyStore, job_id: int, plaintext: Path) -> StoredOutput:
+def store_output(config: Config, keystore: KeyStore, job_id: int, plaintext: Path,
+                 attempt: int | None = None) -> StoredOutput:
     """Encrypt the Parquet file ``plaintext`` (in a workspace) into the job's output dir."""
     key, wrapped = keystore.new_wrapped_key(f"output:{job_id}")
-    target = output_dir(config, job_id) / OUTPUT_FILE
+    target = output_dir(config, job_id, attempt) / OUTPUT_FILE
     digest = encrypt_file(key, plaintext, target)
     return StoredOutput(
         storage_path=str(target.relative_to(config.home)),
@@ -74,6 +78,7 @@ def read_output(
     return pq.read_table(pa.BufferReader(data))
 
 
-def remove_output(config: Config, job_id: int) -> None:
-    """Delete an output's ciphertext (the caller forgets its wrapped key)."""
-    shutil.rmtree(output_dir(config, job_id), ignore_errors=True)
+def remove_output(config: Config, job_id: int, attempt: int | None = None) -> None:
+    """Delete an output's ciphertext (the caller forgets its wrapped key): one attempt's,
+    or with no ``attempt`` every attempt's."""
+    shutil.rmtree(output_dir(config, job_id, attempt), ignore_errors=True)

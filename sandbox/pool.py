@@ -37,6 +37,13 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT = 180.0  # a cold JVM on a busy two-core machine
 TICK = 0.2
+PING_TIMEOUT = 10.0  # a healthy executor answers in milliseconds, even warming up
+# A job's executor is busy while its processes use this share of one core (a hung JVM
+# uses none; polling its progress costs about 1%), measured over ACTIVITY_WINDOW seconds.
+ACTIVE_CPU_SHARE = 0.05
+ACTIVITY_WINDOW = 5.0
+# -XX:+ExitOnOutOfMemoryError's exit status (sandbox.executor.JVM_OOM_EXIT).
+JVM_OOM_EXIT = 3
 
 
 class StopReason(enum.StrEnum):
@@ -48,7 +55,8 @@ class StopReason(enum.StrEnum):
 
 
 class ExecutorFault(Exception):
-    """The executor died or did not answer; the job did not finish."""
+    """The executor died, lost its engine or hung; the job did not finish (not its fault:
+    it is retried once on a fresh executor)."""
 
 
 @dataclass
@@ -198,11 +206,23 @@ class Executor:
                         return self._over_limit("MemoryLimitExceeded", memory_mib)
                     log.warning("executor %s: its memory cgroup refused the job's limit (%s)", self.pid, exc)
             group.reset_peak()
+        hang_seconds = float(self.config.executor_hang_seconds)
+        samples: list[tuple[float, float]] = [(started, baseline.cpu_seconds)]
+        last_active = started
         try:
             self.channel.send({"type": "run", **request, "limits": limits.as_dict()})
             while True:
                 message = self.channel.recv(timeout=TICK)
                 progress = None
+                if message and message.get("type") == "result" and message.get("engine_lost"):
+                    # The JVM died under the job: out of memory is the job's own doing
+                    # (not retried); anything else is the executor's fault.
+                    code = message["engine_lost"].get("exit_code")
+                    if code == JVM_OOM_EXIT:
+                        return self._over_limit("MemoryLimitExceeded", memory_mib,
+                                                self._usage(baseline, started))
+                    self.kill()
+                    raise ExecutorFault(f"the executor's engine died during the job (exit {code})")
                 if message and message.get("type") == "result":
                     report = RunReport(message=message, usage=self._usage(baseline, started))
                     if group is not None and group.counts_kills and self._killed_for_memory(kills_before):
@@ -214,6 +234,7 @@ class Executor:
                     return report
                 if message and message.get("type") == "progress":
                     progress = float(message["progress"])
+                    last_active = time.monotonic()
                 if message and message.get("type") == "decision" and on_decision is not None:
                     on_decision(message.get("decision") or {})
                 stop = tick(progress)
@@ -227,6 +248,17 @@ class Executor:
                     next_sample = now + 0.5
                     self.members = process_tree(self.proc.pid)  # a new child counts at once
                     usage = usage_of(self.members)
+                    samples.append((now, usage.cpu_seconds))
+                    while len(samples) > 2 and now - samples[1][0] >= ACTIVITY_WINDOW:
+                        samples.pop(0)
+                    span = now - samples[0][0]
+                    if span >= ACTIVITY_WINDOW and (usage.cpu_seconds - samples[0][1]) >= ACTIVE_CPU_SHARE * span:
+                        last_active = now
+                    if now - last_active > hang_seconds:
+                        log.warning("executor %s: no progress and no CPU for %.0f s; hung",
+                                    self.pid, now - last_active)
+                        self.kill()
+                        raise ExecutorFault("the executor hung (no progress and no CPU)")
                     if usage.cpu_seconds - baseline.cpu_seconds > limits.cpu_seconds:
                         return self._over_limit("CpuLimitExceeded", limits.cpu_seconds)
                     if usage.rss_bytes > limits.memory_bytes:
@@ -264,6 +296,27 @@ class Executor:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def ping(self, timeout: float = PING_TIMEOUT) -> bool:
+        """One round trip to the executor and its JVM: False when either is dead or hung."""
+        if not self.alive() or self.channel is None:
+            return False
+        try:
+            self.channel.send({"type": "ping"})
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                message = self.channel.recv(timeout=TICK)
+                if message and message.get("type") == "pong":
+                    if not message.get("ok"):
+                        log.warning("executor %s: its engine is gone (%s)", self.pid,
+                                    message.get("error") or f"exit {message.get('exit_code')}")
+                    return bool(message.get("ok"))
+                if not self.alive():
+                    return False
+        except ChannelClosed:
+            return False
+        log.warning("executor %s: no answer to a ping in %.0f s (hung)", self.pid, timeout)
+        return False
 
     def healthy(self) -> bool:
         """Alive, and nothing of it (its JVM, say) was killed for memory while it was idle."""
@@ -317,6 +370,7 @@ class ExecutorPool:
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self.started = 0
+        self.faults = 0
 
     def executors(self) -> list[Executor]:
         """The pool's live executors (idle or busy), e.g. to report how fast they started."""
@@ -358,11 +412,20 @@ class ExecutorPool:
             executor = self._idle.get(timeout=timeout)
         except queue.Empty:
             return None
-        if not executor.healthy():
-            log.warning("executor %s died or lost its JVM while idle; replacing it", executor.pid)
+        if not executor.healthy() or not executor.ping():
+            log.warning("executor %s died, lost or hung its JVM while idle; replacing it",
+                        executor.pid)
+            self.faults += 1
             self.release(executor, faulted=True)
             return None
         return executor
+
+    def health(self) -> dict[str, int]:
+        """Executors started, live, idle, and faults seen (for /readyz via the worker)."""
+        with self._lock:
+            live = sum(1 for e in self._all if e.alive())
+        return {"size": self.size, "live": live, "idle": self._idle.qsize(),
+                "faults": self.faults, "started": self.started}
 
     def release(self, executor: Executor, faulted: bool = False) -> None:
         """Return an executor after a job; recycle it after a fault or ``max_jobs`` jobs."""

@@ -147,6 +147,30 @@ def session_conf(config: Config, app_name: str, extra: dict[str, str] | None = N
     return conf
 
 
+def _memory_bytes(value: str) -> int | None:
+    """Spark's memory notation (``2g``, ``1536m``, ``512k``) in bytes; None if unreadable."""
+    units = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+    text = value.strip().lower().removesuffix("b")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text) * 2**20  # a bare number is MiB, as Spark reads it
+    except ValueError:
+        return None
+
+
+def engine_conf(config: Config) -> dict[str, str]:
+    """An executor's JVM settings: it exits on OutOfMemoryError (a half-dead JVM would hang
+    at 0% CPU and hold the job), and a collected result may take at most half its heap."""
+    options = [session_conf(config, "x").get("spark.driver.extraJavaOptions", ""),
+               "-XX:+ExitOnOutOfMemoryError"]
+    conf = {"spark.driver.extraJavaOptions": " ".join(o for o in options if o)}
+    heap = _memory_bytes(config.spark_driver_memory)
+    if heap:
+        conf["spark.driver.maxResultSize"] = f"{max(1, heap // 2 // 2**20)}m"
+    return conf
+
+
 def get_spark(config: Config, app_name: str = "yushan", extra: dict[str, str] | None = None) -> SparkSession:
     """Return this process's SparkSession, creating it on first use."""
     global _session

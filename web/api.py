@@ -44,12 +44,14 @@ from web.common import (
     visible_datasets,
     visible_jobs,
 )
+from web.edges import BadJSON, strict_json_loads
 from web.errors import ApiError
-from yushan.models import Job, Role
+from yushan.models import Job, JobState, Role
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 AUDIT_MAX_LIMIT = 10_000
+JOB_STATES = tuple(s.value for s in JobState)
 
 
 def refuse(refusal: Refusal) -> ApiError:
@@ -66,9 +68,9 @@ def json_body() -> Any:
     if not raw.strip():
         return {}
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "bad_json", "The body is not valid JSON.") from None
+        return strict_json_loads(raw)
+    except BadJSON as exc:  # the message is ours: depth, encoding or syntax, no values
+        raise ApiError(400, "bad_json", str(exc)) from None
 
 
 def visible_job(job_id: int) -> Job:
@@ -203,6 +205,10 @@ def submit_job():
 def list_jobs():
     user = current_api_user()
     state = request.args.get("state")
+    if state and state not in JOB_STATES:
+        shown = state[:40].encode("ascii", "replace").decode()  # the caller's own input
+        raise ApiError(400, "bad_request", f"'state' is {shown!r}; it must be one of: "
+                       + ", ".join(JOB_STATES) + ".")
     jobs = visible_jobs(db(), user, states=(state,) if state else None,
                         limit=_int_arg("limit", 100, 1, 1000))
     return jsonify({"jobs": [service.job_json(job, user) for job in jobs]})

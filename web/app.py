@@ -7,7 +7,6 @@ from pathlib import Path
 
 from flask import Flask, g, jsonify, request
 from flask_babel import Babel
-from sqlalchemy import text
 
 from web.extensions import LOCALE_COOKIE, LOCALES, csrf, select_locale
 from yushan.config import Config, get_config
@@ -46,11 +45,10 @@ SECURITY_HEADERS = {
 def secure_cookies(config: Config) -> bool:
     """Secure-only cookies unless the app is served on loopback over plain HTTP.
 
-    ``YUSHAN_COOKIE_SECURE`` (config.extra["cookie_secure"]) overrides either way.
+    ``YUSHAN_COOKIE_SECURE`` overrides either way (behind a TLS proxy on loopback: set it).
     """
-    forced = config.extra.get("cookie_secure")
-    if forced is not None:
-        return str(forced).lower() in ("1", "true", "yes", "on")
+    if config.cookie_secure is not None:
+        return config.cookie_secure
     return config.host not in LOOPBACK_HOSTS
 
 
@@ -80,6 +78,7 @@ def create_app(config: Config | None = None) -> Flask:
         api,
         auditor,
         auth,
+        edges,
         merchant,
         pages,
         platform_datasets,
@@ -110,7 +109,8 @@ def create_app(config: Config | None = None) -> Flask:
         JSON_SORT_KEYS=False,
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
     )
-    app.json.sort_keys = False
+    # Strict JSON, bounded ids and body caps: before any route or extension reads a body.
+    edges.install(app, config)
     compile_translations()
     Babel(app, locale_selector=select_locale)
     csrf.init_app(app)
@@ -149,16 +149,26 @@ def create_app(config: Config | None = None) -> Flask:
 
     @app.get("/healthz")
     def healthz():
+        """The process is up and answers (no database: see /readyz)."""
+        return jsonify({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz():
+        """Ready for work: database, a recent worker heartbeat, live executors, and the
+        queue moving; 503 with the reasons when not."""
+        from jobs.health import readiness
         from web.auth import db
 
         try:
-            db().execute(text("SELECT 1"))
-            ok = True
+            verdict = readiness(db(), config)
         except Exception as exc:  # the class only: the text may name hosts
-            log.error("health check: database unavailable (%s)", type(exc).__name__)
-            ok = False
-        body = {"status": "ok" if ok else "unavailable", "db": "ok" if ok else "unavailable"}
-        return jsonify(body), 200 if ok else 503
+            log.error("readiness: database unavailable (%s)", type(exc).__name__)
+            body = {"status": "unavailable", "reasons": ["the database does not answer"],
+                    "checks": {"database": "unavailable"}}
+            return jsonify(body), 503
+        body = {"status": "ok" if verdict.ok else "unavailable", "reasons": verdict.reasons,
+                "checks": verdict.checks}
+        return jsonify(body), 200 if verdict.ok else 503
 
     @app.context_processor
     def _template_globals():

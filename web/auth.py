@@ -106,7 +106,8 @@ _UNSAFE = re.compile(r"[^\x20-\x7e]")
 
 
 def client_ip() -> str:
-    # Behind a proxy the operator enables ProxyFix; we never trust X-Forwarded-For here.
+    # Behind YUSHAN_TRUSTED_PROXY waitress has set it from X-Forwarded-For (yushan serve);
+    # from anyone else that header is dropped, never believed.
     return request.remote_addr or "-"
 
 

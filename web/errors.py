@@ -46,6 +46,11 @@ GENERIC_MESSAGES: dict[int, str] = {
 }
 
 
+class EdgeRefusal:
+    """Marks an HTTP exception whose description is ours, fixed and value-free (it is
+    shown to API callers as the message)."""
+
+
 class ApiError(Exception):
     """Raised inside API views; answered as a JSON error with the given status."""
 
@@ -76,7 +81,7 @@ def api_error(status: int, code: str | None = None, message: str | None = None,
 
 def wants_json() -> bool:
     """True for API paths (and health), whose errors are JSON."""
-    return request.path.startswith("/api/") or request.path == "/healthz"
+    return request.path.startswith("/api/") or request.path in ("/healthz", "/readyz")
 
 
 def register_error_handlers(app: Flask) -> None:
@@ -87,11 +92,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         status = exc.code or 500
+        # What the exception's own response would say in its headers (405: Allow).
+        headers = {k: v for k, v in exc.get_headers() if k.lower() not in ("content-type",)}
         if wants_json():
             code = STATUS_CODES.get(status, "error")
-            # CSRF failures and the like carry their own fixed descriptions; keep ours.
-            return api_error(status, code, GENERIC_MESSAGES.get(status))
-        return render_error_page(status), status
+            # CSRF failures and the like carry their own fixed descriptions; keep ours,
+            # except where a check of ours wrote a value-free message naming the problem.
+            message = exc.description if isinstance(exc, EdgeRefusal) else None
+            return api_error(status, code, message or GENERIC_MESSAGES.get(status), headers)
+        return render_error_page(status), status, headers
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

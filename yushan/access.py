@@ -180,6 +180,20 @@ def see_segment_summary(session: Session, user: User, job: Job) -> Permission:
     return _visible(user, job, deny("segment sizes are released with the rows"))
 
 
+def manage_own_data(user: User) -> Permission:
+    """Upload, withdraw and export a merchant's own datasets: its own users only."""
+    if user.role == Role.MERCHANT.value:
+        return allow("a merchant's user")
+    return deny("Only a merchant's own users may upload or withdraw its data.")
+
+
+def manage_authorizations(user: User) -> Permission:
+    """Grant, change or revoke providers' authorisations: a merchant's own users, for it."""
+    if user.role == Role.MERCHANT.value:
+        return allow("a merchant's user")
+    return deny("only a merchant's users authorise service providers")
+
+
 # --- the platform -----------------------------------------------------------------------------
 
 

@@ -31,7 +31,19 @@ class YushanGroup(click.Group):
             sys.exit(1)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from yushan import __version__
+
+    try:
+        return version("yushan")
+    except PackageNotFoundError:  # run from a source tree
+        return __version__
+
+
 @click.group(cls=YushanGroup)
+@click.version_option(version=_version(), prog_name="yushan")
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="YUSHAN_HOME",
               help="Where Yushan keeps everything (default ./var).")
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
@@ -110,9 +122,8 @@ def demo(scale: float, seed: int, if_missing: bool) -> None:
               help="Job worker processes to run beside the web app (default YUSHAN_WORKERS).")
 def serve(workers: int | None) -> None:
     """Serve the web app and API, with job worker processes."""
-    from waitress import create_server
-
     from web import create_app
+    from web.edges import create_server
 
     config = get_config()
     initialise(config)
@@ -120,9 +131,10 @@ def serve(workers: int | None) -> None:
     count = config.workers if workers is None else workers
     supervisor = WorkerSupervisor(count)
     supervisor.start()
-    server = create_server(app, host=config.host, port=config.port, threads=8,
-                           ident="yushan", clear_untrusted_proxy_headers=True,
-                           # uploads are limited by YUSHAN_MAX_UPLOAD_BYTES, not by waitress
+    # Each route's body cap applies as the headers are parsed (web.edges); this is the
+    # largest, an upload's.
+    server = create_server(app, config, host=config.host, port=config.port, threads=8,
+                           ident="yushan", **waitress_proxy_settings(config),
                            max_request_body_size=config.max_upload_bytes + 1024 * 1024)
 
     def stop(_signum, _frame):
@@ -137,6 +149,19 @@ def serve(workers: int | None) -> None:
         server.run()
     finally:
         supervisor.stop()
+
+
+def waitress_proxy_settings(config: Config) -> dict:
+    """waitress's reverse-proxy settings: behind ``YUSHAN_TRUSTED_PROXY`` the client's
+    address (log-in lockout, audit) and scheme come from its X-Forwarded-* headers; from
+    anyone else such headers are dropped."""
+    settings: dict = {"clear_untrusted_proxy_headers": True}
+    if config.trusted_proxy:
+        settings.update(trusted_proxy=config.trusted_proxy,
+                        trusted_proxy_count=config.trusted_proxy_count,
+                        trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto",
+                                               "x-forwarded-host", "x-forwarded-port"})
+    return settings
 
 
 class WorkerSupervisor:

@@ -45,6 +45,28 @@ def _env_int(name: str, default: int, minimum: int = 0) -> int:
     return value
 
 
+def _env_optional_bool(name: str) -> bool | None:
+    """A boolean, or None when unset (the code then decides)."""
+    if (os.environ.get(name) or "").strip() == "":
+        return None
+    return _env_bool(name, False)
+
+
+def _env_proxy(name: str) -> str:
+    """``*`` or one IP address of the reverse proxy in front of the web app."""
+    raw = (os.environ.get(name) or "").strip()
+    if raw in ("", "*"):
+        return raw
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not an IP address; give the address the reverse proxy "
+            "connects from (e.g. 127.0.0.1), or * to believe any peer's forwarded headers"
+        ) from None
+    return raw
+
+
 _HOST_NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 
 
@@ -164,6 +186,20 @@ class Config:
     # spark.authenticate.secret, hence kept out of repr.
     spark_conf_file: str = ""
     spark_conf: dict[str, str] = field(default_factory=dict, repr=False)
+    # Session cookies Secure-only: None = unless served on loopback (web/app.py).
+    cookie_secure: bool | None = None
+    # The reverse proxy whose X-Forwarded-* headers are believed ("" = none): waitress's
+    # trusted_proxy (an address, or "*" for any peer).
+    trusted_proxy: str = ""
+    trusted_proxy_count: int = 1
+    # CPU seconds one job may use; 0 = twice the wall-clock limit (both cores all along).
+    job_cpu_seconds: int = 0
+    # An executor whose JVM shows no progress and no CPU for this long is hung (replaced).
+    executor_hang_seconds: int = 120
+    # /readyz: a worker heartbeat at most this old; the oldest queued job at most this old.
+    ready_heartbeat_seconds: int = 60
+    ready_queue_seconds: int = 600
+    # Overrides that no environment variable sets (tests: onboarding's max_line_bytes).
     extra: dict[str, str] = field(default_factory=dict)
 
     # Paths below the home; one place so that nothing hard-codes a layout.
@@ -260,6 +296,13 @@ class Config:
             class_archive=(os.environ.get("YUSHAN_CLASS_ARCHIVE") or "").strip(),
             spark_driver_host=_env_address("YUSHAN_SPARK_DRIVER_HOST", "127.0.0.1"),
             spark_driver_bind_address=_env_address("YUSHAN_SPARK_DRIVER_BIND_ADDRESS", ""),
+            cookie_secure=_env_optional_bool("YUSHAN_COOKIE_SECURE"),
+            trusted_proxy=_env_proxy("YUSHAN_TRUSTED_PROXY"),
+            trusted_proxy_count=_env_int("YUSHAN_TRUSTED_PROXY_COUNT", 1, minimum=1),
+            job_cpu_seconds=_env_int("YUSHAN_JOB_CPU_SECONDS", 0, minimum=0),
+            executor_hang_seconds=_env_int("YUSHAN_EXECUTOR_HANG_SECONDS", 120, minimum=5),
+            ready_heartbeat_seconds=_env_int("YUSHAN_READY_HEARTBEAT_SECONDS", 60, minimum=5),
+            ready_queue_seconds=_env_int("YUSHAN_READY_QUEUE_SECONDS", 600, minimum=1),
         )
         if "spark_conf" not in overrides:
             conf_file = (os.environ.get("YUSHAN_SPARK_CONF") or "").strip()

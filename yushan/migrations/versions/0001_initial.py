@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-03 11:17:57.932865
+Create Date: 2026-12-03 11:25:23.461785
 """
 
 from alembic import op
