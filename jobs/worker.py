@@ -245,8 +245,13 @@ class Worker:
             return None
 
         try:
-            report = executor.run(self._request(job), self.limits, tick,
-                                  lambda decision: self._charge(job, decision))
+            request = self._request(job)
+
+            def on_start(decision: dict) -> dict | None:
+                state["decision"] = decision  # what a failure is judged by (P8)
+                return self._charge(job, decision)
+
+            report = executor.run(request, self.limits, tick, on_start)
         except ExecutorFault as exc:
             log.error("job %s: executor fault (%s)", job.id, exc)
             self._give_back(job, "ExecutorLost",
@@ -255,7 +260,7 @@ class Worker:
         if report.stopped is not None:
             self._abandoned(job, report)
             return True
-        self._record(job, report, state["decision"])
+        self._record(job, report, state["decision"], _versions(request))
         return report.faulted
 
     def _charge(self, job: Claimed, decision: dict) -> dict | None:
@@ -294,9 +299,11 @@ class Worker:
             except StateConflict:
                 pass
 
-    def _record(self, job: Claimed, report: RunReport, heard: dict | None = None) -> None:
+    def _record(self, job: Claimed, report: RunReport, heard: dict | None = None,
+                versions: dict[str, int] | None = None) -> None:
         """Record the run's outcome; ``heard`` is the executor's decision relayed before it
-        ran (a time or memory limit's outcome carries none of its own)."""
+        ran (a time or memory limit's outcome carries none of its own); ``versions`` the
+        platform dataset versions the executor was given."""
         message = report.message or {}
         outcome = message.get("outcome")
         if message.get("workspace"):
@@ -305,7 +312,7 @@ class Worker:
             with session_scope(self.config) as session:
                 row = session.get(Job, job.id)
                 if outcome == JobOutcome.RELEASED:
-                    self._released(session, row, message, report, self._fence(job))
+                    self._released(session, row, message, report, self._fence(job), versions or {})
                 elif outcome == JobOutcome.BLOCKED:
                     decision = message.get("decision") or {}
                     transition(
@@ -341,7 +348,8 @@ class Worker:
         record anything once the job was taken over, even by another slot of this worker."""
         return (Job.attempts == job.attempt,)
 
-    def _released(self, session, row: Job, message: dict, report: RunReport, fence: tuple) -> None:
+    def _released(self, session, row: Job, message: dict, report: RunReport, fence: tuple,
+                  versions: dict[str, int]) -> None:
         stored = StoredOutput.from_message(message["output"])
         decision = message.get("decision") or {}
         released, suppressed = int(message["released_rows"]), int(message["suppressed_rows"])
@@ -372,6 +380,10 @@ class Worker:
                 "content_hash": stored.content_hash,
                 "columns_read": decision.get("columns_read"),
                 "datasets_read": decision.get("datasets_read"),
+                # The platform data versions the job read (a refresh adds versions).
+                "dataset_versions": {name: versions[name.lower()]
+                                     for name in decision.get("datasets_read") or ()
+                                     if name.lower() in versions},
                 "usage": report.usage,
                 "timings": message.get("timings"),
                 # A template's final query (e.g. lookalike weights): kept in the audit trail.
@@ -386,3 +398,9 @@ class Worker:
                 "accuracy": message.get("accuracy") or None,
             },
         )
+
+
+def _versions(request: dict) -> dict[str, int]:
+    """Platform dataset versions the executor was given, by lower-case full name."""
+    return {name: info["version"] for name, info in request["datasets"].items()
+            if info.get("version") is not None}

@@ -11,7 +11,7 @@ from sqlalchemy.orm import selectinload
 from jobs import budget
 from jobs.errors import InvalidRequest
 from onboarding.errors import OnboardingError
-from onboarding.platform_datasets import update_platform_dataset
+from onboarding.platform_datasets import NUMERIC_TYPE, set_release_policy, update_platform_dataset
 from sandbox.protection import BY_KEY, PROTECTIONS, Recorded
 from web.auth import actor_for, app_config, audit_record, db, page_user, roles_required
 from web.messages import service_text
@@ -58,6 +58,7 @@ def overview():
                if t.kind == TenantKind.MERCHANT.value]
     return render_template("admin.html", tenants=tenants, users=users, datasets=datasets,
                            classes=[c.value for c in ColumnClass],
+                           numeric=lambda data_type: bool(NUMERIC_TYPE.match(data_type.lower())),
                            sandbox=sandbox_protections(session), budgets=budgets,
                            roles=[r.value for r in Role],
                            tenant_kinds=[TenantKind.MERCHANT.value, TenantKind.PROVIDER.value],
@@ -155,7 +156,8 @@ def reset_password(username: str):
 @bp.post("/datasets/<int:dataset_id>")
 @roles_required(Role.ADMIN.value)
 def update_dataset(dataset_id: int):
-    """Change a platform dataset's k, entity column and column classes (audited)."""
+    """Change a platform dataset's k, entity column and column classes, and for consumer
+    data its release mode, per-unit limits and bounds (audited, one transaction)."""
     session = db()
     user = page_user()
     form = request.form
@@ -164,9 +166,26 @@ def update_dataset(dataset_id: int):
         update_platform_dataset(session, user, dataset_id, k=form.get("k"),
                                 entity_column=form.get("entity_column"), classes=classes,
                                 actor=actor_for(user))
+        dataset = session.get(Dataset, dataset_id)
+        if dataset.is_consumer_data and "release" in form:
+            set_release_policy(session, user, dataset.name, release=form.get("release"),
+                               max_groups=form.get("max_groups") or None,
+                               max_rows=form.get("max_rows") or None,
+                               bounds=_bounds(form, dataset), actor=actor_for(user))
     except OnboardingError as exc:
         session.rollback()
         abort(exc.status)
     session.commit()
     flash(gettext("Dataset saved."), "info")
     return redirect(url_for("admin.overview"))
+
+
+def _bounds(form, dataset: Dataset) -> dict[str, tuple[str, str] | None]:
+    """The bounds fields of the form: both empty clears a column's bounds."""
+    bounds: dict[str, tuple[str, str] | None] = {}
+    for column in dataset.columns:
+        if f"lo_{column.name}" not in form and f"hi_{column.name}" not in form:
+            continue
+        lo, hi = form.get(f"lo_{column.name}", "").strip(), form.get(f"hi_{column.name}", "").strip()
+        bounds[column.name] = (lo, hi) if lo or hi else None
+    return bounds

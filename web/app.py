@@ -74,6 +74,7 @@ def create_app(config: Config | None = None) -> Flask:
         edges,
         merchant,
         pages,
+        platform_datasets,
         provider,
         templates_views,
         uploads,
@@ -117,6 +118,8 @@ def create_app(config: Config | None = None) -> Flask:
         app.register_blueprint(blueprint)
     app.register_blueprint(templates_views.bp)  # templates, segments
     app.register_blueprint(uploads.bp)
+    app.register_blueprint(platform_datasets.bp)  # the admin's platform-dataset API
+    csrf.exempt(platform_datasets.bp)  # bearer tokens only
     # Upload API views take bearer tokens (no CSRF); its pages keep CSRF protection.
     for rule in app.url_map.iter_rules():
         if rule.endpoint.startswith(uploads.bp.name + ".") and rule.rule.startswith("/api/"):

@@ -202,3 +202,10 @@ def administer(user: User) -> Permission:
     if user.role == Role.ADMIN.value:
         return allow("a platform admin")
     return deny("only a platform admin may do this")
+
+
+def manage_platform_datasets(user: User) -> Permission:
+    """Register, refresh and set the release policy of platform datasets: platform admins."""
+    if user.role == Role.ADMIN.value:
+        return allow("a platform admin")
+    return deny("only a platform admin may register or change platform datasets")

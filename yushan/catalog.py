@@ -47,6 +47,7 @@ class DatasetInfo:
     max_groups: int | None = None  # dp: groups one consumer may contribute to
     max_rows: int | None = None  # dp: rows one consumer may contribute per group
     one_row_per_unit: bool = False  # the entity column is unique in this dataset
+    version: int | None = None  # platform data: the version whose files storage_path names
 
     @property
     def is_platform(self) -> bool:
@@ -76,6 +77,7 @@ def dataset_info(config: Config, ds: Dataset) -> DatasetInfo:
         max_groups=ds.max_groups,
         max_rows=ds.max_rows,
         one_row_per_unit=bool(ds.one_row_per_unit),
+        version=(ds.version or 1) if ds.tenant.slug == PLATFORM else None,
     )
 
 

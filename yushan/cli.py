@@ -324,12 +324,13 @@ def _register_commands() -> None:
         submit_command,
         worker_command,
     )
-    from onboarding.cli import upload_command, withdraw_command
+    from onboarding.cli import dataset_cli, upload_command, withdraw_command
 
     for name, command in (
         ("worker", worker_command), ("submit", submit_command), ("approve", approve_command),
         ("download", download_command), ("check", check_command), ("audit", audit_cli),
         ("upload", upload_command), ("withdraw", withdraw_command), ("budget", budget_cli),
+        ("dataset", dataset_cli),
     ):
         main.add_command(command, name)
 

@@ -203,8 +203,10 @@ class Dataset(Base):
     # Platform datasets shared with merchants may be read by their jobs.
     shared: Mapped[bool] = mapped_column(Boolean, default=True)
     member_key: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    # Where the files are, relative to YUSHAN_HOME.
+    # Where the files are, relative to YUSHAN_HOME (platform data: the current version's).
     storage_path: Mapped[str] = mapped_column(String(500))
+    # Platform data: the current version (a refresh adds one; see DatasetVersion).
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     encrypted: Mapped[bool] = mapped_column(Boolean, default=False)
     wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     row_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -227,6 +229,25 @@ class Dataset(Base):
     @property
     def active(self) -> bool:
         return self.withdrawn_at is None
+
+
+class DatasetVersion(Base):
+    """One immutable version of a platform dataset's files. A refresh adds a version; the
+    files of a superseded one are removed once no pending job may still read them."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("dataset_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    storage_path: Mapped[str] = mapped_column(String(500))
+    source_format: Mapped[str] = mapped_column(String(16), default="parquet")
+    row_count: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    superseded_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+    files_removed_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
 
 
 class DatasetColumn(Base):

@@ -15,8 +15,9 @@ HARDENED_CONF: dict[str, str] = {
     # No web UI or event log: both show query text, plans and sample values.
     "spark.eventLog.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
-    # Runtime errors (overflow, bad casts, division by zero) fail the job instead of
-    # silently producing NULLs; the runner redacts them (P8).
+    # P8: expressions evaluate with try_ semantics (division by zero, invalid casts, bad
+    # indexes give NULL), so whether a job fails cannot depend on one consumer's values.
+    # Functions that still fail on some values are denied on consumer data (policies.flow).
     "spark.sql.ansi.enabled": "false",
     # JVM stack traces in Python exceptions may quote data values.
     "spark.sql.pyspark.jvmStacktrace.enabled": "false",
