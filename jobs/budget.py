@@ -28,7 +28,8 @@ from sqlalchemy.orm import Session
 from audit import Actor, record
 from jobs.errors import InvalidRequest, NotFound
 from policies.model import Violation
-from yushan.accounts import can_act_for, get_tenant
+from yushan import access
+from yushan.accounts import get_tenant
 from yushan.config import Config
 from yushan.models import (
     BudgetCharge,
@@ -98,9 +99,9 @@ def budget_merchant(session: Session, user: User, merchant_slug: str) -> Tenant:
         if merchant is not None and merchant.kind == TenantKind.MERCHANT.value:
             return merchant
     else:
-        merchant = can_act_for(session, user, merchant_slug)
-        if merchant is not None:
-            return merchant
+        permission = access.act_for(session, user, merchant_slug)
+        if permission.allowed:
+            return permission.target
     raise NotFound("no such merchant")
 
 
