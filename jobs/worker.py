@@ -319,9 +319,12 @@ class Worker:
                         session, row, JobState.BLOCKED, actor=worker_actor(), lease_owner=self.identity,
                         where=self._fence(job),
                         details={"decision": decision.get("decision"), "stage": "executor",
-                                 "violations": decision.get("violations", [])},
+                                 "violations": decision.get("violations", []),
+                                 **({"error": decision["error"]} if decision.get("error") else {})},
                         values={"decision": decision, "violations": decision.get("violations", []),
-                                "release": decision.get("release")},
+                                "release": decision.get("release"),
+                                # a syntax or name error is reported as such (P9), not as a rule
+                                **({"error": decision["error"]} if decision.get("error") else {})},
                     )
                 else:
                     error = message.get("error") or {"class": "InternalError", "message": "the job failed"}

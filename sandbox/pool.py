@@ -220,7 +220,9 @@ class Executor:
                     # The JVM died under the job: out of memory is the job's own doing
                     # (not retried); anything else is the executor's fault.
                     code = message["engine_lost"].get("exit_code")
-                    if code == JVM_OOM_EXIT:
+                    killed = (group is not None and group.counts_kills
+                              and self._killed_for_memory(kills_before))
+                    if code == JVM_OOM_EXIT or killed:  # the JVM's own OOM, or the kernel's
                         return self._over_limit("MemoryLimitExceeded", memory_mib,
                                                 self._usage(baseline, started))
                     self.kill()

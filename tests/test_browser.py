@@ -211,7 +211,7 @@ def test_merchant_uploads_approves_downloads_and_withdraws(browser, site, tmp_pa
     table.locator("th").first.click()
     expect(table.locator("th").first).to_have_attribute("aria-sort", "ascending")
     with page.expect_download() as info:
-        page.click("#download-excel")
+        page.click("#download-csv-excel")
     download = info.value
     assert re.fullmatch(r"gender_split-job-\d+-\d{8}T\d{6}Z\.csv", download.suggested_filename)
     saved = tmp_path / download.suggested_filename

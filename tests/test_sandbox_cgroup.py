@@ -151,6 +151,9 @@ channel = Channel(int(sys.argv[sys.argv.index('--read-fd') + 1]), int(sys.argv[s
 channel.recv()
 channel.send({"type": "ready", "pid": os.getpid()})
 job = channel.recv()
+while job.get("type") == "ping":  # the pool's check before each job
+    channel.send({"type": "pong", "ok": True})
+    job = channel.recv()
 if job["sql"] == "exit":
     os._exit(3)
 blob = b"x" * (int(job["sql"]) * 2**20)
