@@ -46,7 +46,7 @@ AGGS = ["count(*)", "count(DISTINCT user_id)", "sum(vip_level)", "avg(birth_year
         "variance(vip_level)", "approx_count_distinct(city)", "count(DISTINCT nick)",
         "count(*) FILTER (WHERE city = 'Hangzhou')", "sum(vip_level) FILTER (WHERE birth_year > 1990)"]
 FILTERS = ["", "WHERE birth_year > 1980", "WHERE city = 'Hangzhou'", "WHERE vip_level BETWEEN 1 AND 5",
-           "WHERE phone IS NOT NULL", "WHERE registered_at >= DATE'2015-01-01'"]
+           "WHERE vip_level IS NOT NULL", "WHERE registered_at >= DATE'2015-01-01'"]
 
 
 @pytest.fixture(scope="module")
