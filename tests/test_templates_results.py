@@ -201,15 +201,15 @@ def test_omnichannel_matches_a_direct_computation_with_the_k_threshold(world, sp
         F.countDistinct(F.when(F.col("on_spend") != 0, F.col("user_id"))).alias("k_on"),
         F.countDistinct(F.when(F.col("off_spend") != 0, F.col("user_id"))).alias("k_off"),
     ).collect()
-    expected = {
-        r.tier: (r.members, r.online_buyers, r.online_spend, r.offline_buyers, r.offline_spend)
-        for r in direct if min(r.members, r.online_buyers, r.offline_buyers, r.k_on, r.k_off) >= K
-    }
-    got = {r["tier"]: (r["members"], r["online_buyers"], r["online_spend"], r["offline_buyers"],
-                       r["offline_spend"]) for r in rows}
-    assert got == expected
-    assert got, "at least one tier reaches k on the demo world"
-    assert len(direct) > len(got), "tiers below k were suppressed"
+    # dp mode (the demo's default): every released tier exists, its values carry noise of
+    # known scale (members: Laplace b = 9 at ε = 1 over 9 measurements; 100 is beyond
+    # 99.99%), and tiers with too few members are not released (partition selection).
+    truth = {r.tier: r for r in direct}
+    got = {r["tier"]: r for r in rows}
+    assert set(got) <= set(truth)
+    for tier, r in got.items():
+        assert abs(r["members"] - truth[tier].members) <= 100
+    assert all(truth[t].members >= 20 for t in got), "tiny tiers are never released"
     assert all(isinstance(v[2], Decimal) and v[2] > 0 for v in got.values())
 
 
