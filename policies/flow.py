@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from policies.lineage import _int_list
 from policies.model import PRIVATE, SENSITIVE, Source, Violation, sorted_sources
 from policies.tree import Node
 from yushan.catalog import DatasetInfo
@@ -916,10 +917,3 @@ class Flow:
             what=what[0].upper() + what[1:],
         )
 
-
-def _int_list(value) -> list[int]:
-    if isinstance(value, list):
-        return [int(v) for v in value if isinstance(v, int)]
-    if isinstance(value, str):
-        return [int(v) for v in value.strip("[]").split(",") if v.strip().isdigit()]
-    return []
