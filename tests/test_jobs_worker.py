@@ -197,6 +197,54 @@ def test_a_denied_submission_answers_queued_and_the_executor_blocks_it(demo_conf
     assert not (demo_config.outputs_dir / str(job_id)).exists()
 
 
+# Before the tests that kill executors and workers: it needs a worker in its ordinary state.
+def test_a_dp_job_is_charged_at_start_once_or_blocked_before_it_runs(demo_config, worker):
+    from sqlalchemy import func, select
+
+    from jobs import budget
+    from yushan.accounts import get_tenant
+    from yushan.models import BudgetCharge
+
+    with session_scope(demo_config) as session:
+        checked = service.check(session, demo_config, user(session, "insight_isv"), "hanfu_house",
+                                "aggregate", DP_SQL)
+    if checked.get("release") != "dp":
+        pytest.skip("the policy does not release this query with differential privacy yet")
+    assert checked["decision"] == "allow" and checked["epsilon"] > 0 and checked["budget"]["epsilon_left"] > 0
+    cost = checked["epsilon"]
+    admin = audit.Actor.system("pytest")
+
+    def set_left(epsilon_left: float) -> None:
+        with session_scope(demo_config) as session:
+            hanfu = get_tenant(session, "hanfu_house")
+            spent = budget.budget_json(session, demo_config, hanfu)["epsilon_spent"]
+            budget.set_budget(session, demo_config, hanfu, spent + epsilon_left, 1e-4, admin)
+
+    def charges(job_id: int) -> int:
+        with session_scope(demo_config) as session:
+            return session.scalar(select(func.count()).select_from(BudgetCharge)
+                                  .where(BudgetCharge.job_id == job_id))
+
+    try:
+        set_left(cost / 2)
+        over = wait(demo_config, submit(demo_config, DP_SQL))
+        assert over.state == "blocked" and [v["rule"] for v in over.violations] == ["D5"]
+        assert f"epsilon {cost / 2:.6g}" in over.violations[0]["message"]
+        assert charges(over.id) == 0 and "job.execute" not in audit_actions(demo_config, over.id)
+        set_left(cost * 3)
+        ran = wait(demo_config, submit(demo_config, DP_SQL))
+        assert ran.state == "awaiting_approval", ran.error
+        assert charges(ran.id) == 1
+        with session_scope(demo_config) as session:
+            doc = service.job_json(session.get(Job, ran.id))
+        assert doc["release"] == "dp" and doc["epsilon"] == pytest.approx(cost)
+        assert set(doc["accuracy"]) >= {"buyers"}
+        actions = audit_actions(demo_config, ran.id)
+        assert actions.index("budget.charge") < actions.index("job.execute")
+    finally:
+        set_left(1000.0)
+
+
 def test_a_runtime_error_shows_its_class_and_the_audit_trail_keeps_the_rest(demo_config, worker):
     # Casts give NULL (P8: try_ semantics); a function that still fails on a value fails the
     # job. On the merchant's own data its class is shown; the value never is.
@@ -306,50 +354,3 @@ def test_a_worker_killed_mid_job_loses_nothing(demo_config, worker):
 
 DP_SQL = ("SELECT c.city, count(DISTINCT o.user_id) AS buyers FROM platform.orders o "
           "JOIN platform.consumers c ON o.user_id = c.user_id GROUP BY c.city")
-
-
-def test_a_dp_job_is_charged_at_start_once_or_blocked_before_it_runs(demo_config, worker):
-    from sqlalchemy import func, select
-
-    from jobs import budget
-    from yushan.accounts import get_tenant
-    from yushan.models import BudgetCharge
-
-    with session_scope(demo_config) as session:
-        checked = service.check(session, demo_config, user(session, "insight_isv"), "hanfu_house",
-                                "aggregate", DP_SQL)
-    if checked.get("release") != "dp":
-        pytest.skip("the policy does not release this query with differential privacy yet")
-    assert checked["decision"] == "allow" and checked["epsilon"] > 0 and checked["budget"]["epsilon_left"] > 0
-    cost = checked["epsilon"]
-    admin = audit.Actor.system("pytest")
-
-    def set_left(epsilon_left: float) -> None:
-        with session_scope(demo_config) as session:
-            hanfu = get_tenant(session, "hanfu_house")
-            spent = budget.budget_json(session, demo_config, hanfu)["epsilon_spent"]
-            budget.set_budget(session, demo_config, hanfu, spent + epsilon_left, 1e-4, admin)
-
-    def charges(job_id: int) -> int:
-        with session_scope(demo_config) as session:
-            return session.scalar(select(func.count()).select_from(BudgetCharge)
-                                  .where(BudgetCharge.job_id == job_id))
-
-    try:
-        set_left(cost / 2)
-        over = wait(demo_config, submit(demo_config, DP_SQL))
-        assert over.state == "blocked" and [v["rule"] for v in over.violations] == ["D5"]
-        assert f"epsilon {cost / 2:.6g}" in over.violations[0]["message"]
-        assert charges(over.id) == 0 and "job.execute" not in audit_actions(demo_config, over.id)
-        set_left(cost * 3)
-        ran = wait(demo_config, submit(demo_config, DP_SQL))
-        assert ran.state == "awaiting_approval", ran.error
-        assert charges(ran.id) == 1
-        with session_scope(demo_config) as session:
-            doc = service.job_json(session.get(Job, ran.id))
-        assert doc["release"] == "dp" and doc["epsilon"] == pytest.approx(cost)
-        assert set(doc["accuracy"]) >= {"buyers"}
-        actions = audit_actions(demo_config, ran.id)
-        assert actions.index("budget.charge") < actions.index("job.execute")
-    finally:
-        set_left(1000.0)
