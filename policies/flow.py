@@ -123,7 +123,6 @@ class FlowResult:
     violations: list[Violation] = field(default_factory=list)
     outputs: list[tuple[int, str, Attr]] = field(default_factory=list)
     dp_aggregates: list[DpAggregate] = field(default_factory=list)
-    consumer_group_keys: bool = False  # a released group key depends on consumer data
     grouped: bool = False  # the release step has GROUP BY keys
     one_group_keys: bool = True  # every release group key puts a consumer in one group
 
@@ -742,12 +741,8 @@ class Flow:
                                   or any(s.column_class == PRIVATE for s in fact.sens)):
                     self._p1(g.name or "GROUP BY", fact.sens, "a GROUP BY key of released rows"
                              if is_final else "a GROUP BY key")
-                if is_final and fact.consumer:
-                    self.result.consumer_group_keys = True
             else:
-                used = self.use(g, env, "GROUP BY", "a GROUP BY expression")
-                if is_final and used.consumer:
-                    self.result.consumer_group_keys = True
+                self.use(g, env, "GROUP BY", "a GROUP BY expression")
         if child.consumer and not per_unit and not is_final and (below or self._subquery_depth > 0):
             self._cross_unit("GROUP BY", "an aggregation")
         # One row per consumer (grouped by the entity and nothing that varies within a
