@@ -38,10 +38,16 @@ class QueryTooLarge(JobError):
 
 
 class QueryTooComplex(JobError):
-    """The query nests too deep or has too many tokens (jobs.sql_limits)."""
+    """The query has too many tokens (jobs.sql_limits)."""
 
     code = "sql_too_complex"
     status = 422
+
+
+class QueryTooDeep(QueryTooComplex):
+    """The query nests parentheses too deep (jobs.sql_limits)."""
+
+    code = "sql_too_deep"
 
 
 class NotFound(JobError):

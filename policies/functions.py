@@ -142,6 +142,18 @@ SCALAR = frozenset({
     "TypeOf", "Version",
 })
 
+# Built-in functions removed from every Yushan session (sandbox.spark) and refused by name
+# in the parsed query (policies.sparkplan): each reaches outside the query (Java
+# reflection, file names) or turns data into an error message (P7, P8).
+FORBIDDEN_FUNCTION_NAMES: dict[str, str] = {
+    "reflect": "reflect", "java_method": "java_method", "try_reflect": "try_reflect",
+    "input_file_name": "input_file_name", "input_file_block_start": "input_file_block_start",
+    "input_file_block_length": "input_file_block_length", "raise_error": "raise_error",
+    "assert_true": "assert_true",
+}
+# Table-valued functions that read files.
+FORBIDDEN_TABLE_FUNCTION_NAMES: tuple[str, ...] = ("read_files",)
+
 # Forbidden whatever they touch (P7); anything else unknown is denied as unknown.
 FORBIDDEN = {
     "CallMethodViaReflection": "reflect/java_method",

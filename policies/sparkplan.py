@@ -14,6 +14,7 @@ from typing import Any
 
 from pyspark.sql import SparkSession
 
+from policies.functions import FORBIDDEN_FUNCTION_NAMES
 from policies.jvm import jvm_constant
 from policies.model import Violation
 from policies.tree import Node, parse_plan_json
@@ -105,6 +106,9 @@ def _refuse(message: str, suggestion: str, column: str = "(query)") -> PlanRefus
 def _spark_message(exc: Exception) -> str:
     """Spark's own message, without the plan dump it appends."""
     getter = getattr(exc, "getMessage", None)
+    java = getattr(exc, "java_exception", None)  # a Py4JJavaError pyspark did not convert
+    if not callable(getter) and java is not None:
+        getter = getattr(java, "getMessage", None)
     text = getter() if callable(getter) else str(exc)
     text = str(text).split("\n", 1)[0].strip()
     return text.removesuffix(";").strip()
@@ -145,22 +149,134 @@ def _check_parsed(jplan: Any) -> None:
             "Submit one SELECT query; settings, tables and functions are managed by the "
             "platform.",
         )
+    _check_parsed_names(jplan)
 
 
-def analyze(spark: SparkSession, sql: str) -> AnalyzedQuery:
-    """Parse, refuse non-queries, analyse; raise :class:`PlanRefused` with a P7 violation."""
+# Short names of Spark's file data sources: `SELECT * FROM parquet.`/path`` reads a file.
+FILE_SOURCES = frozenset({
+    "parquet", "orc", "json", "csv", "text", "avro", "binaryfile", "xml", "jdbc", "delta",
+    "hive", "libsvm", "image", "noop", "console", "kafka", "socket", "rate",
+})
+
+
+def _parts(value: Any) -> list[str]:
+    """``"[a, b]"`` (how Spark's JSON writes a name's parts) as ``["a", "b"]``."""
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    text = str(value or "").strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _check_parsed_names(jplan: Any) -> None:
+    """Refuse, by name, the functions the platform removed and queries on files (P7).
+
+    The hardened session has no such functions and reads no files, so Spark would only
+    report an unknown name; the submitter is told instead that the feature is forbidden.
+    """
+    import json
+
+    try:
+        document = json.loads(jplan.toJSON())
+    except Exception:  # noqa: BLE001 - a parsed plan Spark cannot write: nothing to name
+        return
+    stack: list[Any] = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+            continue
+        if not isinstance(item, dict):
+            continue
+        stack.extend(item.values())
+        cls = str(item.get("class", "")).rsplit(".", 1)[-1]
+        if cls == "UnresolvedFunction":
+            name = (_parts(item.get("nameParts")) or [""])[-1].strip("`").lower()
+            if name in FORBIDDEN_FUNCTION_NAMES:
+                raise _refuse(
+                    f"The function {FORBIDDEN_FUNCTION_NAMES[name]} is not allowed in a job.",
+                    f"Remove {FORBIDDEN_FUNCTION_NAMES[name]}(...); jobs may call Spark's "
+                    "built-in data functions only.",
+                    column=name,
+                )
+        elif cls == "UnresolvedRelation":
+            parts = _parts(item.get("multipartIdentifier"))
+            if len(parts) >= 2 and (parts[0].strip("`").lower() in FILE_SOURCES
+                                    or any("/" in p or ":" in p for p in parts)):
+                raise _refuse(
+                    "Queries on files are not allowed in a job.",
+                    "Read the datasets listed in the catalog (platform.<name> or "
+                    "<merchant>.<name>) instead of a file path.",
+                )
+
+
+_TRAILING_SEPARATOR = re.compile(r";\s*(?:--[^\n]*(?:\n|$)\s*|/\*.*?\*/\s*)*$", re.S)
+
+
+def _second_statement(spark_parser: Any, sql: str, position: dict | None) -> bool:
+    """Whether a syntax error is in fact a second statement after a complete first one.
+
+    Spark stops at the first token after ``statement ;``; the text before it is then a
+    complete query ending with a semicolon (comments aside).
+    """
+    if not position or "line" not in position:
+        return False
+    lines = sql.split("\n")
+    line, column = position["line"], position["column"]
+    if not 1 <= line <= len(lines):
+        return False
+    offset = sum(len(text) + 1 for text in lines[: line - 1]) + column
+    prefix = sql[:offset]
+    if not _TRAILING_SEPARATOR.search(prefix):
+        return False
+    try:
+        spark_parser.parsePlan(prefix)
+    except Exception:  # noqa: BLE001 - the first part is not a statement either
+        return False
+    return True
+
+
+def _is_scripting(exc: Exception) -> bool:
+    """Spark refuses BEGIN ... END (scripting is off) with its own, unconverted exception."""
+    text = str(getattr(exc, "java_exception", "") or "") + str(exc)
+    return "SqlScriptingException" in text or "SQL_SCRIPTING" in text
+
+
+def _make_active(spark: SparkSession) -> None:
+    """Make ``spark`` the active session of the JVM thread that parses and analyses.
+
+    Spark's parser reads its settings from the thread's active session (``SQLConf.get``):
+    on a py4j thread with none it falls back to Spark's defaults, and ``1 / 0`` would be
+    parsed with ANSI semantics (an error, not NULL: a P8 channel) whatever this session says.
+    """
+    session_class = jvm_constant(spark, "SparkSession",
+                                 lambda jvm: jvm.org.apache.spark.sql.SparkSession)
+    session_class.setActiveSession(spark._jsparkSession)
+
+
+def parse_query(spark: SparkSession, sql: str) -> Any:
+    """The parsed plan of ``sql`` if it is one plain query: the single gate every job's
+    text passes before Spark sees it in any other way (nothing is run or analysed here).
+
+    Raises :class:`PlanRefused` (P7) for commands, scripts, several statements, removed
+    functions and queries on files, and :class:`QueryError` for a syntax error.
+    """
     from py4j.protocol import Py4JError
     from pyspark.errors import PySparkException
 
-    jsession = spark._jsparkSession
-    state = jsession.sessionState()
+    _make_active(spark)
+    parser = spark._jsparkSession.sessionState().sqlParser()
     try:
-        parsed = state.sqlParser().parsePlan(sql)
+        parsed = parser.parsePlan(sql)
     except (PySparkException, Py4JError) as exc:
+        if _is_scripting(exc):
+            raise _refuse(
+                "SQL scripting (BEGIN ... END) is not allowed in a job.",
+                "Submit exactly one SELECT statement.",
+            ) from None
         error = _query_error(exc, "PARSE_SYNTAX_ERROR")
-        if "';'" in error.message:
-            # A statement follows the first one: that is not a syntax slip but a second
-            # statement, which P7 refuses.
+        if _second_statement(parser, sql, error.position):
             raise _refuse(
                 "Only a single query (SELECT ...) may be submitted; this text holds more "
                 "than one statement.",
@@ -168,6 +284,16 @@ def analyze(spark: SparkSession, sql: str) -> AnalyzedQuery:
             ) from None
         raise error from None
     _check_parsed(parsed)
+    return parsed
+
+
+def analyze(spark: SparkSession, sql: str) -> AnalyzedQuery:
+    """Parse through :func:`parse_query`, then analyse without running anything."""
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    parsed = parse_query(spark, sql)
+    state = spark._jsparkSession.sessionState()
     skip = jvm_constant(spark, "CommandExecutionMode.SKIP",
                         lambda jvm: jvm.org.apache.spark.sql.execution.CommandExecutionMode.SKIP())
     try:

@@ -19,7 +19,7 @@ from yushan.catalog import DatasetInfo
 CATALOG_LOCK = threading.RLock()
 
 # The last complete installation: (session, what it holds). Every catalog change goes
-# through install_catalog (jobs cannot run DDL: the guard and the policy refuse it), so
+# through install_catalog (jobs cannot run DDL: the policy's gate refuses it), so
 # installing the same datasets again into the same session is skipped; about 40 JVM
 # round trips per job. Temporary views are still looked for on every call.
 _installed: tuple[SparkSession, frozenset] | None = None

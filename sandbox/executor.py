@@ -5,8 +5,8 @@ namespace when the OS allows), it keeps one warm SparkSession and talks to its w
 two pipes (:mod:`sandbox.protocol`). It never touches the metadata database: it gets what a
 job may read from the worker, and answers with an outcome the worker records.
 
-Per job: a private workspace; the job's catalog (only what it may read); the parsed-plan
-guard; the policy check on this catalog (the job's decision: a deny blocks it); merchant
+Per job: a private workspace; the job's catalog (only what it may read); the policy check
+on this catalog (its gate refuses anything but one plain query before Spark analyses it) (the job's decision: a deny blocks it); merchant
 data decrypted into the workspace only when the query reads it; for a ``dp`` job, the
 worker's go (it charges the merchant's budget) or no-go; the enforced run; output limits; the
 released rows encrypted into ``outputs/<job id>/``; the workspace removed in any case.
@@ -170,7 +170,6 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
     """Run one job request; always answer with an outcome message."""
     from sandbox.catalog import CATALOG_LOCK, install_catalog
     from sandbox.collect import write_parquet
-    from sandbox.guard import screen
     from sandbox.limits import Limits, limit_message
     from sandbox.output import store_output
     from sandbox.redact import limit_error, redact
@@ -199,10 +198,6 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
     doc: dict[str, Any] | None = None  # the latest decision: a failure reports it too
     try:
         with CATALOG_LOCK:
-            refused = screen(spark, sql)  # a command, not a query: the same deny as at submission
-            lap("guard")
-            if refused is not None:
-                return {**answer, "outcome": JobOutcome.BLOCKED, "decision": refused}
             install_catalog(spark, datasets)
             lap("catalog")
             decision = _policy_check(spark, keystore, sql, kind, merchant, datasets)
@@ -225,9 +220,6 @@ def run_job(spark, config: Config, keystore, request: dict[str, Any], channel: C
             prepared = _template_sql(spark, request)
             if prepared is not None:  # a template's final query: checked like any job
                 sql = prepared
-                refused = screen(spark, sql)
-                if refused is not None:
-                    return {**answer, "outcome": JobOutcome.BLOCKED, "decision": refused}
                 decision = _policy_check(spark, keystore, sql, kind, merchant, datasets)
                 doc = {**decision.to_dict(), "prepared_sql": sql}
                 if not decision.allowed:

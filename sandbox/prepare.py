@@ -4,7 +4,7 @@ A template (``jobs/templates``) renders everything before the job reaches the sa
 placeholder SQL (checked at submission) and, when it has a preparation step, a plain
 description of it (``{"step": ..., ...}``, carried in the job's request). Here the step runs
 on the job's catalog, with merchant data decrypted in the workspace, and yields the final
-query, which the executor guards and checks again like any query. Nothing here imports
+query, which the executor checks again like any query. Nothing here imports
 the templates: the sandbox knows its steps, not who asks for them.
 """
 
@@ -69,8 +69,11 @@ def lookalike(spark, spec: dict[str, Any]) -> str:
     from pyspark.ml.feature import VectorAssembler
     from pyspark.sql import functions as F
 
+    from policies.sparkplan import parse_query
+
     features = [(str(name), str(expr)) for name, expr in spec["features"]]
     names = [name for name, _ in features]
+    parse_query(spark, spec["training_sql"])  # the template's own text passes the one gate too
     frame = spark.sql(spec["training_sql"]).cache()
     try:
         if frame.filter("label = 1.0").count() < int(spec["min_seeds"]):

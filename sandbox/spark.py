@@ -1,8 +1,9 @@
 """The one SparkSession factory. Every Spark user in Yushan gets its session here.
 
 Hardened from the start: no SQL on files, no UI or event logs unless asked, an in-memory
-catalog that only holds what the current job installs, ANSI errors, and a driver on
-loopback only (a cluster master's driver on the operator's address instead).
+catalog that only holds what the current job installs, try_ semantics for runtime errors
+(ANSI off, P8), and a driver on loopback only (a cluster master's driver on the
+operator's address instead).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import threading
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from policies.functions import FORBIDDEN_FUNCTION_NAMES, FORBIDDEN_TABLE_FUNCTION_NAMES
 from policies.jvm import forget_jvm
 from yushan.config import Config, ConfigError, require_java
 from yushan.spark_settings import HARDENED_CONF, operator_refusal
@@ -24,20 +26,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Built-in functions removed from every Yushan session: each reaches outside the query
-# (Java reflection, file names) or turns data into an error message (P7, P8).
-REMOVED_FUNCTIONS: tuple[str, ...] = (
-    "reflect",
-    "java_method",
-    "try_reflect",
-    "input_file_name",
-    "input_file_block_start",
-    "input_file_block_length",
-    "raise_error",
-    "assert_true",
-)
-# Table-valued functions that read files.
-REMOVED_TABLE_FUNCTIONS: tuple[str, ...] = ("read_files",)
+# Built-in functions removed from every Yushan session: the policy's list (P7, P8).
+REMOVED_FUNCTIONS: tuple[str, ...] = tuple(FORBIDDEN_FUNCTION_NAMES)
+REMOVED_TABLE_FUNCTIONS: tuple[str, ...] = FORBIDDEN_TABLE_FUNCTION_NAMES
+
 
 def is_local_master(master: str) -> bool:
     """``local``, ``local[N]``, ``local-cluster[...]``: everything on this machine."""

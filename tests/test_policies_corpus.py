@@ -45,6 +45,11 @@ def test_case(case, hanfu, spark):
     decision = check(spark, case["sql"], case["kind"], hanfu.merchant, in_mode(hanfu, release).datasets)
     doc = decision.to_dict()
     fired = {v["rule"] for v in doc["violations"]}
+    if case["expect"] == "error":
+        # P9: a syntax or name error is reported as such, with Spark's class and where.
+        assert doc["decision"] == "error" and not doc["violations"], doc
+        assert doc["error"]["class"].startswith(case["error_class"]), doc["error"]
+        return
     if case["expect"] == "deny":
         assert doc["decision"] == "deny", f"{case['id']} was allowed"
         assert fired & set(case["rules"]), f"{case['id']}: expected one of {case['rules']}, got {fired}"
@@ -72,6 +77,18 @@ def test_case(case, hanfu, spark):
         expected = spark.sql(case["rows_sql"]).collect()
         assert normalise(released) == normalise(expected)
         assert [f.name for f in result.dataframe.schema] == [f.name for f in spark.sql(case["sql"]).schema]
+
+
+def test_another_tenants_dataset_reads_exactly_like_a_missing_one(hanfu, spark):
+    """Only the name the submitter typed differs; class, wording and position are the same."""
+    hanfu.install(spark)
+    errors = [
+        check(spark, f"SELECT tier, count(*) FROM {name}.members GROUP BY tier", "aggregate",
+              hanfu.merchant, hanfu.datasets).to_dict()["error"]
+        for name in ("tea_garden", "nosuch")
+    ]
+    assert errors[0]["class"] == errors[1]["class"] == "TABLE_OR_VIEW_NOT_FOUND"
+    assert errors[0]["message"].replace("tea_garden", "X") == errors[1]["message"].replace("nosuch", "X")
 
 
 def _assert_explained(doc: dict) -> None:
