@@ -29,6 +29,7 @@ from audit.keys import (
     init_keys,
     load_signing_key,
 )
+from yushan import metrics
 from yushan.config import Config, ConfigError, get_config
 from yushan.models import AuditCheckpoint, AuditEntry, AuditHead
 
@@ -199,6 +200,7 @@ def record(
         _add_checkpoint(session, fields["seq"], digest)
     session.info[_TX] = (_current_tx(session), (fields["seq"], digest))
     session.info[_PENDING] = True
+    metrics.on_commit(session, metrics.audit_appended, action.partition(".")[0])
     return fields["seq"]
 
 

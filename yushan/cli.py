@@ -49,11 +49,14 @@ def _version() -> str:
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def main(home: Path | None, verbose: bool) -> None:
     """Yushan: a sandboxed data-computation platform (data clean room) on Spark."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    set_config(Config.from_env(home=home) if home else Config.from_env())
+    from yushan import logs, metrics
+
+    config = Config.from_env(home=home) if home else Config.from_env()
+    set_config(config)
+    level = min(logging.INFO if verbose else logging.WARNING,
+                logging.getLevelName(config.log_level))
+    logs.configure(level, config.log_format)  # YUSHAN_LOG_FORMAT=json: JSON lines on stderr
+    metrics.setup(config)  # every command's samples go where /metrics reads them
 
 
 def initialise(config: Config) -> None:
@@ -124,8 +127,10 @@ def serve(workers: int | None) -> None:
     """Serve the web app and API, with job worker processes."""
     from web import create_app
     from web.edges import create_server
+    from yushan import metrics
 
     config = get_config()
+    metrics.reset(config)  # before anything records: files of gone processes are dropped
     initialise(config)
     app = create_app(config)
     count = config.workers if workers is None else workers
