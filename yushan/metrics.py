@@ -68,14 +68,27 @@ def setup(config: Config | None) -> Path | None:
     return path
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def reset(config: Config) -> Path:
-    """Empty the metrics directory (``yushan serve`` at start-up, before its workers start):
-    files of processes that are gone would otherwise be added up for ever."""
+    """Empty the metrics directory of processes that are gone (``yushan serve`` at start-up,
+    before its workers start): their files would otherwise be added up for ever. Files of
+    live processes (``<type>_<pid>.db``) stay: they are still being written."""
     path = setup(config) or metrics_dir(config)
-    if _metrics.cache_info().currsize:
-        log.warning("metrics directory not emptied: this process has recorded samples")
-        return path
     for entry in path.glob("*.db"):
+        pid = entry.stem.rpartition("_")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            continue
+        if pid.isdigit() and int(pid) == os.getpid() and _metrics.cache_info().currsize:
+            continue  # this process's own, already open
         entry.unlink(missing_ok=True)
     return path
 
