@@ -43,8 +43,8 @@ CHECKPOINT_EVERY = 1000
 # docs/interfaces.md for the verbs in use). A typo fails loudly in tests instead of
 # producing entries nobody filters for.
 CATEGORIES = frozenset(
-    {"auth", "authorization", "budget", "dataset", "job", "policy", "admin", "audit", "demo",
-     "system"}
+    {"auth", "authorization", "backup", "budget", "dataset", "job", "policy", "admin", "audit",
+     "demo", "system"}
 )
 _ACTION_RE = re.compile(r"^([a-z]+)\.[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 
