@@ -159,7 +159,8 @@ class Worker:
         self.stopping.set()
 
     def _slot(self) -> None:
-        assert self.pool is not None
+        if self.pool is None:
+            raise RuntimeError("the worker's slots start after its pool (Worker.run)")
         while not self.stopping.is_set():
             executor = self.pool.acquire(timeout=0.5)
             if executor is None:

@@ -181,7 +181,7 @@ class WorkerSupervisor:
     def _spawn(self) -> subprocess.Popen:
         exe = Path(sys.executable).with_name("yushan")
         cmd = [str(exe), "worker"] if exe.exists() else [sys.executable, "-m", "yushan", "worker"]
-        return subprocess.Popen(cmd, env=os.environ.copy())
+        return subprocess.Popen(cmd, env=os.environ.copy())  # noqa: S603 - our own command, fixed argv
 
     def start(self) -> None:
         import threading
