@@ -35,13 +35,13 @@ UNMATCHED_ROUTE = "<unmatched>"  # 404s: the path itself is never a label
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> Response:
     """The process is up and answers (no database: see /readyz)."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
-def readyz():
+def readyz() -> tuple[Response, int]:
     """Ready for work: database, a recent worker heartbeat, live executors, and the queue
     moving; 503 with the reasons when not."""
     from jobs.health import readiness
@@ -83,7 +83,7 @@ def metrics_allowed(config: Config) -> bool:
 
 
 @bp.get("/metrics")
-def prometheus_metrics():
+def prometheus_metrics() -> Response:
     """Prometheus text format: every process's counters and histograms, and the queue's
     state read now."""
     config: Config = request.environ["yushan.config"]

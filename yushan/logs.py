@@ -48,15 +48,15 @@ def current_request_id() -> str | None:
 @contextmanager
 def bind(*, request_id: str | None = None, job_id: int | None = None) -> Iterator[None]:
     """Log lines of this thread (and of the context it runs) carry these ids meanwhile."""
-    tokens = [request_id_var.set(request_id) if request_id is not None else None,
-              job_id_var.set(job_id) if job_id is not None else None]
+    request_token = request_id_var.set(request_id) if request_id is not None else None
+    job_token = job_id_var.set(job_id) if job_id is not None else None
     try:
         yield
     finally:
-        if tokens[1] is not None:
-            job_id_var.reset(tokens[1])
-        if tokens[0] is not None:
-            request_id_var.reset(tokens[0])
+        if job_token is not None:
+            job_id_var.reset(job_token)
+        if request_token is not None:
+            request_id_var.reset(request_token)
 
 
 class ContextFilter(logging.Filter):
@@ -97,7 +97,7 @@ class _StderrHandler(logging.StreamHandler):
     def __init__(self) -> None:
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
