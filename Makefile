@@ -8,13 +8,29 @@ SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 SCALE   ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench java browser archive clean migration demo translations screenshots
+.PHONY: run test lint typecheck audit lock bench java browser archive clean migration demo translations screenshots
 
-$(STAMP): setup.cfg pyproject.toml
+# The tested environment comes from requirements.lock (every package pinned, with its
+# hashes: pip refuses anything else), then the package itself without dependencies;
+# `pip check` fails when setup.cfg asks for something the lock lacks (run `make lock`).
+$(STAMP): setup.cfg pyproject.toml requirements.lock
 	@test -x $(PY) || python3 -m venv .venv
-	$(PIP) install --quiet --upgrade pip wheel setuptools
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet --require-hashes -r requirements.lock
+	$(PIP) install --quiet --no-deps -e .
+	$(PIP) check
 	@touch $(STAMP)
+
+# Regenerate requirements.lock from setup.cfg (install_requires and the test extra), with
+# hashes; pins move only where setup.cfg's ranges require it (`UPGRADE=1` moves them all).
+lock: $(STAMP)
+	.venv/bin/pip-compile --quiet --generate-hashes --extra test --strip-extras --allow-unsafe \
+	    --no-emit-index-url --no-emit-find-links $(if $(UPGRADE),--upgrade) \
+	    --output-file requirements.lock setup.cfg
+
+# Known vulnerabilities in the installed environment (pip-audit); see scripts/audit-deps.sh
+# for what fails the build and what only warns.
+audit: $(STAMP)
+	scripts/audit-deps.sh .venv/bin/pip-audit
 
 java:
 	@command -v java >/dev/null 2>&1 || [ -x "$$JAVA_HOME/bin/java" ] || { \
@@ -44,10 +60,16 @@ demo: $(STAMP) java archive
 
 test: $(STAMP) java browser archive
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
+# ruff (style, bugs, security rules) and mypy (the packages; settings in pyproject.toml).
 lint: $(STAMP)
 	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+typecheck: $(STAMP)
+	.venv/bin/mypy
 
 bench: $(STAMP) java archive
 	for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

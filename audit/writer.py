@@ -29,6 +29,7 @@ from audit.keys import (
     init_keys,
     load_signing_key,
 )
+from yushan import metrics
 from yushan.config import Config, ConfigError, get_config
 from yushan.models import AuditCheckpoint, AuditEntry, AuditHead
 
@@ -42,8 +43,8 @@ CHECKPOINT_EVERY = 1000
 # docs/interfaces.md for the verbs in use). A typo fails loudly in tests instead of
 # producing entries nobody filters for.
 CATEGORIES = frozenset(
-    {"auth", "authorization", "budget", "dataset", "job", "policy", "admin", "audit", "demo",
-     "system"}
+    {"auth", "authorization", "backup", "budget", "dataset", "job", "policy", "admin", "audit",
+     "demo", "system"}
 )
 _ACTION_RE = re.compile(r"^([a-z]+)\.[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")
 
@@ -199,6 +200,7 @@ def record(
         _add_checkpoint(session, fields["seq"], digest)
     session.info[_TX] = (_current_tx(session), (fields["seq"], digest))
     session.info[_PENDING] = True
+    metrics.on_commit(session, metrics.audit_appended, action.partition(".")[0])
     return fields["seq"]
 
 

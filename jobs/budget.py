@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from audit import Actor, record
 from jobs.errors import InvalidRequest, NotFound
 from policies.model import Violation
-from yushan import access
+from yushan import access, metrics
 from yushan.accounts import get_tenant
 from yushan.config import Config
 from yushan.models import (
@@ -230,6 +230,7 @@ def charge(session: Session, config: Config, job_id: int, attempt: int, epsilon:
         return existing
     session.refresh(period)
     job.release, job.epsilon, job.delta = "dp", epsilon, delta
+    metrics.on_commit(session, metrics.budget_spent, job.merchant.slug, epsilon)
     record(session, "budget.charge", actor=actor,
            objects={"job": job_id, "merchant": job.merchant.slug},
            details={"attempt": attempt, "epsilon": epsilon, "delta": delta,

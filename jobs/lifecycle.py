@@ -18,6 +18,7 @@ from audit import Actor, record
 from jobs.errors import InvalidState, StateConflict
 from jobs.wakeup import wake_after_commit
 from sandbox.redact import submitter_error
+from yushan.logs import current_request_id
 from yushan.models import MAX_JOB_ID, Dataset, Job, JobState, random_job_id
 
 S = JobState
@@ -188,6 +189,7 @@ def create(
         violations=(decision or {}).get("violations") or [],
         attempts=0,
         created_at=now(),
+        request_id=current_request_id(),
     )
     session.add(job)
     session.flush()
@@ -196,7 +198,8 @@ def create(
     objects = job_objects(job)
     record(session, "job.submit", actor=actor, objects=objects,
            details={"kind": kind, "name": name, "sql": sql, "state": S.QUEUED.value,
-                    **({"template": template} if template else {})})
+                    **({"template": template} if template else {}),
+                    **({"request_id": job.request_id} if job.request_id else {})})
     if decision is not None:
         record(session, "job.decision", actor=actor, objects=objects,
                details={"decision": decision.get("decision"), "violations": decision.get("violations") or [],

@@ -59,6 +59,7 @@ class Claimed:
     kind: str
     sql: str
     attempt: int
+    request_id: str | None = None  # of the web request that submitted it
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
@@ -127,7 +128,8 @@ def claim(config: Config, worker_id: str) -> Claimed | None:
             except StateConflict:
                 session.expire_all()
                 continue
-            return Claimed(job.id, job.merchant.slug, job.kind, job.sql, job.attempts)
+            return Claimed(job.id, job.merchant.slug, job.kind, job.sql, job.attempts,
+                           job.request_id)
     return None
 
 

@@ -7,6 +7,7 @@ it, a job does not exist); its output, from the sandbox to its release, is
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from sqlalchemy.orm import Session, object_session
@@ -26,7 +27,7 @@ from jobs.errors import (
 from jobs.ratelimit import check_rate
 from jobs.sql_limits import sql_shape_problem
 from sandbox.crypto import KeyStore
-from yushan import access
+from yushan import access, metrics
 from yushan.catalog import DatasetInfo, readable_datasets
 from yushan.config import Config
 from yushan.models import Job, JobKind, JobState, User
@@ -71,8 +72,11 @@ def evaluate(config: Config, sql: str, kind: str, merchant: str, datasets: dict[
     spark = get_spark(config, "yushan-web")
     with CATALOG_LOCK:
         install_catalog(spark, datasets)
+        started = time.perf_counter()  # the check itself, as the executor's "check" lap
         register_segment_token(spark, KeyStore(config.master_key_path).segment_token_key(merchant), merchant)
-        return policies.check(spark, sql, kind=kind, merchant=merchant, datasets=datasets).to_dict()
+        decision = policies.check(spark, sql, kind=kind, merchant=merchant, datasets=datasets).to_dict()
+        metrics.policy_check("dry_run", time.perf_counter() - started)
+        return decision
 
 
 def _acting_merchant(session: Session, user: User, merchant_slug: str):

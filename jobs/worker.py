@@ -42,6 +42,7 @@ from sandbox.output import StoredOutput, remove_output
 from sandbox.pool import Executor, ExecutorFault, ExecutorPool, RunReport, StopReason
 from sandbox.protection import BY_KEY, MEMORY_KEY, NETWORK_KEY
 from sandbox.workspace import remove_workspace, sweep_orphans
+from yushan import logs, metrics
 from yushan.catalog import readable_datasets
 from yushan.config import Config
 from yushan.db import session_scope
@@ -158,7 +159,8 @@ class Worker:
         self.stopping.set()
 
     def _slot(self) -> None:
-        assert self.pool is not None
+        if self.pool is None:
+            raise RuntimeError("the worker's slots start after its pool (Worker.run)")
         while not self.stopping.is_set():
             executor = self.pool.acquire(timeout=0.5)
             if executor is None:
@@ -172,13 +174,16 @@ class Worker:
                 self._idle()
                 continue
             self._mark_busy()
-            try:
-                faulted = self.execute(job, executor)
-            except Exception:  # a slot outlives any one job; the lease's expiry retries it
-                log.exception("job %s: the worker could not finish it", job.id)
-                faulted = True
-            finally:
-                self._mark_idle()
+            # Every log line about this job names it and the request that submitted it.
+            with logs.bind(request_id=job.request_id, job_id=job.id):
+                log.info("job %s: claimed (attempt %d)", job.id, job.attempt)
+                try:
+                    faulted = self.execute(job, executor)
+                except Exception:  # a slot outlives any one job; the lease's expiry retries it
+                    log.exception("job %s: the worker could not finish it", job.id)
+                    faulted = True
+                finally:
+                    self._mark_idle()
             if faulted:
                 executor.kill()
                 sweep_orphans(self.config)  # what the killed executor could not remove
@@ -244,6 +249,7 @@ class Worker:
                 return StopReason.SHUTDOWN
             return None
 
+        started = time.monotonic()
         try:
             request = self._request(job)
 
@@ -256,11 +262,17 @@ class Worker:
             log.error("job %s: executor fault (%s)", job.id, exc)
             self._give_back(job, "ExecutorLost",
                             "the sandbox running this job died or hung (not the job's error)")
+            metrics.job_finished("lost", time.monotonic() - started)
             return True
+        checked = ((report.message or {}).get("timings") or {}).get("check")
+        if isinstance(checked, (int, float)):
+            metrics.policy_check("executor", float(checked))
         if report.stopped is not None:
             self._abandoned(job, report)
+            metrics.job_finished("stopped", time.monotonic() - started)
             return True
-        self._record(job, report, state["decision"], _versions(request))
+        outcome = self._record(job, report, state["decision"], _versions(request))
+        metrics.job_finished(outcome, time.monotonic() - started)
         return report.faulted
 
     def _charge(self, job: Claimed, decision: dict) -> dict | None:
@@ -300,20 +312,24 @@ class Worker:
                 pass
 
     def _record(self, job: Claimed, report: RunReport, heard: dict | None = None,
-                versions: dict[str, int] | None = None) -> None:
+                versions: dict[str, int] | None = None) -> str:
         """Record the run's outcome; ``heard`` is the executor's decision relayed before it
         ran (a time or memory limit's outcome carries none of its own); ``versions`` the
-        platform dataset versions the executor was given."""
+        platform dataset versions the executor was given. Returns what was recorded:
+        ``released``, ``blocked``, ``failed``, or ``discarded`` (the job moved on)."""
         message = report.message or {}
         outcome = message.get("outcome")
         if message.get("workspace"):
             remove_workspace(message["workspace"])  # normally gone already; belt and braces
+        recorded = "failed"
         try:
             with session_scope(self.config) as session:
                 row = session.get(Job, job.id)
                 if outcome == JobOutcome.RELEASED:
+                    recorded = "released"
                     self._released(session, row, message, report, self._fence(job), versions or {})
                 elif outcome == JobOutcome.BLOCKED:
+                    recorded = "blocked"
                     decision = message.get("decision") or {}
                     transition(
                         session, row, JobState.BLOCKED, actor=worker_actor(), lease_owner=self.identity,
@@ -342,6 +358,8 @@ class Worker:
             # produced is not kept.
             log.info("job %s changed while it ran; its output is discarded", job.id)
             remove_output(self.config, job.id, job.attempt)  # never another attempt's
+            return "discarded"
+        return recorded
 
     @staticmethod
     def _fence(job: Claimed) -> tuple:

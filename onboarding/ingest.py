@@ -35,7 +35,7 @@ from onboarding.errors import OnboardingError
 from onboarding.parquet_reader import number_parquet
 from onboarding.report import FileRejected, ValidationReport
 from onboarding.schema import UploadSchema, check_dataset_name, parse_schema
-from yushan import access
+from yushan import access, metrics
 from yushan.config import Config
 from yushan.models import ColumnClass, Dataset, DatasetColumn, Tenant, User
 
@@ -237,6 +237,7 @@ def _register(session: Session, config: Config, user: User, merchant: Tenant, sh
             "encoding": report.encoding, "columns": schema.describe(),
             "member_key": schema.member_key, "content_sha256": dataset.content_hash,
         })
+        metrics.on_commit(session, metrics.upload, "accepted")
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -298,6 +299,7 @@ def _refuse(session: Session, actor: Actor, exc: OnboardingError, name: Any,
     else:
         details["reason"] = exc.message
     _audit_record(session, "dataset.reject", actor, objects, details)
+    metrics.on_commit(session, metrics.upload, exc.code)  # a closed set of refusal codes
     session.commit()
 
 

@@ -247,7 +247,8 @@ class _Namespace:
 
 def execute(spark: SparkSession, decision: Decision) -> ExecutionResult:
     query = decision.query
-    assert query is not None
+    if query is None:  # a denied decision has no query to run
+        raise ValueError("only an allowed decision can be executed")
     j = _Jvm(spark)
     if decision.kind == "segment":
         return _execute_segment(j, decision)

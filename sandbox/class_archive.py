@@ -85,7 +85,7 @@ def build(config: Config, force: bool = False, echo=print) -> Path | None:
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
     echo(f"building the Spark class archive {path.name} (once per installation, about 30 s)")
     started = time.monotonic()
-    result = subprocess.run(
+    result = subprocess.run(  # noqa: S603 - this interpreter, a fixed module, our own path
         [sys.executable, "-m", "sandbox.warmup", "--train-class-archive", str(partial)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
     )

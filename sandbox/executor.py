@@ -104,7 +104,7 @@ class _Progress(threading.Thread):
                         self.channel.send({"type": "progress", "job_id": self.job_id, "progress": value})
             except ChannelClosed:
                 return
-            except Exception:  # noqa: BLE001 - progress is best effort, never fatal
+            except Exception:  # noqa: BLE001, S112 - progress is best effort, never fatal
                 continue
 
 

@@ -99,7 +99,7 @@ class Executor:
         self.started_at = time.monotonic()
         self.memory_group = self._new_memory_group()
         try:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # noqa: S603 - argv built here: our executor module
                 wrap_command(self.network, argv),
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
@@ -191,7 +191,8 @@ class Executor:
         (go), or returns the decision that blocks the job instead (no-go). Without it a
         ``dp`` job never runs (it fails: nothing could charge it).
         """
-        assert self.channel and self.proc
+        if self.channel is None or self.proc is None:
+            raise ExecutorFault("the executor was not started")
         self.jobs_run += 1
         baseline = usage_of(self.members or process_tree(self.proc.pid))
         started = time.monotonic()

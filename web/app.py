@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flask import Flask, g, jsonify, request
+from flask import Flask, g, request
 from flask_babel import Babel
 
 from web.extensions import LOCALE_COOKIE, LOCALES, csrf, select_locale
+from yushan import metrics
 from yushan.config import Config, get_config
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def create_app(config: Config | None = None) -> Flask:
         auth,
         edges,
         merchant,
+        ops,
         pages,
         platform_datasets,
         provider,
@@ -102,6 +104,8 @@ def create_app(config: Config | None = None) -> Flask:
         JSON_SORT_KEYS=False,
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
     )
+    metrics.setup(config)  # before the first sample (a WSGI server other than yushan serve)
+    ops.install(app)  # request ids and per-request metrics, before every other hook
     # Strict JSON, bounded ids and body caps: before any route or extension reads a body.
     edges.install(app, config)
     app.json.sort_keys = False
@@ -114,7 +118,8 @@ def create_app(config: Config | None = None) -> Flask:
     # The API authenticates with bearer tokens, never cookies: cross-site requests
     # cannot carry a token, so CSRF tokens do not apply there.
     csrf.exempt(api.bp)
-    for blueprint in (auth.bp, pages.bp, provider.bp, merchant.bp, auditor.bp, admin.bp, api.bp):
+    for blueprint in (auth.bp, pages.bp, provider.bp, merchant.bp, auditor.bp, admin.bp, api.bp,
+                      ops.bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(templates_views.bp)  # templates, segments
     app.register_blueprint(uploads.bp)
@@ -139,29 +144,6 @@ def create_app(config: Config | None = None) -> Flask:
             response.set_cookie(LOCALE_COOKIE, lang, max_age=365 * 86400, httponly=True,
                                 samesite="Lax", secure=secure_cookies(config))
         return response
-
-    @app.get("/healthz")
-    def healthz():
-        """The process is up and answers (no database: see /readyz)."""
-        return jsonify({"status": "ok"})
-
-    @app.get("/readyz")
-    def readyz():
-        """Ready for work: database, a recent worker heartbeat, live executors, and the
-        queue moving; 503 with the reasons when not."""
-        from jobs.health import readiness
-        from web.auth import db
-
-        try:
-            verdict = readiness(db(), config)
-        except Exception as exc:  # the class only: the text may name hosts
-            log.error("readiness: database unavailable (%s)", type(exc).__name__)
-            body = {"status": "unavailable", "reasons": ["the database does not answer"],
-                    "checks": {"database": "unavailable"}}
-            return jsonify(body), 503
-        body = {"status": "ok" if verdict.ok else "unavailable", "reasons": verdict.reasons,
-                "checks": verdict.checks}
-        return jsonify(body), 200 if verdict.ok else 503
 
     from web.labels import label, translated_violations
     from web.messages import check_name, service_text

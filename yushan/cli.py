@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 anything else, 2 usage, 3 denied by policy.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -49,11 +50,14 @@ def _version() -> str:
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
 def main(home: Path | None, verbose: bool) -> None:
     """Yushan: a sandboxed data-computation platform (data clean room) on Spark."""
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    set_config(Config.from_env(home=home) if home else Config.from_env())
+    from yushan import logs, metrics
+
+    config = Config.from_env(home=home) if home else Config.from_env()
+    set_config(config)
+    level = min(logging.INFO if verbose else logging.WARNING,
+                logging.getLevelName(config.log_level))
+    logs.configure(level, config.log_format)  # YUSHAN_LOG_FORMAT=json: JSON lines on stderr
+    metrics.setup(config)  # every command's samples go where /metrics reads them
 
 
 def initialise(config: Config) -> None:
@@ -124,8 +128,10 @@ def serve(workers: int | None) -> None:
     """Serve the web app and API, with job worker processes."""
     from web import create_app
     from web.edges import create_server
+    from yushan import metrics
 
     config = get_config()
+    metrics.reset(config)  # before anything records: files of gone processes are dropped
     initialise(config)
     app = create_app(config)
     count = config.workers if workers is None else workers
@@ -175,7 +181,7 @@ class WorkerSupervisor:
     def _spawn(self) -> subprocess.Popen:
         exe = Path(sys.executable).with_name("yushan")
         cmd = [str(exe), "worker"] if exe.exists() else [sys.executable, "-m", "yushan", "worker"]
-        return subprocess.Popen(cmd, env=os.environ.copy())
+        return subprocess.Popen(cmd, env=os.environ.copy())  # noqa: S603 - our own command, fixed argv
 
     def start(self) -> None:
         import threading
@@ -201,6 +207,50 @@ class WorkerSupervisor:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--verify", "verify_only", is_flag=True,
+              help="Check an existing backup against its manifest instead of making one.")
+def backup(directory: Path, verify_only: bool) -> None:
+    """Back up this installation into the new DIRECTORY (database snapshot, keys, signed
+    audit head, encrypted data, manifest); --verify checks a backup. Restore:
+    docs/operations.md."""
+    from yushan import backup as backups
+
+    if verify_only:
+        problems = backups.verify(directory)
+        for problem in problems:
+            click.echo(f"problem: {problem}", err=True)
+        if problems:
+            raise click.ClickException(f"{directory}: {len(problems)} problem(s); "
+                                       "this backup cannot be trusted")
+        manifest = json.loads((directory / backups.MANIFEST).read_text(encoding="utf-8"))
+        click.echo(f"backup verified: {len(manifest['files'])} files match {backups.MANIFEST}")
+        return
+    import audit
+    from yushan.db import session_scope
+
+    config = get_config()
+    backups.check_target_outside_home(config, directory)
+    try:
+        result = backups.create(config, directory)
+    except backups.BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    head = result.manifest["database"]["audit_head"] or {}
+    with session_scope(config) as session:
+        audit.record(session, "backup.create", actor=audit.Actor.system("cli"),
+                     objects={"backup": str(result.target)},
+                     details={"files": result.files, "bytes": result.bytes,
+                              "manifest_sha256": result.manifest_sha256,
+                              "database": result.manifest["database"]["kind"],
+                              "audit_seq": head.get("seq", 0), "missing": len(result.missing)})
+    for path in result.missing:
+        click.echo(f"note: {path} was removed after the database snapshot "
+                   "(withdrawn or shredded meanwhile)", err=True)
+    click.echo(f"backed up {config.home} into {result.target}: {result.files} files, "
+               f"{result.bytes:,} bytes, audit entries up to {head.get('seq', 0)}")
 
 
 # -- accounts ----------------------------------------------------------------------------

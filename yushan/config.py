@@ -67,6 +67,30 @@ def _env_optional_bool(name: str) -> bool | None:
     return _env_bool(name, False)
 
 
+def _env_choice(name: str, choices: tuple[str, ...], default: str) -> str:
+    """One of ``choices`` (case-insensitive), or ``default`` when unset."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return default
+    for choice in choices:
+        if raw.lower() == choice.lower():
+            return choice
+    raise ConfigError(f"{name}={raw!r} is not one of: {', '.join(choices)}")
+
+
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,256}")
+
+
+def _env_token(name: str) -> str:
+    """A bearer token an operator chose: 16-256 characters of a token's alphabet."""
+    raw = (os.environ.get(name) or "").strip()
+    if raw and not _TOKEN.fullmatch(raw):
+        # The value is a secret: the message never quotes it.
+        raise ConfigError(f"{name} must be 16 to 256 letters, digits or . _ ~ + / = - "
+                          "(e.g. the output of `openssl rand -hex 32`)")
+    return raw
+
+
 def _env_proxy(name: str) -> str:
     """``*`` or one IP address of the reverse proxy in front of the web app."""
     raw = (os.environ.get(name) or "").strip()
@@ -218,6 +242,12 @@ class Config:
     # /readyz: a worker heartbeat at most this old; the oldest queued job at most this old.
     ready_heartbeat_seconds: int = 60
     ready_queue_seconds: int = 600
+    # Log lines: "text" or "json" (YUSHAN_LOG_FORMAT), at this level (YUSHAN_LOG_LEVEL).
+    log_format: str = "text"
+    log_level: str = "WARNING"
+    # GET /metrics from anywhere with this bearer token; unset: loopback peers only (and
+    # admins' API tokens either way). A secret, hence kept out of repr.
+    metrics_token: str = field(default="", repr=False)
     # Overrides that no environment variable sets (tests: onboarding's max_line_bytes).
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -324,6 +354,10 @@ class Config:
             executor_hang_seconds=_env_int("YUSHAN_EXECUTOR_HANG_SECONDS", 120, minimum=5),
             ready_heartbeat_seconds=_env_int("YUSHAN_READY_HEARTBEAT_SECONDS", 60, minimum=5),
             ready_queue_seconds=_env_int("YUSHAN_READY_QUEUE_SECONDS", 600, minimum=1),
+            log_format=_env_choice("YUSHAN_LOG_FORMAT", ("text", "json"), "text"),
+            log_level=_env_choice("YUSHAN_LOG_LEVEL",
+                                  ("DEBUG", "INFO", "WARNING", "ERROR"), "WARNING"),
+            metrics_token=_env_token("YUSHAN_METRICS_TOKEN"),
         )
         if "spark_conf" not in overrides:
             conf_file = (os.environ.get("YUSHAN_SPARK_CONF") or "").strip()

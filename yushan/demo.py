@@ -32,7 +32,8 @@ from yushan.models import (
     budget_period,
 )
 
-DEMO_PASSWORD = "demo-password"
+# The demo accounts' published password (spec/demo-data.md); they log in only in demo mode.
+DEMO_PASSWORD = "demo-password"  # noqa: S105 - documented, demo mode only
 Progress = Callable[[str, float], None]
 
 # Cities, largest first; the draw below is skewed towards the head of the list.

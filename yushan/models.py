@@ -317,6 +317,9 @@ class Job(Base):
     accuracy: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     # Why the merchant rejected the output (its own words, shown to the submitter).
     reject_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The X-Request-ID of the web request that submitted it: the worker's log lines about
+    # the job carry it too (yushan.logs).
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-03 11:30:37.203194
+Create Date: 2026-12-03 13:14:13.994726
 """
 
 from alembic import op
@@ -251,6 +251,7 @@ def upgrade() -> None:
         sa.Column("delta", sa.Float(), nullable=True),
         sa.Column("accuracy", sa.JSON(), nullable=True),
         sa.Column("reject_reason", sa.Text(), nullable=True),
+        sa.Column("request_id", sa.String(length=128), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
