@@ -113,9 +113,11 @@ def _with_release(session: Session, config: Config, merchant, decision: dict[str
 
 def submit(session: Session, config: Config, user: User, merchant_slug: str, kind: str, sql: str,
            name: str | None = None, *, origin: str | None = None,
-           template: str | None = None, params: dict[str, Any] | None = None) -> Job:
-    """Queue a job (audited ``job.submit``); the caller's commit wakes idle workers.
-    Over the merchant's submission limit it raises :class:`jobs.ratelimit.RateLimited`.
+           template: str | None = None, params: dict[str, Any] | None = None,
+           idempotency_key: str | None = None) -> Job:
+    """Queue a job (audited ``job.submit``, noting the API request's ``idempotency_key``);
+    the caller's commit wakes idle workers. Over the merchant's submission limit it raises
+    :class:`jobs.ratelimit.RateLimited`.
 
     No policy check happens here: the executor checks every job on its own catalog before
     anything runs, and a denied job then becomes ``blocked`` with its violations. Clients
@@ -136,6 +138,7 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
         actor=actor,
         template=template,
         params=params,
+        idempotency_key=idempotency_key,
     )
 
 
@@ -208,6 +211,7 @@ def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:
         "release": job.release,
         "error": job.error,
         "summary": summary,
+        "reject_reason": job.reject_reason,
         # No attempt count: a retry follows a crashed run, and what crashed a run may be the
         # data (P8); the audit trail has the attempts.
         "created_at": _iso(job.created_at),

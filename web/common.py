@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from jobs.errors import JobError
@@ -98,9 +98,13 @@ def dataset_json(info: DatasetInfo) -> dict[str, Any]:
 
 
 def visible_jobs(session: Session, user: User, *, states: tuple[str, ...] | None = None,
-                 merchant_id: int | None = None, limit: int = 100) -> list[Job]:
+                 merchant_id: int | None = None, merchant: str | None = None,
+                 after: tuple[datetime, int] | None = None, limit: int = 100) -> list[Job]:
     """Jobs ``user`` may see, newest first: a provider its own submissions, a merchant
-    the jobs run for it, an auditor all of them; an admin none (admins read no jobs)."""
+    the jobs run for it, an auditor all of them; an admin none (admins read no jobs).
+
+    ``merchant`` narrows to one merchant by name (unknown or not visible: no jobs);
+    ``after`` is the (created_at, id) of the last job of the previous page."""
     scope = access.job_scope(user)
     if scope is None:
         return []
@@ -109,6 +113,12 @@ def visible_jobs(session: Session, user: User, *, states: tuple[str, ...] | None
         stmt = stmt.where(Job.state.in_(states))
     if merchant_id is not None:
         stmt = stmt.where(Job.merchant_id == merchant_id)
+    if merchant is not None:
+        stmt = stmt.where(Job.merchant_id.in_(select(Tenant.id).where(Tenant.slug == merchant)))
+    if after is not None:
+        created, last_id = after
+        stmt = stmt.where(or_(Job.created_at < created,
+                              and_(Job.created_at == created, Job.id < last_id)))
     # Ids are random: creation time orders jobs (the id only breaks ties).
     return list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
 
