@@ -7,9 +7,12 @@ it, a job does not exist); its output, from the sandbox to its release, is
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session, object_session, selectinload
 
 from audit import Actor, record
 from jobs import budget, lifecycle, quarantine
@@ -29,7 +32,7 @@ from sandbox.crypto import KeyStore
 from yushan import access
 from yushan.catalog import DatasetInfo, readable_datasets
 from yushan.config import Config
-from yushan.models import Job, JobKind, JobState, User
+from yushan.models import Job, JobKind, JobState, Tenant, User
 
 KINDS = tuple(k.value for k in JobKind)
 MAX_NAME_CHARS = 200
@@ -140,6 +143,43 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
         params=params,
         idempotency_key=idempotency_key,
     )
+
+
+def visible_jobs(session: Session, user: User, *, states: tuple[str, ...] | None = None,
+                 merchant_id: int | None = None, merchant: str | None = None,
+                 after: tuple[datetime, int] | None = None, limit: int = 100) -> list[Job]:
+    """Jobs ``user`` may see, newest first: a provider its own submissions, a merchant
+    the jobs run for it, an auditor all of them; an admin none (admins read no jobs).
+
+    ``merchant`` narrows to one merchant by name (unknown or not visible: no jobs);
+    ``after`` is the (created_at, id) of the last job of the previous page (keyset)."""
+    scope = access.job_scope(user)
+    if scope is None:
+        return []
+    stmt = select(Job).options(selectinload(Job.merchant), selectinload(Job.submitter)).where(scope)
+    if states:
+        stmt = stmt.where(Job.state.in_(states))
+    if merchant_id is not None:
+        stmt = stmt.where(Job.merchant_id == merchant_id)
+    if merchant is not None:
+        stmt = stmt.where(Job.merchant_id.in_(select(Tenant.id).where(Tenant.slug == merchant)))
+    if after is not None:
+        created, last_id = after
+        stmt = stmt.where(or_(Job.created_at < created,
+                              and_(Job.created_at == created, Job.id < last_id)))
+    # Ids are random: creation time orders jobs (the id only breaks ties).
+    return list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
+
+
+def iter_visible_jobs(session: Session, user: User, *, page: int = 500, **filters: Any) -> Iterator[Job]:
+    """Every job :func:`visible_jobs` shows, page by page (the command line's listing)."""
+    after = None
+    while True:
+        jobs = visible_jobs(session, user, after=after, limit=page, **filters)
+        yield from jobs
+        if len(jobs) < page:
+            return
+        after = (jobs[-1].created_at, jobs[-1].id)
 
 
 def find_job(session: Session, job_id: object) -> Job | None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from jobs.errors import JobError
@@ -15,6 +15,7 @@ from jobs.ratelimit import RateLimited
 from jobs.results import RESULT_FORMATS, plain_value, render_result, table_rows  # noqa: F401 - re-exported
 from jobs.results import result_filename as _result_filename
 from jobs.service import KINDS, validate_request
+from jobs.service import visible_jobs as service_visible_jobs
 from yushan import access
 from yushan.accounts import PLATFORM
 from yushan.catalog import DatasetInfo, readable_datasets
@@ -97,30 +98,9 @@ def dataset_json(info: DatasetInfo) -> dict[str, Any]:
 # ---------------------------------------------------------------- jobs
 
 
-def visible_jobs(session: Session, user: User, *, states: tuple[str, ...] | None = None,
-                 merchant_id: int | None = None, merchant: str | None = None,
-                 after: tuple[datetime, int] | None = None, limit: int = 100) -> list[Job]:
-    """Jobs ``user`` may see, newest first: a provider its own submissions, a merchant
-    the jobs run for it, an auditor all of them; an admin none (admins read no jobs).
-
-    ``merchant`` narrows to one merchant by name (unknown or not visible: no jobs);
-    ``after`` is the (created_at, id) of the last job of the previous page."""
-    scope = access.job_scope(user)
-    if scope is None:
-        return []
-    stmt = select(Job).options(selectinload(Job.merchant), selectinload(Job.submitter)).where(scope)
-    if states:
-        stmt = stmt.where(Job.state.in_(states))
-    if merchant_id is not None:
-        stmt = stmt.where(Job.merchant_id == merchant_id)
-    if merchant is not None:
-        stmt = stmt.where(Job.merchant_id.in_(select(Tenant.id).where(Tenant.slug == merchant)))
-    if after is not None:
-        created, last_id = after
-        stmt = stmt.where(or_(Job.created_at < created,
-                              and_(Job.created_at == created, Job.id < last_id)))
-    # Ids are random: creation time orders jobs (the id only breaks ties).
-    return list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
+def visible_jobs(session: Session, user: User, **filters: Any) -> list[Job]:
+    """Jobs ``user`` may see, newest first (:func:`jobs.service.visible_jobs`)."""
+    return service_visible_jobs(session, user, **filters)
 
 
 def may_decide(user: User, job: Job) -> bool:
