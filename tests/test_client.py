@@ -290,3 +290,70 @@ def test_uploads_take_an_idempotency_key_and_can_be_withdrawn(users, tmp_path: P
     assert "hanfu_house.client_tiers" in {d.name for d in owner.datasets()}
     owner.withdraw("client_tiers")
     assert "hanfu_house.client_tiers" not in {d.name for d in owner.datasets()}
+
+
+class LosingProxy:
+    """A TCP proxy in front of the site that forwards each request but, for the first
+    ``lose`` of them, drops the connection instead of passing the answer back: the
+    server did the work, the client never heard (a dropped connection, a timeout)."""
+
+    def __init__(self, site: str, lose: int):
+        import socket
+
+        host, port = site.removeprefix("http://").split(":")
+        self.target = (host, int(port))
+        self.lose = lose
+        self.forwarded = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True, name="losing-proxy")
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import socket
+
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                while len(body) < length:
+                    body += conn.recv(65536)
+                lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")]
+                request = b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n" + body
+                with socket.create_connection(self.target) as upstream:
+                    upstream.sendall(request)
+                    answer = b""
+                    while chunk := upstream.recv(65536):
+                        answer += chunk
+                self.forwarded += 1
+                if self.forwarded > self.lose:
+                    conn.sendall(answer)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_submission_whose_answer_was_lost_is_retried_into_the_same_job(site, users):
+    proxy = LosingProxy(site, lose=1)
+    try:
+        flaky = Client(proxy.url, token=users["insight_isv"].token, retries=2)
+        job = flaky.submit("hanfu_house", "aggregate", ALLOWED_SQL, name="lost answer")
+        flaky.close()
+    finally:
+        proxy.close()
+    assert proxy.forwarded == 2  # the server saw the submission twice ...
+    # ... and queued it once: the retry carried the same Idempotency-Key.
+    mine = [j for j in users["insight_isv"].jobs(merchant="hanfu_house") if j.name == "lost answer"]
+    assert [j.id for j in mine] == [job.id]
+    users["insight_isv"].cancel(job.id)

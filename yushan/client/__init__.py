@@ -314,7 +314,14 @@ class Client:
     def _request(self, method: str, path: str, *, headers: dict[str, str] | None = None,
                  **kwargs: Any) -> httpx.Response:
         attempts = 1 + (self.retries if self._retriable(method, headers) else 0)
+        # An upload's file is sent again from where it started, or not at all.
+        rewind = _file_positions(kwargs.get("files"))
+        if rewind is None:
+            attempts = 1
         for attempt in range(attempts):
+            if attempt:
+                for handle, position in rewind or ():
+                    handle.seek(position)
             try:
                 response = self._http.request(method, API + path, headers=headers, **kwargs)
             except httpx.TransportError as exc:
@@ -341,6 +348,19 @@ class Client:
                 raise TransportError(f"{method} {path}: no answer ({type(exc).__name__})") from exc
 
         return opened()
+
+
+def _file_positions(files: dict[str, Any] | None) -> list[tuple[Any, int]] | None:
+    """Where each file of a multipart body starts (None: one cannot be sent again)."""
+    positions = []
+    for value in (files or {}).values():
+        handle = value[1] if isinstance(value, tuple) else value
+        if isinstance(handle, bytes | str):
+            continue
+        if not (hasattr(handle, "seekable") and handle.seekable()):
+            return None
+        positions.append((handle, handle.tell()))
+    return positions
 
 
 def _raise_for(response: httpx.Response) -> None:
