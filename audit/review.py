@@ -110,11 +110,16 @@ def query(
     until: datetime | str | None = None,
     limit: int = 100,
     offset: int = 0,
+    before_seq: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Entries matching the filters, newest first, as plain dicts."""
+    """Entries matching the filters, newest first, as plain dicts; with ``before_seq``
+    only those older than that entry (the API's cursor pagination)."""
     filters = Filters(actor, action, tenant, dataset, job, since, until)
-    limit = max(0, min(int(limit), 10_000))
+    # One over the API's largest page (10,000): the API asks one more to see a next page.
+    limit = max(0, min(int(limit), 10_001))
     stmt = _where(select(AuditEntry), filters).order_by(AuditEntry.seq.desc())
+    if before_seq is not None:
+        stmt = stmt.where(AuditEntry.seq < before_seq)
     stmt = stmt.limit(limit).offset(max(0, int(offset)))
     return [_as_dict(e) for e in session.scalars(stmt)]
 

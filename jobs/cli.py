@@ -1,4 +1,4 @@
-"""Job commands: ``yushan worker``, ``submit``, ``check``, ``approve``, ``download``
+"""Job commands: ``yushan worker``, ``submit``, ``check``, ``jobs``, ``approve``, ``download``
 (wired into the command line by yushan/cli.py).
 
 ``yushan check`` exit codes: 0 allowed, 3 denied by policy, 2 usage, 1 anything else.
@@ -188,6 +188,38 @@ def _visible(session, user, job_id: int):
     if job is None:
         raise click.ClickException(f"no job {job_id}")
     return job
+
+
+@click.command("jobs")
+@click.option("--as", "username", required=True, help="The user whose jobs are listed.")
+@click.option("--state", default=None, help="Only jobs in this state (queued, running, ...).")
+@click.option("--merchant", default=None, help="Only jobs run for this merchant.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the API's JSON list ({\"jobs\": [...], \"next_cursor\": null}), every page.")
+def jobs_command(username: str, state: str | None, merchant: str | None, as_json: bool) -> None:
+    """List every job USER may see, newest first (all pages, like the API's cursor)."""
+    import json
+
+    from jobs import service
+    from yushan.config import get_config
+    from yushan.db import session_scope
+    from yushan.models import JobState
+
+    states = [s.value for s in JobState]
+    if state is not None and state not in states:
+        raise click.BadParameter(f"must be one of: {', '.join(states)}", param_hint="--state")
+    config = get_config()
+    with session_scope(config) as session:
+        user = _user(session, username)
+        jobs = service.iter_visible_jobs(session, user, states=(state,) if state else None,
+                                         merchant=merchant)
+        if as_json:
+            docs = [service.job_json(job, user) for job in jobs]
+            click.echo(json.dumps({"jobs": docs, "next_cursor": None}, ensure_ascii=False, default=str))
+            return
+        for job in jobs:
+            created = job.created_at.strftime("%Y-%m-%d %H:%M") if job.created_at else ""
+            click.echo(f"{job.id}  {job.state:<18} {job.merchant.slug:<16} {created}  {job.name}")
 
 
 @click.command("approve")

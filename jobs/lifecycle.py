@@ -170,10 +170,12 @@ def create(
     actor: Actor,
     template: str | None = None,
     params: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
 ) -> Job:
     """A new job, born ``queued``; audited (``job.submit``, and ``job.decision`` when the
     decision is known already: ``None`` means it is still to come). A deny blocks it later,
-    through :func:`transition`."""
+    through :func:`transition`. ``idempotency_key``: the API request's key, noted in the
+    ``job.submit`` entry."""
     job = Job(
         id=new_job_id(session),
         merchant_id=merchant_id,
@@ -199,7 +201,8 @@ def create(
     record(session, "job.submit", actor=actor, objects=objects,
            details={"kind": kind, "name": name, "sql": sql, "state": S.QUEUED.value,
                     **({"template": template} if template else {}),
-                    **({"request_id": job.request_id} if job.request_id else {})})
+                    **({"request_id": job.request_id} if job.request_id else {}),
+                    **({"idempotency_key": idempotency_key} if idempotency_key else {})})
     if decision is not None:
         record(session, "job.decision", actor=actor, objects=objects,
                details={"decision": decision.get("decision"), "violations": decision.get("violations") or [],

@@ -8,9 +8,12 @@ it, a job does not exist); its output, from the sandbox to its release, is
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy.orm import Session, object_session
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session, object_session, selectinload
 
 from audit import Actor, record
 from jobs import budget, lifecycle, quarantine
@@ -30,7 +33,7 @@ from sandbox.crypto import KeyStore
 from yushan import access, metrics
 from yushan.catalog import DatasetInfo, readable_datasets
 from yushan.config import Config
-from yushan.models import Job, JobKind, JobState, User
+from yushan.models import Job, JobKind, JobState, Tenant, User
 
 KINDS = tuple(k.value for k in JobKind)
 MAX_NAME_CHARS = 200
@@ -117,9 +120,11 @@ def _with_release(session: Session, config: Config, merchant, decision: dict[str
 
 def submit(session: Session, config: Config, user: User, merchant_slug: str, kind: str, sql: str,
            name: str | None = None, *, origin: str | None = None,
-           template: str | None = None, params: dict[str, Any] | None = None) -> Job:
-    """Queue a job (audited ``job.submit``); the caller's commit wakes idle workers.
-    Over the merchant's submission limit it raises :class:`jobs.ratelimit.RateLimited`.
+           template: str | None = None, params: dict[str, Any] | None = None,
+           idempotency_key: str | None = None) -> Job:
+    """Queue a job (audited ``job.submit``, noting the API request's ``idempotency_key``);
+    the caller's commit wakes idle workers. Over the merchant's submission limit it raises
+    :class:`jobs.ratelimit.RateLimited`.
 
     No policy check happens here: the executor checks every job on its own catalog before
     anything runs, and a denied job then becomes ``blocked`` with its violations. Clients
@@ -140,7 +145,45 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
         actor=actor,
         template=template,
         params=params,
+        idempotency_key=idempotency_key,
     )
+
+
+def visible_jobs(session: Session, user: User, *, states: tuple[str, ...] | None = None,
+                 merchant_id: int | None = None, merchant: str | None = None,
+                 after: tuple[datetime, int] | None = None, limit: int = 100) -> list[Job]:
+    """Jobs ``user`` may see, newest first: a provider its own submissions, a merchant
+    the jobs run for it, an auditor all of them; an admin none (admins read no jobs).
+
+    ``merchant`` narrows to one merchant by name (unknown or not visible: no jobs);
+    ``after`` is the (created_at, id) of the last job of the previous page (keyset)."""
+    scope = access.job_scope(user)
+    if scope is None:
+        return []
+    stmt = select(Job).options(selectinload(Job.merchant), selectinload(Job.submitter)).where(scope)
+    if states:
+        stmt = stmt.where(Job.state.in_(states))
+    if merchant_id is not None:
+        stmt = stmt.where(Job.merchant_id == merchant_id)
+    if merchant is not None:
+        stmt = stmt.where(Job.merchant_id.in_(select(Tenant.id).where(Tenant.slug == merchant)))
+    if after is not None:
+        created, last_id = after
+        stmt = stmt.where(or_(Job.created_at < created,
+                              and_(Job.created_at == created, Job.id < last_id)))
+    # Ids are random: creation time orders jobs (the id only breaks ties).
+    return list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
+
+
+def iter_visible_jobs(session: Session, user: User, *, page: int = 500, **filters: Any) -> Iterator[Job]:
+    """Every job :func:`visible_jobs` shows, page by page (the command line's listing)."""
+    after = None
+    while True:
+        jobs = visible_jobs(session, user, after=after, limit=page, **filters)
+        yield from jobs
+        if len(jobs) < page:
+            return
+        after = (jobs[-1].created_at, jobs[-1].id)
 
 
 def find_job(session: Session, job_id: object) -> Job | None:
@@ -212,6 +255,7 @@ def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:
         "release": job.release,
         "error": job.error,
         "summary": summary,
+        "reject_reason": job.reject_reason,
         # No attempt count: a retry follows a crashed run, and what crashed a run may be the
         # data (P8); the audit trail has the attempts.
         "created_at": _iso(job.created_at),

@@ -122,11 +122,14 @@ def upload_dataset(session: Session, config: Config, user: User, *, name: Any, s
 def ingest_file(session: Session, config: Config, user: User, *, name: Any, schema: Any,
                 raw: Path, workspace: Path, filename: str | None, actor: Actor,
                 encoding: str | None = None, spark: SparkSession | None = None,
-                progress: Progress = _quiet) -> UploadResult:
+                progress: Progress = _quiet, idempotency_key: str | None = None,
+                before_commit: Callable[[UploadResult], None] | None = None) -> UploadResult:
     """Validate the received file ``raw`` (inside ``workspace``) and register it, or refuse.
 
     Refusals raise :class:`OnboardingError` (400/403/409/413/422) after auditing them; a
-    422 carries the validation report. Commits ``session``.
+    422 carries the validation report. Commits ``session``; ``before_commit(result)`` runs
+    in that transaction (the API keeps its answer for an ``idempotency_key``, which the
+    ``dataset.upload`` entry notes).
     """
     try:
         merchant = merchant_of(session, user)
@@ -146,7 +149,7 @@ def ingest_file(session: Session, config: Config, user: User, *, name: Any, sche
         raise
     progress("store", 0.0)
     return _register(session, config, user, merchant, short, declared, report, workspace,
-                     actor, spark)
+                     actor, spark, idempotency_key=idempotency_key, before_commit=before_commit)
 
 
 def user_tenant_slug(session: Session, user: User) -> str | None:
@@ -200,7 +203,8 @@ def _spark(config: Config) -> SparkSession:
 
 def _register(session: Session, config: Config, user: User, merchant: Tenant, short: str,
               schema: UploadSchema, report: ValidationReport, workspace: Path, actor: Actor,
-              spark: SparkSession | None) -> UploadResult:
+              spark: SparkSession | None, *, idempotency_key: str | None = None,
+              before_commit: Callable[[UploadResult], None] | None = None) -> UploadResult:
     from sandbox.crypto import KeyStore
     from sandbox.storage import dataset_dir, store_encrypted_parquet
 
@@ -236,8 +240,11 @@ def _register(session: Session, config: Config, user: User, merchant: Tenant, sh
             "rows": report.rows, "bytes": dataset.byte_size, "format": report.file_format,
             "encoding": report.encoding, "columns": schema.describe(),
             "member_key": schema.member_key, "content_sha256": dataset.content_hash,
+            **({"idempotency_key": idempotency_key} if idempotency_key else {}),
         })
         metrics.on_commit(session, metrics.upload, "accepted")
+        if before_commit is not None:
+            before_commit(UploadResult(dataset, report))
         session.commit()
     except IntegrityError:
         session.rollback()

@@ -76,3 +76,35 @@ def test_an_allowed_submission_is_queued_and_strangers_cannot_approve(run_cli, d
     with session_scope(demo_config) as session:
         job = service.get_visible_job(session, user(session, "hanfu_owner"), doc["id"])
         service.cancel(session, user(session, "hanfu_owner"), job)  # leave no work for other tests
+
+
+def test_jobs_lists_every_visible_job_newest_first(run_cli, demo_config):
+    from jobs_support import user
+
+    from jobs import service
+
+    made = []
+    for i in range(3):
+        result = run_cli("submit", "--as", "tea_owner", "--merchant", "tea_garden", "--kind", "aggregate",
+                         "--name", f"listed {i}", "--json", sql=f"SELECT {i} AS x")
+        assert result.exit_code == 0, result.output
+        made.append(json.loads(result.output)["id"])
+    with session_scope(demo_config) as session:
+        owner = user(session, "tea_owner")
+        for job_id in made[:2]:
+            service.cancel(session, owner, service.get_visible_job(session, owner, job_id))
+        # Page by page (the listing's keyset) gives exactly the one-shot answer.
+        paged = [j.id for j in service.iter_visible_jobs(session, owner, page=2)]
+        assert paged == [j.id for j in service.visible_jobs(session, owner, limit=10_000)]
+        assert paged[:3] == list(reversed(made))
+        service.cancel(session, owner, service.get_visible_job(session, owner, made[2]))
+
+    listed = run_cli("jobs", "--as", "tea_owner", "--json")
+    assert listed.exit_code == 0, listed.output
+    doc = json.loads(listed.output)
+    assert doc["next_cursor"] is None and [j["id"] for j in doc["jobs"]][:3] == list(reversed(made))
+    assert all(j["merchant"] == "tea_garden" for j in doc["jobs"])  # never another tenant's
+    text = run_cli("jobs", "--as", "tea_owner", "--state", "cancelled", "--merchant", "tea_garden")
+    assert text.exit_code == 0 and all(str(i) in text.output for i in made)
+    assert "hanfu_house" not in run_cli("jobs", "--as", "tea_owner").output
+    assert run_cli("jobs", "--as", "tea_owner", "--state", "nonsense").exit_code == 2

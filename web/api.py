@@ -16,6 +16,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from jobs import budget, quarantine, service
 from jobs.errors import InvalidRequest
+from web import idempotency, paging
 from web.auth import (
     LoginRefused,
     actor_for,
@@ -51,7 +52,6 @@ from yushan.models import Job, JobState, Role
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
-AUDIT_MAX_LIMIT = 10_000
 JOB_STATES = tuple(s.value for s in JobState)
 
 
@@ -159,8 +159,16 @@ def _acting(user):
 @bp.get("/datasets")
 @api_user_required()
 def datasets():
+    """A page of the datasets the caller may use, by name (``limit``, ``cursor``)."""
+    limit = paging.limit_arg(paging.DATASETS_LIMIT)
+    after = paging.decode_cursor("datasets", str)
     infos = visible_datasets(db(), app_config(), current_api_user())
-    return jsonify({"datasets": [dataset_json(info) for info in infos]})
+    if after is not None:
+        infos = [info for info in infos if info.full_name.lower() > after[0]]
+    page = infos[:limit]
+    next_cursor = (paging.encode_cursor("datasets", page[-1].full_name.lower())
+                   if len(infos) > limit else None)
+    return jsonify({"datasets": [dataset_json(info) for info in page], "next_cursor": next_cursor})
 
 
 # ---------------------------------------------------------------- jobs
@@ -185,34 +193,51 @@ def check_job():
 @bp.post("/jobs")
 @api_user_required(*JOB_ROLES)
 def submit_job():
+    """Queue a job: 201 ``{"id", "state": "queued", ...}``. With an ``Idempotency-Key`` a
+    retry answers the same (web.idempotency) and queues nothing."""
     user = current_api_user()
     session = db()
+    body = json_body()
     try:
-        spec = parse_job_request(json_body(), with_name=True)
+        spec = parse_job_request(body, with_name=True)
         require_acting_merchant(session, user, spec.merchant)
     except Refusal as refusal:
         raise refuse(refusal) from None
+    attempt, answer = idempotency.begin(session, user, body)
+    if answer is not None:
+        return answer
     job = call_service(service.submit, session, app_config(), user, spec.merchant,
-                       spec.kind, spec.sql, name=spec.name or None, origin=request_origin())
-    session.commit()
+                       spec.kind, spec.sql, name=spec.name or None, origin=request_origin(),
+                       idempotency_key=attempt.key if attempt else None)
     response = jsonify(service.job_json(job, user))
     response.status_code = 201
     response.headers["Location"] = f"/api/v1/jobs/{job.id}"
-    return response
+    return idempotency.commit(session, attempt, response)
 
 
 @bp.get("/jobs")
 @api_user_required(*JOB_ROLES, Role.AUDITOR)
 def list_jobs():
+    """A page of the jobs the caller may see, newest first (``state``, ``merchant``,
+    ``limit``, ``cursor``)."""
     user = current_api_user()
     state = request.args.get("state")
     if state and state not in JOB_STATES:
         shown = state[:40].encode("ascii", "replace").decode()  # the caller's own input
         raise ApiError(400, "bad_request", f"'state' is {shown!r}; it must be one of: "
                        + ", ".join(JOB_STATES) + ".")
-    jobs = visible_jobs(db(), user, states=(state,) if state else None,
-                        limit=_int_arg("limit", 100, 1, 1000))
-    return jsonify({"jobs": [service.job_json(job, user) for job in jobs]})
+    merchant = (request.args.get("merchant") or "").strip() or None
+    limit = paging.limit_arg(paging.JOBS_LIMIT)
+    after = paging.decode_cursor("jobs", str, int)
+    position = (paging.parse_cursor_time(after[0]), after[1]) if after else None
+    # One more than asked: whether there is a next page, without counting.
+    jobs = visible_jobs(db(), user, states=(state,) if state else None, merchant=merchant,
+                        after=position, limit=limit + 1)
+    page = jobs[:limit]
+    next_cursor = (paging.encode_cursor("jobs", paging.cursor_time(page[-1].created_at), page[-1].id)
+                   if len(jobs) > limit else None)
+    return jsonify({"jobs": [service.job_json(job, user) for job in page],
+                    "next_cursor": next_cursor})
 
 
 @bp.get("/jobs/<int:job_id>")
@@ -249,9 +274,18 @@ def _transition(job_id: int, action: str):
     job = visible_job(job_id)
     if action in ("approve", "reject") and not may_decide(user, job):
         raise ApiError(403, "forbidden", "Only the job's merchant approves or rejects it.")
-    call_service(TRANSITIONS[action], session, user, job, origin=request_origin())
+    extra = {"reason": _reject_reason()} if action == "reject" else {}
+    call_service(TRANSITIONS[action], session, user, job, origin=request_origin(), **extra)
     session.commit()
     return jsonify(service.job_json(job, user))
+
+
+def _reject_reason() -> str | None:
+    """A rejection's optional ``{"reason": "..."}`` (the merchant's words for the submitter)."""
+    body = json_body()
+    if not isinstance(body, dict) or not isinstance(body.get("reason", ""), str | None):
+        raise ApiError(400, "bad_request", "The body must be {\"reason\": string} or empty.")
+    return body.get("reason") or None
 
 
 @bp.get("/jobs/<int:job_id>/result")
@@ -279,19 +313,6 @@ def job_result(job_id: int):
 # ---------------------------------------------------------------- audit
 
 
-def _int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(400, "bad_request", f"'{name}' must be a whole number.") from None
-    if not low <= value <= high:
-        raise ApiError(422, "invalid", f"'{name}' must be between {low} and {high}.")
-    return value
-
-
 def parse_time(raw: str | None, name: str) -> datetime | None:
     """An ISO-8601 date or time (UTC when no zone is given)."""
     if raw is None or raw.strip() == "":
@@ -309,7 +330,7 @@ def audit_filters() -> dict[str, Any]:
         "actor": request.args.get("actor") or None,
         "action": request.args.get("action") or None,
         "tenant": request.args.get("tenant") or None,
-        "job": _int_arg("job", 0, 0, 2**62) or None,
+        "job": paging.int_arg("job", 0, 0, 2**62) or None,
         "since": parse_time(request.args.get("since"), "since"),
         "until": parse_time(request.args.get("until"), "until"),
     }
@@ -318,22 +339,31 @@ def audit_filters() -> dict[str, Any]:
 @bp.get("/audit")
 @api_user_required(Role.AUDITOR)
 def audit_entries():
+    """A page of entries, newest first: ``limit`` and ``cursor`` (or the older ``offset``)."""
     import audit
 
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "csv"):
         raise ApiError(422, "invalid_format", "'format' must be json or csv.")
     filters = audit_filters()
-    limit = _int_arg("limit", 1000, 1, AUDIT_MAX_LIMIT)
-    offset = _int_arg("offset", 0, 0, 2**62)
-    entries = audit.query(db(), **filters, limit=limit, offset=offset)
+    limit = paging.limit_arg(paging.AUDIT_LIMIT)
+    offset = paging.int_arg("offset", 0, 0, 2**62)
+    after = paging.decode_cursor("audit", int)
+    if after is not None and offset:
+        raise ApiError(400, "bad_request", "Give 'cursor' or 'offset', not both.")
+    entries = audit.query(db(), **filters, limit=limit + 1, offset=offset,
+                          before_seq=after[0] if after else None)
+    page = entries[:limit]
+    next_cursor = paging.encode_cursor("audit", page[-1]["seq"]) if len(entries) > limit else None
     if fmt == "csv":
-        body = audit_csv(entries)
+        body = audit_csv(page)
         response = Response(body, mimetype="text/csv")
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         response.headers["Content-Disposition"] = f'attachment; filename="audit-{stamp}.csv"'
+        if next_cursor:
+            response.headers["X-Next-Cursor"] = next_cursor
         return response
-    return jsonify({"entries": entries, "limit": limit, "offset": offset})
+    return jsonify({"entries": page, "limit": limit, "offset": offset, "next_cursor": next_cursor})
 
 
 def audit_csv(entries: list[dict[str, Any]]) -> str:

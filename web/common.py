@@ -15,6 +15,7 @@ from jobs.ratelimit import RateLimited
 from jobs.results import RESULT_FORMATS, plain_value, render_result, table_rows  # noqa: F401 - re-exported
 from jobs.results import result_filename as _result_filename
 from jobs.service import KINDS, validate_request
+from jobs.service import visible_jobs as service_visible_jobs
 from yushan import access
 from yushan.accounts import PLATFORM
 from yushan.catalog import DatasetInfo, readable_datasets
@@ -97,20 +98,9 @@ def dataset_json(info: DatasetInfo) -> dict[str, Any]:
 # ---------------------------------------------------------------- jobs
 
 
-def visible_jobs(session: Session, user: User, *, states: tuple[str, ...] | None = None,
-                 merchant_id: int | None = None, limit: int = 100) -> list[Job]:
-    """Jobs ``user`` may see, newest first: a provider its own submissions, a merchant
-    the jobs run for it, an auditor all of them; an admin none (admins read no jobs)."""
-    scope = access.job_scope(user)
-    if scope is None:
-        return []
-    stmt = select(Job).options(selectinload(Job.merchant), selectinload(Job.submitter)).where(scope)
-    if states:
-        stmt = stmt.where(Job.state.in_(states))
-    if merchant_id is not None:
-        stmt = stmt.where(Job.merchant_id == merchant_id)
-    # Ids are random: creation time orders jobs (the id only breaks ties).
-    return list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
+def visible_jobs(session: Session, user: User, **filters: Any) -> list[Job]:
+    """Jobs ``user`` may see, newest first (:func:`jobs.service.visible_jobs`)."""
+    return service_visible_jobs(session, user, **filters)
 
 
 def may_decide(user: User, job: Job) -> bool:

@@ -28,6 +28,7 @@ from jobs import quarantine, segments, service
 from jobs.errors import InvalidRequest, JobError
 from jobs.templates.base import Template
 from jobs.templates.registry import get_template, submit_template, templates
+from web import idempotency
 from web.auth import (
     api_user_required,
     app_config,
@@ -306,7 +307,8 @@ def api_templates():
 @bp.post("/api/v1/templates/<name>/jobs")
 @api_user_required(Role.MERCHANT, Role.PROVIDER)
 def api_submit(name: str):
-    """``{merchant, params: {...}, name?}`` -> 201 ``{"id", "state", "template"}``."""
+    """``{merchant, params: {...}, name?}`` -> 201 ``{"id", "state", "template"}``; with an
+    ``Idempotency-Key`` a retry answers the same and queues nothing (web.idempotency)."""
     body = api_body()
     merchant, params, job_name = body.get("merchant"), body.get("params") or {}, body.get("name")
     if not isinstance(merchant, str) or not isinstance(params, dict) or not isinstance(job_name, str | None):
@@ -314,10 +316,16 @@ def api_submit(name: str):
     session = db()
     user = current_api_user()
     api_call(require_acting_merchant, session, user, merchant)
+    attempt, answer = idempotency.begin(session, user, body)
+    if answer is not None:
+        return answer
     job = api_call(submit_template, session, app_config(), user, merchant, name, params,
-                   job_name=job_name, origin=request_origin())
-    session.commit()
-    return jsonify({"id": job.id, "state": job.state, "template": job.template}), 201
+                   job_name=job_name, origin=request_origin(),
+                   idempotency_key=attempt.key if attempt else None)
+    response = jsonify({"id": job.id, "state": job.state, "template": job.template})
+    response.status_code = 201
+    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
+    return idempotency.commit(session, attempt, response)
 
 
 @bp.get("/api/v1/jobs/<int:job_id>/segments")

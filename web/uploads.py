@@ -28,6 +28,7 @@ from onboarding.errors import OnboardingError
 from onboarding.ingest import ingest_file, upload_workspace
 from onboarding.schema import SIMPLE_TYPES
 from onboarding.withdraw import export_own_dataset, find_own_dataset, withdraw
+from web import idempotency
 from web.auth import (
     actor_for,
     api_user_required,
@@ -74,11 +75,14 @@ def _receive(workspace: Path, limit: int) -> tuple[MultiDict, FileStorage | None
     return form, files.get("file")
 
 
-def _upload(user: User, check_csrf: bool, keep: dict[str, str] | None = None) -> dict[str, Any]:
+def _upload(user: User, check_csrf: bool, keep: dict[str, str] | None = None, *,
+            idempotent: bool = False) -> dict[str, Any] | Response:
     """Receive and ingest one upload for ``user``; raises OnboardingError on refusal.
 
     ``keep`` receives the form's text fields (name, schema, encoding) as soon as they are
-    parsed, so that a page can show them again after a refusal.
+    parsed, so that a page can show them again after a refusal. ``idempotent`` (the API):
+    an ``Idempotency-Key`` retry of an upload already taken answers the kept response
+    (web.idempotency) before anything is validated again.
     """
     config = app_config()
     session = db()
@@ -97,11 +101,37 @@ def _upload(user: User, check_csrf: bool, keep: dict[str, str] | None = None) ->
                 raise errors.bad_request("The form has expired: reload the page and try again.") from None
         if file is None or not (workspace / "upload.bin").exists():
             raise errors.bad_request("The 'file' part is missing.")
+        attempt = None
+        if idempotent:
+            attempt, answer = idempotency.begin(session, user, _upload_identity(form, file, workspace))
+            if answer is not None:
+                return answer
+
+        def keep_answer(result) -> None:
+            response = jsonify(result.to_dict())
+            response.status_code = 201
+            idempotency.remember(session, attempt, response)
+
         result = ingest_file(session, config, user, name=form.get("name"),
                              schema=form.get("schema"), raw=workspace / "upload.bin",
                              workspace=workspace, filename=file.filename, actor=actor,
-                             encoding=form.get("encoding") or None)
+                             encoding=form.get("encoding") or None,
+                             idempotency_key=attempt.key if attempt else None,
+                             before_commit=keep_answer if attempt else None)
         return result.to_dict()
+
+
+def _upload_identity(form: MultiDict, file: FileStorage, workspace: Path) -> dict[str, Any]:
+    """What makes two uploads the same request: the text fields, the file's name and a
+    sha256 of its bytes (read back in chunks from the workspace)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(workspace / "upload.bin", "rb") as handle:
+        for chunk in iter(lambda: handle.read(1024 * 1024), b""):
+            digest.update(chunk)
+    return {**{k: form.get(k) for k in ("name", "schema", "encoding")},
+            "filename": file.filename, "file_sha256": digest.hexdigest()}
 
 
 def _json_error(exc: OnboardingError) -> Response:
@@ -117,9 +147,10 @@ def _json_error(exc: OnboardingError) -> Response:
 @api_user_required()
 def api_upload():
     try:
-        return jsonify(_upload(current_api_user(), check_csrf=False)), 201
+        answer = _upload(current_api_user(), check_csrf=False, idempotent=True)
     except OnboardingError as exc:
         return _json_error(exc)
+    return answer if isinstance(answer, Response) else (jsonify(answer), 201)
 
 
 @bp.delete("/api/v1/datasets/<path:name>")

@@ -371,13 +371,14 @@ def _register_commands() -> None:
         budget_cli,
         check_command,
         download_command,
+        jobs_command,
         submit_command,
         worker_command,
     )
     from onboarding.cli import dataset_cli, upload_command, withdraw_command
 
     for name, command in (
-        ("worker", worker_command), ("submit", submit_command), ("approve", approve_command),
+        ("worker", worker_command), ("submit", submit_command), ("approve", approve_command), ("jobs", jobs_command),
         ("download", download_command), ("check", check_command), ("audit", audit_cli),
         ("upload", upload_command), ("withdraw", withdraw_command), ("budget", budget_cli),
         ("dataset", dataset_cli),

@@ -400,6 +400,26 @@ class BudgetCharge(Base):
     charged_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
 
 
+class IdempotencyKey(Base):
+    """The answer to a creating API request sent with an ``Idempotency-Key`` header, kept
+    for 24 hours: a retry with the same key and body gets it again and creates nothing
+    (``web/idempotency.py``). Keys are per user; written in the transaction of what the
+    request created."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("user_id", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    # sha256 of the method, path and (canonical) body: the same key with another request is refused.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int] = mapped_column(Integer)
+    response: Mapped[dict[str, Any]] = mapped_column(JSON)
+    location: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
+
+
 class Setting(Base):
     """Platform-wide switches the admin sets (e.g. platform review of segments)."""
 

@@ -48,7 +48,7 @@ def get_template(name: str | None) -> Template:
 
 def submit_template(session: Session, config: Config, user: User, merchant_slug: str, name: str,
                     raw_params: Mapping[str, Any] | None, job_name: str | None = None,
-                    *, origin: str | None = None) -> Job:
+                    *, origin: str | None = None, idempotency_key: str | None = None) -> Job:
     """Render a template and submit it as a job (policy-checked, queued or blocked).
 
     The job records which template and parameters produced its SQL (Job.template,
@@ -61,7 +61,7 @@ def submit_template(session: Session, config: Config, user: User, merchant_slug:
     # The template and its parameters are part of the queued job: the executor needs them.
     job = service.submit(session, config, user, merchant_slug, template.kind.value, sql,
                          name=title, origin=origin, template=template.name,
-                         params=template.params_json(params))
+                         params=template.params_json(params), idempotency_key=idempotency_key)
     record(session, "job.template", actor=service.actor_for(user, origin),
            objects={"job": job.id, "merchant": job.merchant.slug},
            details={"template": template.name, "params": job.params, "state": job.state})

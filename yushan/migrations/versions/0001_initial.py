@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-12-03 13:14:13.994726
+Create Date: 2026-12-03 13:56:57.214069
 """
 
 from alembic import op
@@ -220,6 +220,27 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "idempotency_keys",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("key", sa.String(length=255), nullable=False),
+        sa.Column("fingerprint", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.Integer(), nullable=False),
+        sa.Column("response", sa.JSON(), nullable=False),
+        sa.Column("location", sa.String(length=500), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_idempotency_keys_user_id_users")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_idempotency_keys")),
+        sa.UniqueConstraint("user_id", "key", name=op.f("uq_idempotency_keys_user_id")),
+    )
+    with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_idempotency_keys_created_at"), ["created_at"], unique=False
+        )
+
+    op.create_table(
         "jobs",
         sa.Column(
             "id",
@@ -394,6 +415,10 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_jobs_merchant_id"))
 
     op.drop_table("jobs")
+    with op.batch_alter_table("idempotency_keys", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_idempotency_keys_created_at"))
+
+    op.drop_table("idempotency_keys")
     with op.batch_alter_table("datasets", schema=None) as batch_op:
         batch_op.drop_index(
             "uq_datasets_active_name",
