@@ -89,6 +89,11 @@ cases = [
      f"SELECT w, count(*) AS n FROM (SELECT c.user_id, sum(CASE WHEN {P} THEN c.vip_level END) OVER (PARTITION BY c2.user_id) AS w "
      "FROM platform.consumers c2 RIGHT JOIN platform.consumers c ON c2.user_id = c.user_id AND c2.city = 'Lhasa') GROUP BY w",
      "dp: released (5, ~5000): T's vip as an exact group key"),
+    ("adv2-p4-window-padded-per-unit-rollup-dp", "aggregate", "dp", ["P4"],
+     f"SELECT w, count(*) AS n FROM (SELECT c.user_id, sum(CASE WHEN {P} THEN c.vip_level END) OVER (PARTITION BY t.user_id) AS w "
+     "FROM platform.consumers c LEFT JOIN (SELECT o.user_id, count(*) AS k FROM platform.orders o WHERE o.merchant_id = 'nosuch' "
+     "GROUP BY o.user_id) t ON t.user_id = c.user_id) GROUP BY w",
+     "the padded side is a per-consumer rollup of another dataset: dp released (5, ~4964), T's vip (threshold suppressed it only because it counted the padded entity)"),
     ("adv2-p4-window-padded-entity-segment", "segment", None, ["P4"],
      f"SELECT cast(sum(CASE WHEN {P} THEN c.vip_level END) OVER (PARTITION BY c2.user_id) AS string) AS segment, "
      "segment_token(c.user_id) AS member FROM platform.consumers c LEFT JOIN platform.consumers c2 "
