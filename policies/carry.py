@@ -121,6 +121,18 @@ class _Carrier:
             renamed = _aliases(node)
             result = {}
             for ds, (ident, added) in found[0].items():
+                if ident not in groups and not added:
+                    # grouped by an entity an inner equi-join made equal to this one
+                    # (o.user_id = c.user_id ... GROUP BY o.user_id): the same consumer
+                    twin = next((b if a == ident else a for a, b in self.plan.equal
+                                 if ident in (a, b) and (b if a == ident else a) in groups), None)
+                    if twin is not None:
+                        if twin in renamed:
+                            result[ds] = (renamed[twin], False)
+                        else:
+                            self.plan.additions.setdefault(path, []).append(twin)
+                            result[ds] = (twin, True)
+                        continue
                 if ident not in groups or added:
                     self._problem(ds, "an inner GROUP BY does not keep it")
                 elif ident in renamed:

@@ -29,7 +29,7 @@ from policies import functions as fn
 from policies.carry import output_ids
 from policies.engine import MAX_SEGMENT_LABELS, Decision, decide
 from policies.implied import NON_ZERO, NOT_NULL, argument_column, facts_about
-from policies.jvm import jvm_class, jvm_constant
+from policies.jvm import jvm_class, jvm_constant, jvm_regex_groups
 from policies.segment import platform_token_matcher
 from policies.sparkplan import AnalyzedQuery
 from policies.tree import parse_plan_json
@@ -468,7 +468,8 @@ def recheck(spark: SparkSession, decision: Decision, plan, analyzed=None) -> Non
         analyzed = _Jvm(spark).dataset(plan).queryExecution().analyzed()
     tree = parse_plan_json(analyzed.toJSON())
     again = decide(AnalyzedQuery(analyzed, tree), decision.kind, decision.merchant,
-                   _datasets_of(decision), platform_token_matcher(spark, decision.merchant))
+                   _datasets_of(decision), platform_token_matcher(spark, decision.merchant),
+                   regex_groups=jvm_regex_groups(spark))
     if not again.allowed:
         raise EnforcementError("POLICY_ENFORCEMENT", "the enforced plan did not pass the policy")
 
@@ -549,7 +550,8 @@ def _execute_segment(j: _Jvm, decision: Decision) -> ExecutionResult:
     """Segments of at least k distinct consumers (or, without consumer data, k members).
 
     Members that map to one consumer count once: the consumer's entity is carried to the
-    output (:mod:`policies.carry`) and counted. A job with too many labels releases
+    output (:mod:`policies.carry`) and counted. A member with more than one label is in no
+    segment. A job with too many labels releases
     nothing, exactly like one whose every segment was suppressed (P8): nothing observable
     tells the two apart.
     """
@@ -570,6 +572,12 @@ def _execute_segment(j: _Jvm, decision: Decision) -> ExecutionResult:
     else:
         rows = frame.distinct().localCheckpoint(eager=True)
         counted = member
+    # One label per member: a member in several segments (a generator or a join repeating
+    # its rows with different labels) would have its data spelled out bit by bit across
+    # segments that each hold k consumers. Such members are in no segment, as if unlabelled.
+    labelled = rows.select(segment, member).distinct().groupBy(member).count()
+    single = labelled.filter(F.col("count") == 1).select(member)
+    rows = rows.join(single, on=member, how="left_semi")
     sizes = rows.groupBy(segment).agg(F.countDistinct(counted).alias("n"))
     labels = sizes.count()
     total = rows.select(segment, member).distinct().count()

@@ -11,6 +11,7 @@ from pyspark.sql import SparkSession
 from policies.carry import CarryPlan, plan_carry
 from policies.dp import plan_dp
 from policies.flow import Flow, FlowResult, release_mode
+from policies.jvm import jvm_regex_groups
 from policies.lineage import FinalAggregation, Lineages, Output, find_final, quasi_raw, sensitive
 from policies.model import OWN, Mode, Source, Violation, sorted_sources
 from policies.segment import platform_token_matcher
@@ -115,18 +116,19 @@ def check(
         return Decision(kind, merchant, [refused.violation])
     except QueryError as error:
         return Decision(kind, merchant, [], error=error)
-    return decide(query, kind, merchant, datasets, platform_token_matcher(spark, merchant))
+    return decide(query, kind, merchant, datasets, platform_token_matcher(spark, merchant),
+                  regex_groups=jvm_regex_groups(spark))
 
 
 def decide(query: AnalyzedQuery, kind: str, merchant: str, datasets: Mapping[str, DatasetInfo],
-           is_platform_token) -> Decision:
+           is_platform_token, regex_groups=None) -> Decision:
     root = query.tree
     final, blocker = find_final(root) if kind == "aggregate" else (None, None)
     lineages = Lineages(datasets, merchant, final, is_platform_token)
     outputs = lineages.run(root)
     release = release_mode(root, {k.lower(): v for k, v in datasets.items()})
     flow = Flow(datasets, merchant, final, release if kind == "aggregate" else None,
-                is_platform_token).run(root)
+                is_platform_token, regex_groups).run(root)
     consumer = sorted({r.dataset.full_name for r in lineages.relations if r.dataset.is_consumer_data})
     ks = [r.dataset.k or DEFAULT_K for r in lineages.relations if r.dataset.is_consumer_data]
     decision = Decision(

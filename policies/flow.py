@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from policies.failures import MAY_FAIL, RegexGroups, python_regex_groups, why_unsafe
 from policies.lineage import _int_list
 from policies.model import PRIVATE, SENSITIVE, Source, Violation, sorted_sources
 from policies.tree import Node
@@ -34,49 +35,6 @@ from yushan.catalog import DatasetInfo
 UNIQUE_LINK_COLUMNS = frozenset({"phone_hash"})  # onboarding.schema.HEX64_COLUMNS, unique at upload
 SUBQUERIES = ("ScalarSubquery", "Exists", "ListQuery", "LateralSubquery")
 DP_SUMS = frozenset({"Sum", "Average", "TrySum", "TryAverage"})
-# Functions that can still fail at run time on some values with ANSI mode off (huge or
-# invalid sizes, patterns and formats). On consumer data a failure would answer a yes/no
-# question about a consumer (P8), so they are denied there.
-MAY_FAIL = frozenset({
-    "Sequence", "StringRepeat", "ArrayRepeat", "StringSpace", "StringLPad", "StringRPad",
-    "ToNumber", "ToBinary", "ElementAt", "FormatString", "AssertNotNull", "Elt",
-    "RegExpReplace", "RegExpExtract", "RegExpExtractAll", "RegExpCount", "RegExpSubStr",
-    "RegExpInStr", "RLike", "StringSplit", "DateFormatClass", "FromUnixTime",
-    "ParseToDate", "ParseToTimestamp", "GetTimestamp", "ToUnixTimestamp", "UnixTimestamp",
-    "JsonToStructs", "CsvToStructs", "SchemaOfJson", "Conv", "Factorial", "Decode",
-    "StringDecode", "Encode", "MakeInterval", "MakeDTInterval", "MakeYMInterval",
-    "ArrayInsert", "Slice", "MapFromArrays", "MapFromEntries", "CreateMap", "MapConcat",
-    "StringToMap", "UnBase64", "Luhncheck", "TryToNumber", "Mask", "Overlay",
-    # found by attacking our own policy: escapes, indexes, time zones, date overflow,
-    # comparators and map keys that fail on some values
-    "Like", "ILike", "SplitPart", "FromUTCTimestamp", "ToUTCTimestamp", "ConvertTimezone",
-    "TimestampAdd", "AddMonths", "DateAdd", "DateSub", "DateAddInterval", "TimeAdd",
-    "ArraySort", "TransformKeys", "MapZipWith", "TruncTimestamp", "TruncDate",
-    "MakeTimestamp", "NextDay", "StringLocate",
-    "SubstringIndex", "ArrayJoin", "StringReplace",
-    "StringTranslate", "Levenshtein", "FormatNumber", "Round", "BRound", "WidthBucket",
-})
-# ... unless the argument that can make them fail is a literal (the pattern, the format).
-_LITERAL_SAFE = {
-    "RegExpReplace": (1,), "RegExpExtract": (1, 2), "RegExpExtractAll": (1, 2),
-    "RegExpCount": (1,), "RegExpSubStr": (1,), "RegExpInStr": (1, 2), "RLike": (1,),
-    "StringSplit": (1,), "DateFormatClass": (1,), "FromUnixTime": (1,),
-    "ParseToDate": "rest", "ParseToTimestamp": "rest", "GetTimestamp": (1,),
-    "ToUnixTimestamp": (1,), "UnixTimestamp": (1,), "ElementAt": (1,), "Decode": (1,),
-    "StringDecode": (1,), "Encode": (1,), "Conv": (1, 2), "Slice": (1, 2),
-    "Elt": (0,), "Mask": (1, 2, 3, 4),
-    "Like": "rest", "ILike": "rest", "SplitPart": (1, 2), "FromUTCTimestamp": (1,),
-    "ToUTCTimestamp": (1,), "ConvertTimezone": (0, 1), "TimestampAdd": (0,),
-    "AddMonths": (1,), "DateAdd": (1,), "DateSub": (1,), "DateAddInterval": (1,),
-    "TimeAdd": (1,), "TruncTimestamp": (0,), "TruncDate": (1,), "NextDay": (1,),
-    "MakeTimestamp": "rest",
-    "SubstringIndex": (1, 2),
-    "ArrayJoin": (1, 2),
-    "Levenshtein": (2,), "FormatNumber": (1,), "Round": (1,), "BRound": (1,),
-    "WidthBucket": (1, 2, 3),
-}
-
-
 @dataclass(frozen=True)
 class Attr:
     """What the pass knows about one attribute (by expression id)."""
@@ -93,6 +51,9 @@ class Attr:
     member_key: bool = False  # the member key of one of the merchant's datasets
     unique_link: bool = False  # a merchant column whose values are distinct (phone_hash)
     column: bool = False  # a dataset's column, unchanged (not a literal or an expression)
+    # a dataset's column, or a plain per-consumer aggregate of plain values (sum(amount)
+    # GROUP BY user_id): nothing computed that could weight one consumer (threshold P3)
+    plain: bool = False
 
 
 @dataclass
@@ -215,6 +176,45 @@ def _hull(a, b):
     return (min(a[0], b[0]), max(a[1], b[1]))
 
 
+PLAIN_AGGREGATES = frozenset({"Sum", "Count", "Average", "Min", "Max", "First", "Last",
+                              "AnyValue", "TrySum", "TryAverage"})
+
+
+def _plain_aggregate(e: Node, env: dict[int, Attr]) -> bool:
+    """``e`` is ``[CAST](agg(x))`` with ``x`` a plain column or a literal: a per-consumer
+    value that weights no one beyond that consumer's own rows."""
+    inner = e.children[0] if e.cls == "Alias" and e.children else e
+    while inner.cls == "Cast" and inner.children:
+        inner = inner.children[0]
+    if inner.cls == "WindowExpression" and inner.children:
+        inner = inner.children[0]
+    if inner.cls != "AggregateExpression" or not inner.children:
+        return False
+    if len(inner.children) > 1:
+        return False  # FILTER (WHERE ...): a condition, like a CASE, can single one out
+    function = inner.children[0]
+    if function.cls not in PLAIN_AGGREGATES:
+        return False
+    for arg in function.children:
+        if arg.cls == "Literal":
+            continue
+        ref = _bare_or_cast(arg)
+        fact = env.get(ref.expr_id) if ref is not None else None
+        if ref is None or (fact is not None and fact.consumer and not fact.plain):
+            return False
+    return True
+
+
+def _unpadded(attrs: list[tuple[int, str, Attr]], padded: bool) -> list[tuple[int, str, Attr]]:
+    """The attributes of a side an outer join may pad with NULLs: no longer an entity (a
+    NULL entity would gather every unmatched row, of many consumers, as one), nor a member
+    key or a unique link (NULLs repeat)."""
+    if not padded:
+        return attrs
+    return [(i, n, replace(f, entity=False, member_key=False, unique_link=False))
+            for i, n, f in attrs]
+
+
 def _join_type(node: Node) -> str:
     return str((node.fields.get("joinType") or {}).get("object", node.fields.get("joinType", "")))
 
@@ -255,7 +255,8 @@ class Flow:
     """The pass. ``Flow(...).run(root)`` -> :class:`FlowResult`."""
 
     def __init__(self, datasets: Mapping[str, DatasetInfo], merchant: str, final,
-                 release: str | None, is_platform_token: Callable[[Node], bool]):
+                 release: str | None, is_platform_token: Callable[[Node], bool],
+                 regex_groups: RegexGroups | None = None):
         self.datasets = {k.lower(): v for k, v in datasets.items()}
         self.merchant = merchant
         self.final = final  # policies.lineage.FinalAggregation or None
@@ -267,6 +268,9 @@ class Flow:
         self._subquery_depth = 0
         self._common: list[Attr] = []
         self._dp_signatures: dict[tuple, int] = {}
+        self._token_position = False  # inside segment_token(...) AS x of a SELECT list
+        self._consumer_ctx = False  # the node being judged reads consumer data
+        self.regex_groups = regex_groups or python_regex_groups
 
     # -- bookkeeping ----------------------------------------------------------------------
 
@@ -354,7 +358,10 @@ class Flow:
             inputs = e.exprs.get("inputs", [])
             if len(inputs) == 1 and inputs[0].cls == "AttributeReference":
                 fact = env.get(inputs[0].expr_id)
-                if fact is not None and fact.entity:
+                if fact is not None and fact.entity and self._token_position:
+                    # segment_token(entity) computed in a SELECT list: its allowed position.
+                    # Anywhere else (WHERE, JOIN ON, GROUP BY, CASE ...) a token singles out
+                    # one consumer like the identifier it stands for (P1).
                     yield inputs[0], replace(fact, sens=frozenset())
                     return
             for i in inputs:
@@ -397,28 +404,23 @@ class Flow:
             yield e, self._common[-1]
             return
         if cls in MAY_FAIL:
-            # Arguments at the "safe" positions (a pattern, a format, an index) are what can
-            # make the function fail; when they are literals it fails for every row or none.
-            safe = _LITERAL_SAFE.get(cls)
-            if safe == "rest":
-                safe = tuple(range(1, len(e.children)))
-            # a failing argument must not come from consumer data (a literal, or data that
-            # is not consumer data, fails for every row alike or for none)
-            literal_ok = safe is not None and not any(
-                fact.consumer for i in safe if i < len(e.children)
-                for _, fact in self._refs_quiet(e.children[i], env))
-            if cls == "ElementAt" and len(e.children) > 1 and str(e.children[1].fields.get("value")) == "0":
-                literal_ok = False  # element_at(x, 0) fails whatever the mode
+            # Over consumer rows a failure would tell whether some row reached the call (a
+            # WHERE or CASE on one consumer decides that): the arguments that can make it
+            # fail must be literals proven harmless (policies.failures).
             consumer = any(fact.consumer for c in e.children for _, fact in self._refs_quiet(c, env))
-            if consumer and not literal_ok:
-                self.deny(
-                    "P8", where, (),
-                    "The function {function} can fail on some values; on consumer data a "
-                    "failure would reveal something about a consumer.",
-                    "Remove {function} from expressions over consumer data, or give it literal "
-                    "arguments where it takes a pattern, format or index.",
-                    function=cls,
-                )
+            if consumer or self._consumer_ctx:
+                reason = why_unsafe(cls, e.children, self.regex_groups)
+                if reason is not None:
+                    self.deny(
+                        "P8", where, (),
+                        "The function {function} can fail at run time here ({reason}); over "
+                        "consumer data a failure would reveal something about a consumer.",
+                        "Give {function} literal, valid arguments where it takes a pattern, "
+                        "format, index or size (a pattern that compiles, an index other than "
+                        "0, Spark's date letters), or remove it from expressions over "
+                        "consumer data.",
+                        function=cls, reason=reason,
+                    )
         for child in e.children:
             yield from self._refs(child, env, where)
         for key, exprs in e.exprs.items():
@@ -436,10 +438,12 @@ class Flow:
         if e.subplan is None:
             return
         self._subquery_depth += 1
+        context = self._consumer_ctx
         try:
             rel = self.visit(e.subplan, env, above_final=False)
         finally:
             self._subquery_depth -= 1
+            self._consumer_ctx = context
         if rel.reads_consumer:
             self.deny(
                 "P4", where, (),
@@ -478,6 +482,7 @@ class Flow:
             env.update({i: f for i, _, f in child.attrs})
         below = not (here_above or is_final) and self._subquery_depth == 0
         reads = any(c.reads_consumer for c in children)
+        self._consumer_ctx = reads or any(c.consumer for c in children)
 
         if cls == "LogicalRelation":
             return self._relation(node)
@@ -500,8 +505,18 @@ class Flow:
                     continue
                 inner = e.children[0] if e.cls == "Alias" and e.children else e
                 if inner.cls == "SQLScalarFunction" and self.is_platform_token(inner):
-                    fact = self.use(e, env, e.name, "a SELECT expression")
-                    out.append((e.expr_id, e.name, Attr(consumer=fact.consumer, token=True)))
+                    self._token_position = True
+                    try:
+                        fact = self.use(e, env, e.name, "a SELECT expression")
+                    finally:
+                        self._token_position = False
+                    # The token stands for the consumer's identifier: passed on bare it may
+                    # reach the member column; used in any other position it is P1.
+                    inputs = inner.exprs.get("inputs", [])
+                    source = env.get(inputs[0].expr_id, Attr()) if len(inputs) == 1 and \
+                        inputs[0].cls == "AttributeReference" else Attr()
+                    out.append((e.expr_id, e.name, Attr(consumer=fact.consumer, token=True,
+                                                        sens=source.sens)))
                     continue
                 out.append((e.expr_id, e.name, self.use(e, env, e.name, "a SELECT expression")))
             return Rel(out, children[0].consumer if children else False, reads)
@@ -614,6 +629,7 @@ class Flow:
             # column (and the member key) identifies one row of the merchant's data.
             return Rel([(a.expr_id, a.name, Attr(
                 member_key=bool(key) and a.name.lower() == key, column=ds is not None,
+                plain=ds is not None,
                 unique_link=own and a.name.lower() in UNIQUE_LINK_COLUMNS)) for a in attrs])
         entity = (ds.entity_column or "").lower()
         out = []
@@ -627,7 +643,7 @@ class Flow:
             out.append((a.expr_id, a.name, Attr(
                 sens=frozenset({source}) if cls in SENSITIVE else frozenset(),
                 consumer=True, entity=a.name.lower() == entity, bounds=bounds,
-                one_group=ds.one_row_per_unit, column=True)))
+                one_group=ds.one_row_per_unit, column=True, plain=True)))
         return Rel(out, consumer=True, reads_consumer=True)
 
     def _join(self, node: Node, children: list[Rel], env: dict[int, Attr], below: bool) -> Rel:
@@ -674,10 +690,19 @@ class Flow:
                     "Join on equal keys only (o.item_id = i.item_id, m.phone_hash = "
                     "c.phone_hash) and put conditions on consumer columns in WHERE.",
                 )
+        # The side an outer join pads with NULLs: its entity is NULL on every padded row,
+        # so grouping, partitioning or counting by it would put many consumers' rows (all
+        # the unmatched ones) under one NULL "consumer".
+        left_padded = "RightOuter" in join_type or "FullOuter" in join_type
+        right_padded = "LeftOuter" in join_type or "FullOuter" in join_type
         equated = False
         if left.consumer and right.consumer and (below or self._subquery_depth > 0):
-            equated = any(env.get(a.expr_id, Attr()).entity and env.get(b.expr_id, Attr()).entity
-                          for a, b in keys)
+            # Entities of one kind only: a member key that stands for the consumer it was
+            # linked to is not the same consumer as a user_id of another row.
+            equated = any(
+                (fa := env.get(a.expr_id, Attr())).entity and (fb := env.get(b.expr_id, Attr())).entity
+                and fa.member_key == fb.member_key
+                for a, b in keys)
             if not equated or "FullOuter" in join_type:
                 self.deny(
                     "P4", "JOIN ON", (),
@@ -689,20 +714,26 @@ class Flow:
         linked_left = linked_right = False
         one_left = one_right = False  # each consumer meets at most one row of that side
         if left.consumer != right.consumer:
+            # A merchant row is linked to a consumer only if every kept row met one: not on
+            # the preserved side of an outer join (its unmatched rows belong to no consumer
+            # and would pad a segment or a count with members of no consumer).
             for a, b in keys:
                 fa, fb = env.get(a.expr_id, Attr()), env.get(b.expr_id, Attr())
-                if left.consumer and any(s.column_class != PRIVATE for s in fa.sens) and not fb.consumer:
+                if left.consumer and any(s.column_class != PRIVATE for s in fa.sens) \
+                        and not fb.consumer and not left_padded:
                     linked_right = True
                     one_right = one_right or fb.unique_link or fb.member_key
-                if right.consumer and any(s.column_class != PRIVATE for s in fb.sens) and not fa.consumer:
+                if right.consumer and any(s.column_class != PRIVATE for s in fb.sens) \
+                        and not fa.consumer and not right_padded:
                     linked_left = True
                     one_left = one_left or fa.unique_link or fa.member_key
         # A join may repeat each side's rows: uniqueness facts do not survive it, except a
         # member key on the side just linked to one consumer by a unique column, and a join
         # of one consumer's rows with that same consumer's rows (entities equated).
         if equated:
-            return Rel(left.attrs if semi else left.attrs + right.attrs, True,
-                       left.reads_consumer or right.reads_consumer)
+            return Rel(_unpadded(left.attrs, left_padded) if semi else
+                       _unpadded(left.attrs, left_padded) + _unpadded(right.attrs, right_padded),
+                       True, left.reads_consumer or right.reads_consumer)
         lattrs = [(i, n, replace(f, linked=True, one_group=f.one_group or one_left,
                                  unique_link=False, member_key=f.member_key and one_left)
                    if linked_left else replace(f, unique_link=False, member_key=False))
@@ -711,9 +742,10 @@ class Flow:
                                  unique_link=False, member_key=f.member_key and one_right)
                    if linked_right else replace(f, unique_link=False, member_key=False))
                   for i, n, f in right.attrs]
-        # The padded side of an outer join keeps its facts: a NULL entity is a row of no
-        # consumer (counted as none), never another consumer's.
-        attrs = lattrs if semi else lattrs + rattrs
+        # The padded side of an outer join loses its entity (see _unpadded); its other
+        # facts stand: a NULL is a value of no consumer.
+        attrs = _unpadded(lattrs, left_padded) if semi else \
+            _unpadded(lattrs, left_padded) + _unpadded(rattrs, right_padded)
         reads = left.reads_consumer or right.reads_consumer
         return Rel(attrs, left.consumer or right.consumer, reads)
 
@@ -769,7 +801,7 @@ class Flow:
                     fact, entity=False, linked=False)))
                 continue
             fact = replace(self.use(e, env, e.name, "an aggregate's argument or FILTER"),
-                           one_group=single)
+                           one_group=single, plain=not is_final and _plain_aggregate(e, env))
             if is_final:
                 agg_index = self._release_aggregates(e, env, agg_index)
                 fact = replace(fact, entity=False)
@@ -789,10 +821,10 @@ class Flow:
             distinct = agg.fields.get("isDistinct") is True
             if self.release == "threshold" and consumer:
                 for a in args:
-                    if a.cls == "Literal" or _bare_or_cast(a) is not None:
+                    if a.cls == "Literal" or self._plain(_bare_or_cast(a), env):
                         continue
                     clamp = declared_clamp(a)
-                    if clamp is not None and _bare_or_cast(clamp[0]) is not None:
+                    if clamp is not None and self._plain(_bare_or_cast(clamp[0]), env):
                         continue  # a bare column clamped to literal bounds weights no one
                     self.deny(
                         "P3", output.name, {s for _, f in self._refs_quiet(a, env) for s in f.sens},
@@ -807,6 +839,15 @@ class Flow:
                 self._dp_aggregate(output, function, args, distinct, env, index, agg)
             index += 1
         return index
+
+    @staticmethod
+    def _plain(ref: Node | None, env: dict[int, Attr]) -> bool:
+        """A bare column whose values no expression computed from consumer data (a
+        weight `CASE WHEN <one consumer> THEN 1e6 END` in a subquery is not plain)."""
+        if ref is None:
+            return False
+        fact = env.get(ref.expr_id)
+        return fact is None or fact.plain or not fact.consumer
 
     def _dp_aggregate(self, output: Node, function: Node, args: list[Node], distinct: bool,
                       env: dict[int, Attr], index: int, agg: Node) -> None:
@@ -890,7 +931,8 @@ class Flow:
         extra = []
         for e in node.exprs.get("windowExpressions", []):
             # a window's value varies from row to row even within one consumer
-            fact = replace(self.use(e, env, e.name, "a window function"), one_group=False)
+            fact = replace(self.use(e, env, e.name, "a window function"), one_group=False,
+                           plain=by_entity and _plain_aggregate(e, env))
             extra.append((e.expr_id, e.name, fact))
         if child.consumer and not by_entity and (below or self._subquery_depth > 0):
             self.deny(

@@ -44,3 +44,18 @@ def forget_jvm() -> None:
     """Drop every kept handle (the SparkSession, and with it the JVM, has stopped)."""
     with _jvm_cache_lock:
         _jvm_cache.clear()
+
+
+def jvm_regex_groups(spark: SparkSession):
+    """How many groups Java's regex engine (Spark's) finds in a pattern; None if it does
+    not compile. One JVM call per pattern, only for queries that use regular expressions."""
+    pattern_class = jvm_constant(spark, "java.util.regex.Pattern",
+                                 lambda jvm: jvm.java.util.regex.Pattern)
+
+    def groups(pattern: str) -> int | None:
+        try:
+            return int(pattern_class.compile(pattern).matcher("").groupCount())
+        except Exception:  # noqa: BLE001 - PatternSyntaxException: it does not compile
+            return None
+
+    return groups

@@ -106,3 +106,6 @@ def _assert_segments(rows, k: int) -> None:
         sizes.setdefault(segment, set()).add(member)
     assert len(sizes) <= 100
     assert all(len(members) >= k for members in sizes.values())
+    # one label per member: several would spell a member's data out across segments
+    members = [member for _, member in rows]
+    assert len(members) == len(set(members))
