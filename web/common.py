@@ -113,6 +113,12 @@ def visible_jobs(session: Session, user: User, *, states: tuple[str, ...] | None
     return list(session.scalars(stmt.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)))
 
 
+def may_resubmit(session: Session, user: User, job: Job) -> bool:
+    """Whether ``user`` may submit a job like ``job`` again (edit and resubmit): only for a
+    merchant they act for now; a provider whose authorisation was revoked may not."""
+    return access.act_for(session, user, job.merchant.slug).allowed
+
+
 def may_decide(user: User, job: Job) -> bool:
     """Only the job's merchant approves or rejects its output."""
     return access.decide_job(user, job).allowed

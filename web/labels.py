@@ -48,6 +48,18 @@ LABELS: dict[str, dict[str, Any]] = {
         "public": lazy_gettext("public"),
         "own": lazy_gettext("own data"),
     },
+    "check": {
+        "allow": lazy_gettext("checked: allowed"),
+        "deny": lazy_gettext("checked: denied"),
+        "error": lazy_gettext("checked: SQL error"),
+    },
+    "fix": {
+        "filter": lazy_gettext("Move each condition into FILTER (WHERE …) and aggregate the "
+                               "column itself"),
+        "count_distinct": lazy_gettext("Count the column's distinct values: count(DISTINCT …)"),
+        "segment_columns": lazy_gettext("Name the two output columns segment and member"),
+        "segment_kind": lazy_gettext("Submit it as a segment job"),
+    },
     "release": {
         "dp": lazy_gettext("differential privacy"),
         "threshold": lazy_gettext("minimum group size"),
