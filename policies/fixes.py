@@ -277,13 +277,17 @@ def rename_outputs(sql: str, names: list[str]) -> str | None:
         return None
     edits = []
     for (lo, hi), name in zip(items, names, strict=True):
-        if hi - lo < 1 or any(toks[code[p]].text == "*" for p in range(lo, hi)):
-            return None
+        if hi - lo < 1 or (toks[code[hi - 1]].text == "*"
+                           and (hi - lo == 1 or toks[code[hi - 2]].text == ".")):
+            return None  # * or t.*: how many columns is not known here
         last = toks[code[hi - 1]]
         before = toks[code[hi - 2]] if hi - lo >= 2 else None
+        # ``expr AS name`` or ``expr name``: the name follows the end of an expression (a
+        # closing parenthesis or END, a literal, a name that is not a keyword).
         named = last.kind in ("word", "ident") and before is not None and (
-            before.is_word("as") or (before.text in (")",) or before.kind in ("string", "number", "ident")
-                                     or (before.kind == "word" and before.lower not in KEYWORDS)))
+            before.is_word("as", "end", "null") or before.text == ")"
+            or before.kind in ("string", "number", "ident")
+            or (before.kind == "word" and before.lower not in KEYWORDS))
         if named and last.lower not in KEYWORDS:
             edits.append((last.start, last.end, name))
         else:
