@@ -99,7 +99,7 @@ def result_charts(columns: list[str], rows: list[dict[str, Any]],
         values = [{"label": name, "value": value,
                    **({"low": value - ci, "high": value + ci} if ci is not None else {})}
                   for name, value in points]
-        bars = alt.Chart().mark_bar(color="#2f6f4f").encode(
+        bars = alt.Chart().mark_bar(color="#2f6f4f", opacity=0.8).encode(
             y=alt.Y("label:N", title=label, sort=None, axis=alt.Axis(labelLimit=160)),
             x=alt.X("value:Q", title=column + (f" (± {ci:,.2f})" if ci is not None else "")),
             tooltip=[alt.Tooltip("label:N", title=label),
@@ -107,7 +107,7 @@ def result_charts(columns: list[str], rows: list[dict[str, Any]],
         )
         layers = [bars]
         if ci is not None:
-            layers.append(alt.Chart().mark_rule(color="#1f2933").encode(
+            layers.append(alt.Chart().mark_rule(color="#1f2933", strokeWidth=2).encode(
                 y=alt.Y("label:N", sort=None), x="low:Q", x2="high:Q"))
         chart = alt.layer(*layers, data=alt.Data(values=values)).properties(
             width="container", height=alt.Step(BAR_STEP))
