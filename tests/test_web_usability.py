@@ -279,3 +279,25 @@ def test_audit_page_filters_by_action_and_whole_days(world):
     today = datetime.now(UTC).date().isoformat()
     html = auditor.get(f"/audit?action=job.submit&until={today}").get_data(as_text=True)
     assert 'data-action="job.submit"' in html and 'data-action="auth.login"' not in html
+
+
+def test_audit_entries_show_sql_and_violations_readably(world):
+    import audit
+    from jobs.service import actor_for
+    from yushan.db import session_scope
+    from yushan.models import User
+
+    config, app = world
+    audit.register_config(config)
+    with session_scope(config) as session:
+        isv = session.scalar(select(User).where(User.username == "insight_isv"))
+        audit.record(session, "job.check", actor=actor_for(isv), objects={"merchant": "hanfu_house"},
+                     details={"kind": "aggregate", "sql": "SELECT nick, count(*) AS n\nFROM platform.consumers",
+                              "decision": "deny", "violations": [
+                                  {"rule": "P1", "column": "nick", "message": "An identifying column."},
+                                  {"rule": "P5", "column": "n", "message": "Row-level output."}]})
+    html = logged_in(app, "auditor").get("/audit?action=job.check").get_data(as_text=True)
+    row = html[html.index('data-action="job.check"'):]
+    assert '<pre class="sql-inline">SELECT nick, count(*) AS n\nFROM platform.consumers</pre>' in row
+    assert '<details class="audit-violations"><summary>2 · P1 P5</summary>' in row
+    assert "<strong>P1</strong> · <code>nick</code>: An identifying column." in row
