@@ -106,6 +106,52 @@ def check(session: Session, config: Config, user: User, merchant_slug: str, kind
     return decision
 
 
+def _violation_keys(decision: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(v.get("rule", ""), v.get("column", ""), v.get("message_template") or v.get("message", ""))
+            for v in decision.get("violations") or []]
+
+
+def suggest_fixes(config: Config, sql: str, kind: str, merchant: str,
+                  datasets: dict[str, DatasetInfo], decision: dict[str, Any]) -> list[dict[str, Any]]:
+    """Mechanical fixes of a denied query (:mod:`policies.fixes`), each checked by the
+    policy before it is offered: kept only when the rewritten job is allowed, or when it
+    answers some of the denial's violations and adds none. Each fix: ``code``, the job's
+    ``kind`` and ``sql`` rewritten, ``allowed``, and ``resolves`` (indexes of the original
+    violations it answers). Nothing is audited: no job, no check of the user's own text."""
+    from policies.fixes import candidates
+
+    if decision.get("decision") != "deny":
+        return []
+    before = _violation_keys(decision)
+    fixes: list[dict[str, Any]] = []
+    for candidate in candidates(sql, kind, decision.get("violations") or []):
+        if any(f["code"] == candidate.code for f in fixes):
+            continue  # the first verified rewrite of each kind is enough
+        try:
+            rewritten = validate_request(candidate.kind, candidate.sql)[1]
+            after = evaluate(config, rewritten, candidate.kind, merchant, datasets)
+        except Exception:  # noqa: BLE001 - a rewrite that cannot be checked is not offered
+            continue
+        allowed = after.get("decision") == "allow"
+        remaining = set(_violation_keys(after))
+        if not allowed and (after.get("decision") != "deny" or not remaining <= set(before)):
+            continue
+        resolves = [i for i, key in enumerate(before) if allowed or key not in remaining]
+        if resolves:
+            fixes.append({"code": candidate.code, "kind": candidate.kind, "sql": candidate.sql,
+                          "allowed": allowed, "resolves": resolves})
+    return fixes
+
+
+def fixes(session: Session, config: Config, user: User, merchant_slug: str, kind: str, sql: str,
+          decision: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`suggest_fixes` for a check ``user`` just made for ``merchant_slug``."""
+    sql = _validate(kind, sql)
+    merchant = _acting_merchant(session, user, merchant_slug)
+    return suggest_fixes(config, sql, kind, merchant.slug,
+                         readable_datasets(session, config, merchant.slug), decision)
+
+
 def _with_release(session: Session, config: Config, merchant, decision: dict[str, Any]) -> dict[str, Any]:
     """The check's document: ``release``, and for dp jobs ``epsilon`` (the cost),
     ``budget`` (what is left) and ``accuracy``; nothing of dp for other jobs."""

@@ -189,18 +189,19 @@ def _check_aggregate_outputs(decision: Decision, lineages: Lineages, outputs: li
             Source(r.dataset.full_name, r.dataset.entity_column or "", "identifier", True)
             for r in lineages.relations if r.dataset.is_consumer_data
         }
-        if blocker is not None and _has_aggregate(blocker):
-            message = (f"The job reads consumer data, but its last step is a {blocker.cls}, not "
-                       "an aggregation, so its rows cannot be held to the k-threshold.")
-            suggestion = ("Make the aggregation the last step (ORDER BY/LIMIT may follow); "
-                          "run separate jobs instead of combining aggregates.")
-        else:
-            message = ("The job reads consumer data but returns row-level output; only "
-                       "aggregated rows (or a segment job) may leave.")
-            suggestion = ("Aggregate with GROUP BY quasi or public columns, e.g. SELECT city, "
-                          "count(DISTINCT user_id) ... GROUP BY city; or submit a segment job.")
-        lineages.deny("P5", ", ".join(decision.columns) or "(query)", consumer_sources,
-                      message, suggestion)
+        combined = blocker is not None and _has_aggregate(blocker)
+        lineages.deny(
+            "P5", ", ".join(decision.columns) or "(query)", consumer_sources,
+            "The job reads consumer data, but its last step is a {operation}, not an "
+            "aggregation, so its rows cannot be held to the k-threshold." if combined else
+            "The job reads consumer data but returns row-level output; only aggregated rows "
+            "(or a segment job) may leave.",
+            "Make the aggregation the last step (ORDER BY/LIMIT may follow); run separate "
+            "jobs instead of combining aggregates." if combined else
+            "Aggregate with GROUP BY quasi or public columns, e.g. SELECT city, "
+            "count(DISTINCT user_id) ... GROUP BY city; or submit a segment job.",
+            **({"operation": blocker.cls} if combined else {}),
+        )
     if final is not None and lineages.expand_over_consumer:
         lineages.deny(
             "P3", "GROUP BY", set(),
@@ -227,17 +228,18 @@ def _plan_p3(decision: Decision, lineages: Lineages, root: Node, final: FinalAgg
         entity = info.entity_column if info else "user_id"
         lineages.deny(
             "P3", "GROUP BY", {Source(ds, entity or "", "identifier", True)},
-            f"The number of distinct consumers per row cannot be counted for {ds}: {why}.",
-            f"Keep {entity} in every subquery between {ds} and the final GROUP BY (select it, "
-            f"or group by it in the inner query).",
+            "The number of distinct consumers per row cannot be counted for {dataset}: {why}.",
+            "Keep {entity} in every subquery between {dataset} and the final GROUP BY (select "
+            "it, or group by it in the inner query).",
+            dataset=ds, why=why, entity=entity or "",
         )
     if not main:
-        names = ", ".join(decision.consumer_datasets)
         lineages.deny(
             "P3", "(query)", {Source(d, "", "identifier", True) for d in decision.consumer_datasets},
-            f"Consumer data ({names}) is read only inside a subquery, so the consumers behind "
+            "Consumer data ({datasets}) is read only inside a subquery, so the consumers behind "
             "each released row cannot be counted.",
             "Join the consumer dataset in FROM instead of reading it in IN/EXISTS.",
+            datasets=", ".join(decision.consumer_datasets),
         )
 
 
@@ -305,8 +307,9 @@ def _plan_segment_carry(decision: Decision, lineages: Lineages, root: Node,
         entity = info.entity_column if info else "user_id"
         lineages.deny(
             "P3", "member", {Source(ds, entity or "", "identifier", True)},
-            f"The number of distinct consumers per segment cannot be counted for {ds}: {why}.",
-            f"Keep {entity} in every subquery between {ds} and the output.",
+            "The number of distinct consumers per segment cannot be counted for {dataset}: {why}.",
+            "Keep {entity} in every subquery between {dataset} and the output.",
+            dataset=ds, why=why, entity=entity or "",
         )
 
 

@@ -123,13 +123,20 @@ class Lineages:
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def deny(self, rule: str, where: str, sources, message: str, suggestion: str) -> None:
-        key = (rule, where, message)
+    def deny(self, rule: str, where: str, sources, message: str, suggestion: str,
+             **params) -> None:
+        """Record a violation; ``message`` and ``suggestion`` are templates formatted with
+        ``params`` (names, never data values), kept for translation (P9)."""
+        text = message.format(**params) if params else message
+        hint = suggestion.format(**params) if params else suggestion
+        key = (rule, where, text)
         if key in self._seen:
             return
         self._seen.add(key)
         self.violations.append(
-            Violation(rule, where, sorted_sources(set(sources)), message, suggestion)
+            Violation(rule, where, sorted_sources(set(sources)), text, hint,
+                      message_template=message, suggestion_template=suggestion,
+                      params=dict(params))
         )
 
     def _consumer_relations_since(self, start: int) -> list[RelationUse]:
@@ -178,10 +185,11 @@ class Lineages:
             feature = fn.FORBIDDEN.get(cls)
             self.deny(
                 "P7", "(query)", (),
-                f"{feature or 'The plan operation ' + cls} is not allowed in a job."
-                if feature else f"The plan operation {cls} is not supported by the policy engine.",
+                "{feature} is not allowed in a job."
+                if feature else "The plan operation {operation} is not supported by the policy engine.",
                 "Rewrite the query with SELECT, JOIN, WHERE, GROUP BY, HAVING, ORDER BY, "
                 "window functions and subqueries.",
+                **({"feature": feature} if feature else {"operation": cls}),
             )
             return [o for outputs in child_outputs for o in outputs]
 
@@ -262,8 +270,8 @@ class Lineages:
                 self.expand_over_consumer = True
             return [(a.expr_id, a.name, everything) for a in node.exprs.get("output", [])]
         # Listed in PLAN_NODES but without a rule of its own: deny rather than guess.
-        self.deny("P7", "(query)", (), f"The plan operation {cls} is not supported by the policy engine.",
-                  "Rewrite the query without it.")
+        self.deny("P7", "(query)", (), "The plan operation {operation} is not supported by the policy engine.",
+                  "Rewrite the query without it.", operation=cls)
         return [o for outputs in child_outputs for o in outputs]
 
     def _relation(self, node: Node) -> list[Output]:
@@ -338,9 +346,9 @@ class Lineages:
         if cls == "WindowSpecDefinition":
             return self._window_spec(e, env, ctx, path)
         if cls in fn.FORBIDDEN:
-            self.deny("P7", ctx.where, (), f"{fn.FORBIDDEN[cls]} is not allowed in a job.",
+            self.deny("P7", ctx.where, (), "{feature} is not allowed in a job.",
                       "Remove it; only built-in functions and the platform's segment_token() "
-                      "may be called.")
+                      "may be called.", feature=fn.FORBIDDEN[cls])
             return self._union(e, env, ctx, path)
         known = (
             cls in fn.SCALAR or cls in fn.STRUCTURAL or cls in fn.COMPARISONS
@@ -348,8 +356,8 @@ class Lineages:
             or cls in fn.ALLOWED_AGGREGATES or cls in fn.OTHER_KNOWN_AGGREGATES
         )
         if not known:
-            self.deny("P7", ctx.where, (), f"The function {cls} is not supported by the policy engine.",
-                      "Use a supported built-in function instead.")
+            self.deny("P7", ctx.where, (), "The function {function} is not supported by the policy engine.",
+                      "Use a supported built-in function instead.", function=cls)
         if cls in fn.COMPARISONS:
             lins = [self.eval(c, env, ctx, path + (i,)) for i, c in enumerate(e.children)]
             out = EMPTY
@@ -374,8 +382,9 @@ class Lineages:
         if ident in env:
             self._referenced.add(ident)
             return env[ident]
-        self.deny("P7", ctx.where, (), f"The policy engine could not trace the column {e.name}.",
-                  "Simplify the query so that every column comes from a dataset in the catalog.")
+        self.deny("P7", ctx.where, (), "The policy engine could not trace the column {column}.",
+                  "Simplify the query so that every column comes from a dataset in the catalog.",
+                  column=e.name)
         return EMPTY
 
     def _aggregate_expression(self, e: Node, env, ctx: Ctx, path) -> Lineage:
@@ -397,16 +406,17 @@ class Lineages:
             return with_mode(inputs, Mode.AGG)
         if name not in fn.OTHER_KNOWN_AGGREGATES:
             self.deny("P2", ctx.where, {s for s, _ in inputs},
-                      f"The aggregate {name} is not on the allow-list.",
+                      "The aggregate {function} is not on the allow-list.",
                       "Use count, count(DISTINCT), sum, avg, stddev, variance or "
-                      "approx_count_distinct.")
+                      "approx_count_distinct.", function=name)
         elif consumer and (ctx.final or ctx.at_or_above_final):
             self.deny(
                 "P2", ctx.where, {s for s, _ in inputs if s.consumer},
-                f"{_agg_label(name)} returns an individual's value; it is not allowed on "
+                "{function} returns an individual's value; it is not allowed on "
                 "consumer data.",
                 "Use an allowed aggregate: count, count(DISTINCT), sum, avg, stddev, variance "
                 "or approx_count_distinct (for example avg(amount) instead of max(amount)).",
+                function=_agg_label(name),
             )
         return inputs
 

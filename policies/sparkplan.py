@@ -99,8 +99,12 @@ class AnalyzedQuery:
     tree: Node
 
 
-def _refuse(message: str, suggestion: str, column: str = "(query)") -> PlanRefused:
-    return PlanRefused(Violation("P7", column, (), message, suggestion))
+def _refuse(message: str, suggestion: str, column: str = "(query)", **params) -> PlanRefused:
+    """A P7 refusal; ``message`` and ``suggestion`` are templates filled with ``params``
+    (names only), kept for translation (P9)."""
+    return PlanRefused(Violation(
+        "P7", column, (), message.format(**params), suggestion.format(**params),
+        message_template=message, suggestion_template=suggestion, params=dict(params)))
 
 
 def _spark_message(exc: Exception) -> str:
@@ -140,14 +144,16 @@ def _check_parsed(jplan: Any) -> None:
         feature = FEATURE_NAMES.get(name)
         if feature:
             raise _refuse(
-                f"{feature} is not allowed in a job.",
+                "{feature} is not allowed in a job.",
                 "Submit a single SELECT query over the datasets listed in the catalog.",
+                feature=feature,
             )
         raise _refuse(
-            f"Only a single query (SELECT ...) may be submitted; this statement is a "
-            f"{name} (commands, DDL and DML are not allowed).",
+            "Only a single query (SELECT ...) may be submitted; this statement is a "
+            "{statement} (commands, DDL and DML are not allowed).",
             "Submit one SELECT query; settings, tables and functions are managed by the "
             "platform.",
+            statement=name,
         )
     _check_parsed_names(jplan)
 
@@ -195,10 +201,10 @@ def _check_parsed_names(jplan: Any) -> None:
             name = (_parts(item.get("nameParts")) or [""])[-1].strip("`").lower()
             if name in FORBIDDEN_FUNCTION_NAMES:
                 raise _refuse(
-                    f"The function {FORBIDDEN_FUNCTION_NAMES[name]} is not allowed in a job.",
-                    f"Remove {FORBIDDEN_FUNCTION_NAMES[name]}(...); jobs may call Spark's "
-                    "built-in data functions only.",
-                    column=name,
+                    "The function {function} is not allowed in a job.",
+                    "Remove {function}(...); jobs may call Spark's built-in data functions "
+                    "only.",
+                    column=name, function=FORBIDDEN_FUNCTION_NAMES[name],
                 )
         elif cls == "UnresolvedRelation":
             parts = _parts(item.get("multipartIdentifier"))

@@ -1,8 +1,9 @@
 """Real browser: Debian's Chromium driven by Playwright through each user's journey.
 
-The provider writes, checks (syntax error, denial, allow) and submits a job and watches
-it; the merchant (in Chinese) uploads UTF-8 and GBK files through the schema editor,
-approves with the summary, downloads the Excel CSV and withdraws its upload; the auditor
+The provider writes, checks (syntax error, denial, apply suggestion, allow) and submits a
+job, watches it and reopens it from its recent queries; the merchant (in Chinese) uploads
+UTF-8 and GBK files through the schema editor, approves with the summary and the preview's
+chart, downloads the Excel CSV and withdraws its upload; the auditor
 filters and verifies; the admin creates a merchant and its user; the layout holds on a
 phone. Screenshots of each step at 1280x800 and 390x844 go to tests/output/browser/, and
 to docs/screenshots/ with YUSHAN_SCREENSHOTS=1 (`make screenshots`).
@@ -33,6 +34,10 @@ SIZES = ((1280, 800), (390, 844))
 DENIED_SQL = "SELECT nick, count(*) AS n FROM platform.consumers GROUP BY nick"
 BROKEN_SQL = "SELECT gender, count(* AS n\nFROM platform.consumers GROUP BY gender"
 GOOD_SQL = "SELECT gender, count(*) AS n FROM platform.consumers GROUP BY gender"
+# A segment job whose two columns have other names: the fix renames them.
+SEGMENT_SQL = ("SELECT CASE WHEN c.vip_level >= 5 THEN 'vip' ELSE 'regular' END AS tier,\n"
+               "       m.member_id\nFROM hanfu_house.members m\n"
+               "JOIN platform.consumers c ON m.phone_hash = c.phone_hash")
 STORES = ("杭州西湖店", "上海南京路店", "北京王府井店")
 
 
@@ -138,6 +143,24 @@ def test_provider_writes_checks_submits_and_watches(browser, site):
     expect(page.locator("#submit")).to_be_disabled()
     shot(page, "02-provider-check-denied", "#decision")
 
+    # Where the fix is mechanical, "Apply suggestion" rewrites the query; the user checks it.
+    page.select_option("#kind", "segment")
+    page.fill("#sql", SEGMENT_SQL)
+    page.click("#check")
+    expect(decision).to_have_class(re.compile(r"\bdeny\b"), timeout=120_000)
+    expect(decision.locator(".rule").first).to_have_text("P5")
+    apply = decision.locator("button.apply-fix")
+    expect(apply).to_have_attribute("data-fix", "segment_columns")
+    shot(page, "12-provider-apply-suggestion", "#decision")
+    apply.click()
+    expect(page.locator("#sql")).to_have_value(re.compile(r"END AS segment,\s+m\.member_id AS member"))
+    expect(page.locator("#fix-applied")).to_be_visible()
+    expect(page.locator("#submit")).to_be_disabled()  # checked first
+    page.click("#check")
+    expect(decision).to_have_class(re.compile(r"\ballow\b"), timeout=120_000)
+    expect(page.locator("#submit")).to_be_enabled()
+    page.select_option("#kind", "aggregate")
+
     # Allowed: what it reads and how it is released; then submit and watch it.
     page.fill("#sql", GOOD_SQL)
     expect(page.locator("#submit")).to_be_enabled()
@@ -154,6 +177,27 @@ def test_provider_writes_checks_submits_and_watches(browser, site):
         "data-state", "awaiting_approval", timeout=300_000)
     expect(page.locator("#clone")).to_be_visible()
     shot(page, "04-provider-job-awaiting-approval")
+
+    # Edit & resubmit: the editor opens with the job's kind, merchant, SQL and name, and
+    # lists the provider's recent queries for the merchant (jobs and checks), newest first.
+    job_url = page.url
+    page.click("#clone")
+    page.wait_for_url(re.compile(r".*/jobs/new\?from=\d+$"))
+    expect(page.locator("#sql")).to_have_value(GOOD_SQL)
+    expect(page.locator("#kind")).to_have_value("aggregate")
+    expect(page.locator("#merchant")).to_have_value("hanfu_house")
+    expect(page.locator("#job-name")).to_have_value("gender split")
+    history = page.locator('.merchant-history[data-merchant="hanfu_house"] li.past')
+    newest = history.first
+    expect(newest).to_have_attribute("data-source", "job")
+    expect(newest.locator("a")).to_have_attribute("href", job_url.replace(site, ""))
+    denied = history.filter(has_text="GROUP BY nick")
+    expect(denied).to_have_attribute("data-source", "check")
+    expect(denied.locator(".outcome")).to_have_text("checked: denied")
+    expect(history.filter(has_text="AS tier")).to_have_count(1)  # the denied segment check
+    shot(page, "13-provider-recent-queries", "#query-history")
+    denied.locator(".load-query").click()  # a different query is there: confirmed, replaced
+    expect(page.locator("#sql")).to_have_value(DENIED_SQL)
     context.close()
 
 
@@ -202,12 +246,24 @@ def test_merchant_uploads_approves_downloads_and_withdraws(browser, site, tmp_pa
     expect(card.locator("pre.sql")).to_be_hidden()
     shot(page, "07-merchant-approvals")
     job_link = card.locator("h2 a").get_attribute("href")
+
+    # The job page previews the quarantined rows as a chart too, read out for screen readers.
+    page.goto(site + job_link)
+    chart = page.locator("#preview-chart-1")
+    expect(chart).to_have_attribute("data-rendered", "true", timeout=60_000)
+    expect(page.locator("#preview-chart-1-alt")).to_have_attribute(
+        "aria-label", re.compile(r"^条形图：按 gender 显示 n，共 2 条。(F|M): -?[\d,.]+ ± [\d.,]+; (F|M)"))
+    expect(page.locator("#preview-table th").nth(1)).to_contain_text("±")
+    shot(page, "14-merchant-preview-chart", "#approval-preview")
+    page.goto(site + "/approvals")
     card.locator("button.approve").click()
     page.goto(site + job_link)
     expect(page.locator("#job-state .state")).to_have_attribute("data-state", "approved")
     expect(page.locator("#job-state .state")).to_have_text("已批准")
     table = page.locator("#result-table")
     expect(table).to_contain_text("F")
+    expect(page.locator("#result-chart-1")).to_have_attribute("data-rendered", "true", timeout=60_000)
+    expect(page.locator("#result-chart-1-figure figcaption")).to_contain_text("± ")
     table.locator("th").first.click()
     expect(table.locator("th").first).to_have_attribute("aria-sort", "ascending")
     with page.expect_download() as info:

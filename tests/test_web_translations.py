@@ -151,3 +151,35 @@ def test_chart_titles_are_translated_and_data_left_alone():
     assert shown["encoding"]["y"]["title"] == "会员数"
     assert shown["encoding"]["x"]["field"] == "segment"
     assert shown["data"] == spec["data"]
+
+
+def test_the_engines_own_denials_and_its_phrases_are_shown_translated(spark):
+    """Denials of the engine (not only the data-flow rules) carry templates, and the
+    phrases it passes as parameters are translated too: no English left in a Chinese
+    explanation but names."""
+    from flask import Flask
+    from flask_babel import Babel, force_locale
+
+    from web.app import TRANSLATIONS_DIR
+    from web.labels import translated_violations
+
+    app = Flask(__name__)
+    app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(TRANSLATIONS_DIR)
+    Babel(app)
+    p1 = {"rule": "P1", "column": "n", "sources": [], "message": "m", "suggestion": "s",
+          "message_template": "An identifying or private column is used in {clause}; such columns "
+                              "may only be joined on (bare, between two datasets), grouped by per "
+                              "consumer, or counted with count(DISTINCT ...).",
+          "params": {"clause": "an aggregate's argument or FILTER"}}
+    # the gate's own refusal, straight from the policy layer
+    from policies.sparkplan import PlanRefused, parse_query
+
+    try:
+        parse_query(spark, "SELECT 1; SELECT 2")
+    except PlanRefused as refused:
+        gate = refused.violation.to_dict()
+    assert gate["message_template"] and gate["suggestion_template"]
+    with app.test_request_context(), force_locale("zh_CN"):
+        clause, refusal = translated_violations([p1, gate])
+    assert "聚合函数的参数或 FILTER" in clause["message"] and "aggregate's" not in clause["message"]
+    assert refusal["message"].startswith("只能提交单个查询") and "statement" not in refusal["message"]

@@ -158,6 +158,77 @@ def test_clone_starts_from_the_job(world):
     assert logged_in(app, "other_isv").get(f"/jobs/new?from={job_id}").status_code == 404
 
 
+def test_resubmit_only_while_the_user_may_act_for_the_merchant(world):
+    config, app = world
+    job_id = awaiting_job(config, name="again")
+    merchant = logged_in(app, "hanfu_owner")
+    assert f'href="/jobs/new?from={job_id}"' in merchant.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert 'value="again"' in merchant.get(f"/jobs/new?from={job_id}").get_data(as_text=True)
+    # the merchant revokes the provider: it still sees its job, but may not resubmit it
+    token = csrf_from(merchant.get("/authorizations").get_data(as_text=True))
+    assert merchant.post("/authorizations/insight_isv/revoke",
+                         data={"csrf_token": token}).status_code == 302
+    provider = logged_in(app, "insight_isv")
+    page = provider.get(f"/jobs/{job_id}")
+    assert page.status_code == 200 and 'id="clone"' not in page.get_data(as_text=True)
+    assert provider.get(f"/jobs/new?from={job_id}").status_code == 404
+
+
+def test_a_template_job_is_resubmitted_through_its_form(world):
+    import audit
+    from jobs import lifecycle
+    from jobs.service import actor_for
+    from yushan.db import session_scope
+    from yushan.models import Tenant, User
+
+    config, app = world
+    audit.register_config(config)
+    with session_scope(config) as session:
+        isv = session.scalar(select(User).where(User.username == "insight_isv"))
+        merchant = session.scalar(select(Tenant).where(Tenant.slug == "hanfu_house"))
+        job_id = lifecycle.create(session, merchant_id=merchant.id, submitter_id=isv.id,
+                                  kind="aggregate", sql="SELECT 1", name="health check",
+                                  decision=None, actor=actor_for(isv),
+                                  template="membership_health", params={"as_of": "2025-06-30"}).id
+    provider = logged_in(app, "insight_isv")
+    response = provider.get(f"/jobs/new?from={job_id}")
+    assert response.status_code == 302
+    assert response.headers["Location"].endswith(f"/templates/membership_health?from={job_id}")
+    form = provider.get(response.headers["Location"]).get_data(as_text=True)
+    assert 'value="2025-06-30"' in form and 'value="health check"' in form
+    assert provider.get(f"/templates/store_overlap?from={job_id}").status_code == 404
+    assert logged_in(app, "other_isv").get(f"/templates/membership_health?from={job_id}").status_code == 404
+
+
+def test_the_editor_lists_the_users_recent_queries_per_merchant(world):
+    import audit
+    from jobs.service import actor_for
+    from yushan.db import session_scope
+    from yushan.models import User
+
+    config, app = world
+    job_id = awaiting_job(config, name="tiers")
+    audit.register_config(config)
+    with session_scope(config) as session:
+        isv = session.scalar(select(User).where(User.username == "insight_isv"))
+        audit.record(session, "job.check", actor=actor_for(isv), objects={"merchant": "hanfu_house"},
+                     details={"kind": "segment", "sql": "SELECT 'a' AS segment, m.member_id AS member "
+                              "FROM hanfu_house.members m", "decision": "deny", "violations": []})
+    provider = logged_in(app, "insight_isv")
+    html = provider.get("/jobs/new").get_data(as_text=True)
+    history = html[html.index('id="query-history"'):]
+    block = history[history.index('data-merchant="hanfu_house"'):]
+    assert block.index('data-source="check"') < block.index('data-source="job"')  # newest first
+    assert f'href="/jobs/{job_id}"' in block and "tiers" in block
+    assert 'data-kind="segment"' in block and "checked: denied" in block
+    assert 'class="load-query' in block and "GROUP BY tier" in block
+    zh = provider.get("/jobs/new?lang=zh_CN").get_data(as_text=True)
+    assert "最近的查询" in zh and "已检查：拒绝" in zh and "载入编辑器" in zh
+    # another provider sees none of it
+    other = logged_in(app, "other_isv").get("/jobs/new").get_data(as_text=True)
+    assert "GROUP BY tier" not in other and 'class="hint no-history"' in other
+
+
 def test_admin_creates_a_merchant_and_its_user_and_resets_a_password(world):
     config, app = world
     admin = logged_in(app, "admin")
@@ -208,3 +279,25 @@ def test_audit_page_filters_by_action_and_whole_days(world):
     today = datetime.now(UTC).date().isoformat()
     html = auditor.get(f"/audit?action=job.submit&until={today}").get_data(as_text=True)
     assert 'data-action="job.submit"' in html and 'data-action="auth.login"' not in html
+
+
+def test_audit_entries_show_sql_and_violations_readably(world):
+    import audit
+    from jobs.service import actor_for
+    from yushan.db import session_scope
+    from yushan.models import User
+
+    config, app = world
+    audit.register_config(config)
+    with session_scope(config) as session:
+        isv = session.scalar(select(User).where(User.username == "insight_isv"))
+        audit.record(session, "job.check", actor=actor_for(isv), objects={"merchant": "hanfu_house"},
+                     details={"kind": "aggregate", "sql": "SELECT nick, count(*) AS n\nFROM platform.consumers",
+                              "decision": "deny", "violations": [
+                                  {"rule": "P1", "column": "nick", "message": "An identifying column."},
+                                  {"rule": "P5", "column": "n", "message": "Row-level output."}]})
+    html = logged_in(app, "auditor").get("/audit?action=job.check").get_data(as_text=True)
+    row = html[html.index('data-action="job.check"'):]
+    assert '<pre class="sql-inline">SELECT nick, count(*) AS n\nFROM platform.consumers</pre>' in row
+    assert '<details class="audit-violations"><summary>2 · P1 P5</summary>' in row
+    assert "<strong>P1</strong> · <code>nick</code>: An identifying column." in row

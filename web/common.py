@@ -103,6 +103,12 @@ def visible_jobs(session: Session, user: User, **filters: Any) -> list[Job]:
     return service_visible_jobs(session, user, **filters)
 
 
+def may_resubmit(session: Session, user: User, job: Job) -> bool:
+    """Whether ``user`` may submit a job like ``job`` again (edit and resubmit): only for a
+    merchant they act for now; a provider whose authorisation was revoked may not."""
+    return access.act_for(session, user, job.merchant.slug).allowed
+
+
 def may_decide(user: User, job: Job) -> bool:
     """Only the job's merchant approves or rejects its output."""
     return access.decide_job(user, job).allowed

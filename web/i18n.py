@@ -1,6 +1,8 @@
 """What the catalog must translate: the web app's marked strings, and the policy engine's
-explanation templates (the message and suggestion of each ``deny(...)`` call in
-``policies/``), which violations carry so that pages can show them translated.
+explanation templates (the message and suggestion of each ``deny(...)`` and
+``_refuse(...)`` call in ``policies/``, and each ``message_template=`` /
+``suggestion_template=`` there and in the budget's D5), which violations carry so that
+pages can show them translated.
 
 ``python -m web.i18n OUT.pot`` writes them as one template for ``pybabel update``
 (``make translations``); the translation test uses the same lists.
@@ -15,10 +17,14 @@ from pathlib import Path
 
 WEB = Path(__file__).parent
 POLICIES = WEB.parent / "policies"
+# Modules outside policies/ that explain a refusal with a violation of their own.
+EXPLAINERS = (WEB.parent / "jobs" / "budget.py",)
 KEYWORDS = {"_": None, "gettext": None, "ngettext": (1, 2), "lazy_gettext": None}
 METHOD_MAP = [("**.py", "python"), ("templates/**.html", "jinja2")]
-# deny(rule, where, sources, message, suggestion, **params): the two templates.
-TEMPLATE_ARGS = (3, 4)
+# Where the templates are: deny(rule, where, sources, message, suggestion, **params),
+# _refuse(message, suggestion, ...) and any call's message_template= / suggestion_template=.
+TEMPLATE_ARGS = {"deny": (3, 4), "_refuse": (0, 1)}
+TEMPLATE_KEYWORDS = ("message_template", "suggestion_template")
 
 
 def web_messages() -> dict[str, str]:
@@ -42,6 +48,8 @@ def _strings(node: ast.AST, tuples: dict[str, list[ast.AST]]) -> Iterator[str]:
     elif isinstance(node, ast.IfExp):
         yield from _strings(node.body, tuples)
         yield from _strings(node.orelse, tuples)
+    elif isinstance(node, ast.JoinedStr) and all(isinstance(v, ast.Constant) for v in node.values):
+        yield "".join(v.value for v in node.values)
 
 
 def _deny_templates(tree: ast.AST) -> Iterator[tuple[str, int]]:
@@ -54,7 +62,11 @@ def _deny_templates(tree: ast.AST) -> Iterator[tuple[str, int]]:
         if not isinstance(node, ast.Call):
             continue
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-        if name != "deny":
+        for keyword in node.keywords:
+            if keyword.arg in TEMPLATE_KEYWORDS:
+                for text in _strings(keyword.value, tuples):
+                    yield text, node.lineno
+        if name not in TEMPLATE_ARGS:
             continue
         args: list[ast.AST] = []
         for arg in node.args:
@@ -62,7 +74,7 @@ def _deny_templates(tree: ast.AST) -> Iterator[tuple[str, int]]:
                 args.extend(tuples.get(arg.value.id, []))
             else:
                 args.append(arg)
-        for index in TEMPLATE_ARGS:
+        for index in TEMPLATE_ARGS[name]:
             if index < len(args):
                 for text in _strings(args[index], tuples):
                     yield text, node.lineno
@@ -71,10 +83,10 @@ def _deny_templates(tree: ast.AST) -> Iterator[tuple[str, int]]:
 def policy_messages() -> dict[str, str]:
     """msgid -> where, for the explanation templates of the policy engine."""
     found: dict[str, str] = {}
-    for path in sorted(POLICIES.glob("*.py")):
+    for path in [*sorted(POLICIES.glob("*.py")), *EXPLAINERS]:
         for text, lineno in _deny_templates(ast.parse(path.read_text(encoding="utf-8"))):
             if text.strip():
-                found.setdefault(text, f"policies/{path.name}:{lineno}")
+                found.setdefault(text, f"{path.parent.name}/{path.name}:{lineno}")
     return found
 
 

@@ -48,6 +48,18 @@ LABELS: dict[str, dict[str, Any]] = {
         "public": lazy_gettext("public"),
         "own": lazy_gettext("own data"),
     },
+    "check": {
+        "allow": lazy_gettext("checked: allowed"),
+        "deny": lazy_gettext("checked: denied"),
+        "error": lazy_gettext("checked: SQL error"),
+    },
+    "fix": {
+        "filter": lazy_gettext("Move each condition into FILTER (WHERE …) and aggregate the "
+                               "column itself"),
+        "count_distinct": lazy_gettext("Count the column's distinct values: count(DISTINCT …)"),
+        "segment_columns": lazy_gettext("Name the two output columns segment and member"),
+        "segment_kind": lazy_gettext("Submit it as a segment job"),
+    },
     "release": {
         "dp": lazy_gettext("differential privacy"),
         "threshold": lazy_gettext("minimum group size"),
@@ -113,6 +125,54 @@ def translate_chart(spec: Any) -> Any:
     return spec
 
 
+# Words the policy engine puts into its explanations as parameters (where in the query,
+# what combines consumers, why a count fails), for the reader. Names (columns, datasets,
+# functions) are not here: they stay as they are.
+PHRASES: dict[str, Any] = {
+    # where an identifying or private column is used (policies/flow.py, P1)
+    "a SELECT expression": lazy_gettext("a SELECT expression"),
+    "a WHERE or HAVING condition": lazy_gettext("a WHERE or HAVING condition"),
+    "a repartitioning expression": lazy_gettext("a repartitioning expression"),
+    "a generator": lazy_gettext("a generator"),
+    "a set operation (UNION/INTERSECT/EXCEPT)": lazy_gettext("a set operation (UNION/INTERSECT/EXCEPT)"),
+    "ROLLUP, CUBE or GROUPING SETS": lazy_gettext("ROLLUP, CUBE or GROUPING SETS"),
+    "a join key that is not an identifier joined to another dataset's column":
+        lazy_gettext("a join key that is not an identifier joined to another dataset's column"),
+    "a join condition": lazy_gettext("a join condition"),
+    "a GROUP BY key of released rows": lazy_gettext("a GROUP BY key of released rows"),
+    "a GROUP BY key": lazy_gettext("a GROUP BY key"),
+    "a GROUP BY expression": lazy_gettext("a GROUP BY expression"),
+    "an aggregate's argument or FILTER": lazy_gettext("an aggregate's argument or FILTER"),
+    "a window's PARTITION BY": lazy_gettext("a window's PARTITION BY"),
+    "a window's ORDER BY": lazy_gettext("a window's ORDER BY"),
+    "a window function": lazy_gettext("a window function"),
+    # what combines consumers below the release step (P4)
+    "A SELECT DISTINCT": lazy_gettext("A SELECT DISTINCT"),
+    "An aggregation": lazy_gettext("An aggregation"),
+    # dp mode's unsupported aggregate (P2)
+    "count(DISTINCT) of a column other than the consumer":
+        lazy_gettext("count(DISTINCT) of a column other than the consumer"),
+    # forbidden features (P7)
+    "a user-defined function": lazy_gettext("a user-defined function"),
+    "a table-valued function (read_files, range, ...)":
+        lazy_gettext("a table-valued function (read_files, range, ...)"),
+    "SQL scripting": lazy_gettext("SQL scripting"),
+    # why consumers cannot be counted (policies/carry.py, P3)
+    "its entity column is not in the table": lazy_gettext("its entity column is not in the table"),
+    "it is read on the right side of a semi/anti join":
+        lazy_gettext("it is read on the right side of a semi/anti join"),
+    "an inner GROUP BY does not keep it": lazy_gettext("an inner GROUP BY does not keep it"),
+    "an inner SELECT DISTINCT does not keep it": lazy_gettext("an inner SELECT DISTINCT does not keep it"),
+    "a generator drops it": lazy_gettext("a generator drops it"),
+}
+
+
+def _phrases(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with the engine's known phrases in the reader's language."""
+    return {k: str(PHRASES[v]) if isinstance(v, str) and v in PHRASES else v
+            for k, v in (params or {}).items()}
+
+
 def label(group: str, code: Any) -> str:
     """The reader's word for ``code`` in ``group``; the code itself when there is none.
 
@@ -149,7 +209,7 @@ def violation_text(violation: dict[str, Any]) -> dict[str, str]:
     Violations carry the English templates they were formatted from and their parameters;
     the catalog translates the template, and the English message is the fallback.
     """
-    params = violation.get("params") or {}
+    params = _phrases(violation.get("params") or {})
     return {
         "message": _formatted(violation.get("message_template") or "", params,
                               violation.get("message") or ""),

@@ -30,6 +30,7 @@ from web.common import (
     attachment_header,
     excel_requested,
     may_decide,
+    may_resubmit,
     named_result_filename,
     render_result,
     service_refusal,
@@ -124,6 +125,39 @@ def job_document(job: Job) -> dict:
     return service.job_json(job, page_user())
 
 
+CHART_ITEMS_READ = 12  # bars named one by one in a chart's text alternative
+
+
+def chart_views(columns: list[str], rows: list[dict], accuracy: dict | None = None) -> list[dict]:
+    """Bar charts of a plain result (:func:`jobs.templates.charts.result_charts`), each with
+    a caption and a text alternative in the reader's language that reads out the bars."""
+    from jobs.templates.charts import result_charts
+
+    def number(value: float) -> str:
+        return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"
+
+    views = []
+    for chart in result_charts(columns, rows, accuracy):
+        ci = chart["ci95"]
+        points = chart["points"]
+        items = "; ".join(f"{name}: {number(value)}" + (f" ± {ci:,.2f}" if ci is not None else "")
+                          for name, value in points[:CHART_ITEMS_READ])
+        if len(points) > CHART_ITEMS_READ:
+            items += "; " + gettext("and %(n)s more", n=len(points) - CHART_ITEMS_READ)
+        description = gettext("Bar chart of %(column)s by %(label)s, %(n)s bars. %(items)s.",
+                              column=chart["column"], label=chart["label"], n=len(points), items=items)
+        caption = gettext("%(column)s by %(label)s", column=chart["column"], label=chart["label"])
+        if ci is not None:
+            caption += " · " + gettext("the lines show each value's 95%% noise range (± %(ci)s)",
+                                       ci=f"{ci:,.2f}")
+        if len(rows) > len(points):
+            caption += " · " + gettext("the first %(n)s rows", n=len(points))
+        # Vega gives the drawing itself this description as its accessible name too.
+        spec = {**chart["spec"], "description": description}
+        views.append({**chart, "spec": spec, "description": description, "caption": caption})
+    return views
+
+
 @bp.get("/jobs/<int:job_id>")
 @roles_required(*JOB_ROLES, Role.AUDITOR.value)
 def job(job_id: int):
@@ -149,8 +183,13 @@ def job(job_id: int):
 
         preview = merchant_preview(found)  # the merchant opened this job: one audited view
         session.commit()
+    accuracy = found.accuracy or (found.decision or {}).get("accuracy")
+    plain = not found.template and found.kind == "aggregate"
     return render_template(
         "job.html",
+        charts=chart_views(columns, rows, accuracy) if shown and plain else [],
+        preview_charts=chart_views(*preview, accuracy) if preview and plain else [],
+        accuracy=accuracy,
         job=found,
         doc=job_document(found),
         columns=columns,
@@ -159,7 +198,7 @@ def job(job_id: int):
         can_view=can_view,
         can_decide=may_decide(user, found),
         can_cancel=access.cancel_job(user, found).allowed and found.state in ACTIVE_STATES,
-        can_clone=user.role in JOB_ROLES and not found.template,
+        can_clone=may_resubmit(session, user, found),
         preview=preview,
         formats=list(RESULT_FORMATS),
         active=found.state in ACTIVE_STATES,

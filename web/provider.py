@@ -11,6 +11,7 @@ from flask import Blueprint, abort, flash, jsonify, redirect, render_template, r
 from flask_babel import gettext
 
 from jobs import service
+from jobs.history import recent_queries
 from web.auth import app_config, db, page_user, request_origin, roles_required
 from web.common import (
     JOB_KINDS,
@@ -19,11 +20,12 @@ from web.common import (
     Refusal,
     acting_merchants,
     dataset_json,
+    may_resubmit,
     parse_job_request,
     require_acting_merchant,
     service_refusal,
 )
-from web.labels import translated_violations
+from web.labels import label, translated_violations
 from web.messages import service_text
 from yushan.catalog import readable_datasets
 
@@ -31,6 +33,8 @@ bp = Blueprint("provider", __name__)
 
 
 def form_context(values: dict[str, str], decision: dict | None = None, status_error: str = ""):
+    """The editor's page: the merchants the user acts for, each with its datasets and the
+    user's recent queries for it (loaded back into the editor with one click)."""
     session = db()
     user = page_user()
     merchants = acting_merchants(session, user)
@@ -38,15 +42,16 @@ def form_context(values: dict[str, str], decision: dict | None = None, status_er
         m.slug: [dataset_json(info) for info in readable_datasets(session, app_config(), m.slug).values()]
         for m in merchants
     }
+    past = {m.slug: recent_queries(session, user, m.slug) for m in merchants}
     return dict(merchants=merchants, kinds=JOB_KINDS, values=values, browser=browser,
-                decision=decision, status_error=status_error)
+                history=past, decision=decision, status_error=status_error)
 
 
 @bp.get("/jobs/new")
 @roles_required(*JOB_ROLES)
 def new_job():
-    """The job form; ``?from=<job id>`` starts from a copy of a job the user may see
-    (clone, or edit and resubmit)."""
+    """The job form; ``?from=<job id>`` starts from a copy of a job the user may see and
+    may submit for (edit and resubmit); a template job opens its template's form."""
     merchants = acting_merchants(db(), page_user())
     values = {
         "merchant": request.args.get("merchant") or (merchants[0].slug if merchants else ""),
@@ -57,8 +62,10 @@ def new_job():
     source = request.args.get("from", "")
     if source.isdigit():
         found = service.get_visible_job(db(), page_user(), int(source))
-        if found is None or found.template:
+        if found is None or not may_resubmit(db(), page_user(), found):
             abort(404)
+        if found.template:
+            return redirect(url_for("templates.form", name=found.template, **{"from": found.id}))
         values.update(merchant=found.merchant.slug, kind=found.kind, sql=found.sql,
                       name=found.name or "")
     return render_template("job_form.html", **form_context(values))
@@ -108,6 +115,12 @@ def check():
             raise
         session.rollback()
         return jsonify({"error": {"code": refusal.code, "message": refusal.message}}), refusal.status
+    if decision.get("decision") == "deny":
+        # Mechanical fixes the policy accepts, offered as "apply suggestion" (page only).
+        decision = {**decision, "fixes": [
+            {**fix, "label": label("fix", fix["code"])}
+            for fix in service.fixes(session, app_config(), user, spec.merchant, spec.kind,
+                                     spec.sql, decision)]}
     session.commit()
     if decision.get("violations"):
         # The page shows explanations in the reader's language (the API keeps English).

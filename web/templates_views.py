@@ -43,6 +43,7 @@ from web.common import (
     MAX_JSON_BYTES,
     Refusal,
     acting_merchants,
+    may_resubmit,
     require_acting_merchant,
     service_refusal,
     table_rows,
@@ -138,6 +139,13 @@ def form(name: str):
     merchants = acting_merchants(db(), page_user())
     values = {p.name: str(p.default_value()) for p in template.params}
     values["merchant"] = request.args.get("merchant") or (merchants[0].slug if merchants else "")
+    source = request.args.get("from", "")
+    if source.isdigit():  # run a template job again: its merchant, parameters and name
+        job = service.get_visible_job(db(), page_user(), int(source))
+        if job is None or job.template != template.name or not may_resubmit(db(), page_user(), job):
+            abort(404)
+        values.update({k: str(v) for k, v in (job.params or {}).items() if k in values})
+        values.update(merchant=job.merchant.slug, name=job.name or "")
     return form_page(template, values)
 
 

@@ -98,11 +98,32 @@ window.Yushan = window.Yushan || {inits: [], init: function () { this.inits.forE
     }
     if (merchant) {
       merchant.addEventListener("change", function () {
-        document.querySelectorAll(".merchant-datasets").forEach(function (el) {
+        /* the chosen merchant's datasets and the user's recent queries for it */
+        document.querySelectorAll(".merchant-datasets, .merchant-history").forEach(function (el) {
           el.hidden = el.getAttribute("data-merchant") !== merchant.value;
         });
       });
     }
+    /* Recent queries: load one (kind and SQL, and its name when none is typed) into the
+       editor; a different query already there is only replaced when the user agrees. */
+    var history = document.getElementById("query-history");
+    document.querySelectorAll("button.load-query").forEach(function (button) {
+      button.addEventListener("click", function () {
+        var sql = button.getAttribute("data-sql");
+        if (area.value.trim() && area.value.trim() !== sql.trim() && history &&
+            !window.confirm(history.getAttribute("data-replace"))) return;
+        if (kind && kind.value !== button.getAttribute("data-kind")) {
+          kind.value = button.getAttribute("data-kind");
+          kind.dispatchEvent(new Event("change"));
+        }
+        var name = document.getElementById("job-name");
+        if (name && !name.value && button.getAttribute("data-name")) name.value = button.getAttribute("data-name");
+        area.value = sql;
+        area.focus();
+        area.dispatchEvent(new Event("input"));
+        area.scrollIntoView({block: "nearest"});
+      });
+    });
     if (kind) kind.addEventListener("change", showHelp);
     showHelp();
     document.querySelectorAll("button.insert-example").forEach(function (button) {
@@ -154,9 +175,36 @@ window.Yushan = window.Yushan || {inits: [], init: function () { this.inits.forE
     box.appendChild(facts);
   }
 
-  function renderViolations(box, violations) {
+  /* "Apply suggestion": the check's mechanical fixes (each already passed by the policy)
+     rewrite the editor's query and kind; the user then checks and submits it. */
+  function applyFix(box, fix) {
+    var area = document.getElementById("sql");
+    var kind = document.getElementById("kind");
+    var submit = document.getElementById("submit");
+    if (kind && fix.kind && kind.value !== fix.kind) {
+      kind.value = fix.kind;
+      kind.dispatchEvent(new Event("change"));
+    }
+    area.value = fix.sql;
+    area.dispatchEvent(new Event("input"));
+    area.focus();
+    box.className = "decision applied";
+    box.textContent = "";
+    var note = el("p", "verdict", box.dataset.fixApplied);
+    note.id = "fix-applied";
+    box.appendChild(note);
+    /* the rewritten query is checked before it can be submitted */
+    if (submit) { submit.disabled = true; submit.title = box.dataset.checkFirst; }
+  }
+
+  function renderViolations(box, violations, fixes) {
     var list = el("ul", "violations");
-    (violations || []).forEach(function (v) {
+    var offered = {};
+    (fixes || []).forEach(function (fix) {
+      var first = (fix.resolves || [])[0];
+      if (first !== undefined && !offered[first]) offered[first] = fix;
+    });
+    (violations || []).forEach(function (v, index) {
       var item = el("li", "violation");
       item.appendChild(el("strong", "rule", v.rule));
       if (v.column) {
@@ -175,6 +223,18 @@ window.Yushan = window.Yushan || {inits: [], init: function () { this.inits.forE
         item.appendChild(src);
       }
       if (v.suggestion) item.appendChild(el("div", "suggestion", box.dataset.suggestion + ": " + v.suggestion));
+      var fix = offered[index];
+      if (fix) {
+        var row = el("div", "fix");
+        var button = el("button", "apply-fix secondary", box.dataset.applyFix);
+        button.type = "button";
+        button.setAttribute("data-fix", fix.code);
+        button.addEventListener("click", function () { applyFix(box, fix); });
+        row.appendChild(button);
+        row.appendChild(el("span", "fix-label", " " + fix.label +
+          (fix.allowed ? " · " + box.dataset.fixAllowed : " · " + box.dataset.fixPartial)));
+        item.appendChild(row);
+      }
       list.appendChild(item);
     });
     if (list.children.length) box.appendChild(list);
@@ -202,7 +262,7 @@ window.Yushan = window.Yushan || {inits: [], init: function () { this.inits.forE
     } else {
       box.appendChild(el("p", "verdict", verdict === "allow" ? box.dataset.allow : box.dataset.deny));
       if (verdict === "allow") renderAllow(box, decision);
-      else renderViolations(box, decision.violations);
+      else renderViolations(box, decision.violations, decision.fixes);
     }
     /* A query the policy or the parser refused cannot be submitted until it changes. */
     if (submit) {

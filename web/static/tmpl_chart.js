@@ -1,12 +1,19 @@
-/* Template result charts: fetch the Vega-Lite spec from its JSON endpoint and draw it.
+/* Result charts (templates and plain SQL results): take the Vega-Lite spec and draw it.
    No inline script and no eval (CSP): Vega runs its expressions through vega-interpreter. */
 (function () {
   "use strict";
 
+  /* The spec is in the element (data-spec: results shown on the page already) or at a
+     JSON endpoint (data-spec-url). */
+  function spec(el) {
+    var inline = el.getAttribute("data-spec");
+    if (inline) return Promise.resolve(JSON.parse(inline));
+    return fetch(el.getAttribute("data-spec-url"), { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); });
+  }
+
   function draw(el) {
-    var url = el.getAttribute("data-spec-url");
-    fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
-      .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
+    spec(el)
       .then(function (spec) {
         return vegaEmbed(el, spec, {
           actions: false,
@@ -26,7 +33,7 @@
   }
 
   document.addEventListener("DOMContentLoaded", function () {
-    var charts = document.querySelectorAll("[data-spec-url]");
+    var charts = document.querySelectorAll("[data-spec-url], [data-spec]");
     for (var i = 0; i < charts.length; i++) { draw(charts[i]); }
   });
 })();
