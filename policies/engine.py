@@ -200,7 +200,7 @@ def _check_aggregate_outputs(decision: Decision, lineages: Lineages, outputs: li
             "jobs instead of combining aggregates." if combined else
             "Aggregate with GROUP BY quasi or public columns, e.g. SELECT city, "
             "count(DISTINCT user_id) ... GROUP BY city; or submit a segment job.",
-            **({"operation": blocker.cls} if combined else {}),
+            **({"operation": blocker.cls} if combined and blocker is not None else {}),
         )
     if final is not None and lineages.expand_over_consumer:
         lineages.deny(

@@ -217,8 +217,9 @@ def why_unsafe(cls: str, args: list[Node], regex_groups: RegexGroups) -> str | N
     if cls in ("Conv", "Elt", "TimestampAdd", "DateAddInterval", "TimeAdd", "TruncTimestamp",
                "TruncDate", "NextDay", "SubstringIndex", "ArrayJoin", "Levenshtein",
                "FormatNumber", "Round", "BRound", "WidthBucket"):
-        positions = LITERAL_SAFE.get(cls, ())
-        positions = tuple(range(1, len(args))) if positions == "rest" else positions
+        declared = LITERAL_SAFE.get(cls, ())
+        positions: tuple[int, ...] = tuple(range(1, len(args))) if declared == "rest" else \
+            tuple(int(i) for i in declared)
         return None if need(*positions) else "its pattern, format or index is not a literal"
     if cls == "CreateMap":
         keys = [lits[i] for i in range(0, len(lits), 2)]
@@ -228,18 +229,20 @@ def why_unsafe(cls: str, args: list[Node], regex_groups: RegexGroups) -> str | N
     if not all(ok for ok, _ in lits):
         return "it can fail on the values it is given"
     values = [_int(v) for _, v in lits]
-    if cls == "Sequence" and len(values) >= 2 and all(v is not None for v in values):
-        start, stop = values[0], values[1]
-        step = values[2] if len(values) > 2 else (1 if stop >= start else -1)
+    numbers = [v for v in values if v is not None]
+    if cls == "Sequence" and len(values) >= 2 and len(numbers) == len(values):
+        start, stop = numbers[0], numbers[1]
+        step = numbers[2] if len(numbers) > 2 else (1 if stop >= start else -1)
         if step != 0 and (stop - start) * step >= 0 and abs(stop - start) // abs(step) < MAX_ELEMENTS:
             return None
-    if cls in ("ArrayRepeat", "StringSpace") and values and values[-1] is not None \
-            and values[-1] <= MAX_ELEMENTS:
+    last = values[-1] if values else None
+    if cls in ("ArrayRepeat", "StringSpace") and last is not None and last <= MAX_ELEMENTS:
         return None
-    if cls == "StringRepeat" and len(values) == 2 and values[1] is not None and \
-            values[1] * len(lits[0][1] or "") <= MAX_ELEMENTS * 10:
+    count = values[1] if len(values) == 2 else None
+    if cls == "StringRepeat" and count is not None and \
+            count * len(lits[0][1] or "") <= MAX_ELEMENTS * 10:
         return None
-    if cls in ("StringLPad", "StringRPad") and len(values) >= 2 and values[1] is not None \
-            and values[1] <= MAX_ELEMENTS * 10:
+    width = values[1] if len(values) >= 2 else None
+    if cls in ("StringLPad", "StringRPad") and width is not None and width <= MAX_ELEMENTS * 10:
         return None
     return "it can fail for the literal arguments it is given"

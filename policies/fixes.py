@@ -28,7 +28,7 @@ P3_ARGUMENT = "In threshold mode an aggregate's argument over consumer data must
 P1_USED_IN = "An identifying or private column is used in {clause}"
 SEGMENT_COLUMNS = "A segment job must return exactly two columns: segment, member."
 ROW_LEVEL = "The job reads consumer data but returns row-level output"
-TOKEN_IN_AGGREGATE = "segment_token() may only be used in segment jobs."
+TOKEN_IN_AGGREGATE = "segment_token() may only be used in segment jobs."  # noqa: S105 - a message, not a password
 
 AGGREGATES = {"sum", "avg", "mean", "count", "try_sum", "try_avg"}
 # Aggregates where ELSE 0 changes nothing but the empty group's 0 (then NULL).

@@ -98,9 +98,11 @@ def test_violations_are_shown_from_their_translated_templates(tmp_path):
                  "params": {"name": "nick", "column": "province"}}
     plain = {**violation, "message_template": "", "suggestion_template": ""}
     p8 = {"rule": "P8", "column": "x", "sources": [], "message": "m", "suggestion": "s",
-          "message_template": "The function {function} can fail on some values; on consumer "
-                              "data a failure would reveal something about a consumer.",
-          "params": {"function": "regexp_extract"}}
+          "message_template": "The function {function} can fail at run time here ({reason}); "
+                              "over consumer data a failure would reveal something about a "
+                              "consumer.",
+          "params": {"function": "regexp_extract",
+                     "reason": "its pattern and group index are not literals the pattern has"}}
     with app.test_request_context(), force_locale("zh_CN"):
         shown, fallback, policy = translated_violations([violation, plain, p8])
         assert label("state", "awaiting_approval") == "待审批"
@@ -108,7 +110,7 @@ def test_violations_are_shown_from_their_translated_templates(tmp_path):
         assert label("state", "no_such_state") == "no_such_state"
         assert label("error", "PARSE_SYNTAX_ERROR") == "SQL 语法错误"
         assert label("error", "UNRESOLVED_COLUMN.WITH_SUGGESTION") == "未知的表或列"
-    assert policy["message"].startswith("函数 regexp_extract 对某些值会出错")
+    assert policy["message"].startswith("函数 regexp_extract 在此处运行时可能失败（其模式与分组序号")
     assert policy["suggestion"] == "s"  # no template: as it came
     assert shown["message"] == "行数"
     # untranslated template: the English template, formatted with the parameters

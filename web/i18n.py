@@ -49,7 +49,7 @@ def _strings(node: ast.AST, tuples: dict[str, list[ast.AST]]) -> Iterator[str]:
         yield from _strings(node.body, tuples)
         yield from _strings(node.orelse, tuples)
     elif isinstance(node, ast.JoinedStr) and all(isinstance(v, ast.Constant) for v in node.values):
-        yield "".join(v.value for v in node.values)
+        yield "".join(str(v.value) for v in node.values if isinstance(v, ast.Constant))
 
 
 def _deny_templates(tree: ast.AST) -> Iterator[tuple[str, int]]:

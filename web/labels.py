@@ -164,6 +164,23 @@ PHRASES: dict[str, Any] = {
     "an inner GROUP BY does not keep it": lazy_gettext("an inner GROUP BY does not keep it"),
     "an inner SELECT DISTINCT does not keep it": lazy_gettext("an inner SELECT DISTINCT does not keep it"),
     "a generator drops it": lazy_gettext("a generator drops it"),
+    # why a function that can still fail is refused over consumer data (policies/failures.py, P8)
+    'its pattern is not a literal regular expression that compiles': lazy_gettext('its pattern is not a literal regular expression that compiles'),
+    'its pattern and group index are not literals the pattern has': lazy_gettext('its pattern and group index are not literals the pattern has'),
+    'its pattern is not a literal with valid escapes': lazy_gettext('its pattern is not a literal with valid escapes'),
+    "its format is not a literal of Spark's datetime pattern letters": lazy_gettext("its format is not a literal of Spark's datetime pattern letters"),
+    'its arguments are not literals': lazy_gettext('its arguments are not literals'),
+    'its index is 0': lazy_gettext('its index is 0'),
+    'its start is 0 or its length negative': lazy_gettext('its start is 0 or its length negative'),
+    'its charset is not a literal Spark knows': lazy_gettext('its charset is not a literal Spark knows'),
+    'its time zone is not a known literal': lazy_gettext('its time zone is not a known literal'),
+    'its time zones are not known literals': lazy_gettext('its time zones are not known literals'),
+    'its amount is not a literal of reasonable size': lazy_gettext('its amount is not a literal of reasonable size'),
+    'its replacement characters are not single literals': lazy_gettext('its replacement characters are not single literals'),
+    'its pattern, format or index is not a literal': lazy_gettext('its pattern, format or index is not a literal'),
+    'its keys are not distinct literals': lazy_gettext('its keys are not distinct literals'),
+    'it can fail on the values it is given': lazy_gettext('it can fail on the values it is given'),
+    'it can fail for the literal arguments it is given': lazy_gettext('it can fail for the literal arguments it is given'),
 }
 
 

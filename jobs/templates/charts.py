@@ -92,8 +92,8 @@ def result_charts(columns: list[str], rows: list[dict[str, Any]],
     label, measures = shape
     charts = []
     for column in measures:
-        ci = ((accuracy or {}).get(column) or {}).get("ci95")
-        ci = float(ci) if _number(ci) else None
+        raw = ((accuracy or {}).get(column) or {}).get("ci95")
+        ci = float(raw) if raw is not None and _number(raw) else None
         points = [("—" if r.get(label) is None else str(r.get(label)), float(r[column]))
                   for r in rows[:MAX_BARS] if r.get(column) is not None]
         values = [{"label": name, "value": value,
