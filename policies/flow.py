@@ -54,6 +54,15 @@ class Attr:
     # a dataset's column, or a plain per-consumer aggregate of plain values (sum(amount)
     # GROUP BY user_id): nothing computed that could weight one consumer (threshold P3)
     plain: bool = False
+    # on the side an outer join pads with NULLs: a NULL here is no consumer's, so the
+    # value still joins like the entity (NULL meets nothing) but may not group, partition
+    # or count consumers (every unmatched row would share one NULL "consumer")
+    padded: bool = False
+
+    @property
+    def unit(self) -> bool:
+        """The entity, on rows that all have one (not the padded side of an outer join)."""
+        return self.entity and not self.padded
 
 
 @dataclass
@@ -206,12 +215,12 @@ def _plain_aggregate(e: Node, env: dict[int, Attr]) -> bool:
 
 
 def _unpadded(attrs: list[tuple[int, str, Attr]], padded: bool) -> list[tuple[int, str, Attr]]:
-    """The attributes of a side an outer join may pad with NULLs: no longer an entity (a
-    NULL entity would gather every unmatched row, of many consumers, as one), nor a member
-    key or a unique link (NULLs repeat)."""
+    """The attributes of a side an outer join may pad with NULLs: ``padded`` (a NULL entity
+    would gather every unmatched row, of many consumers, as one: see :attr:`Attr.unit`),
+    no longer a member key or a unique link (NULLs repeat)."""
     if not padded:
         return attrs
-    return [(i, n, replace(f, entity=False, member_key=False, unique_link=False))
+    return [(i, n, replace(f, padded=True, member_key=False, unique_link=False))
             for i, n, f in attrs]
 
 
@@ -372,7 +381,7 @@ class Flow:
             # per consumer (the Window node checks the same keys for P4).
             partition = set(_int_list(e.fields.get("partitionSpec")))
             keys = [e.children[i] for i in partition if i < len(e.children)]
-            per_unit = any(k.cls == "AttributeReference" and env.get(k.expr_id, Attr()).entity for k in keys)
+            per_unit = any(k.cls == "AttributeReference" and env.get(k.expr_id, Attr()).unit for k in keys)
             for i, child in enumerate(e.children):
                 fact = env.get(child.expr_id) if child.cls == "AttributeReference" else None
                 if i in partition and per_unit and fact is not None and \
@@ -552,7 +561,7 @@ class Flow:
             return self._aggregate(node, children[0], env, is_final, below)
         if cls in ("Distinct", "Deduplicate"):
             rel = children[0]
-            keeps_entity = any(f.entity for _, _, f in rel.attrs)
+            keeps_entity = any(f.unit for _, _, f in rel.attrs)
             for _, name, fact in rel.attrs:
                 if fact.sens and (is_final or not keeps_entity
                                   or any(s.column_class == PRIVATE for s in fact.sens)):
@@ -714,17 +723,12 @@ class Flow:
         linked_left = linked_right = False
         one_left = one_right = False  # each consumer meets at most one row of that side
         if left.consumer != right.consumer:
-            # A merchant row is linked to a consumer only if every kept row met one: not on
-            # the preserved side of an outer join (its unmatched rows belong to no consumer
-            # and would pad a segment or a count with members of no consumer).
             for a, b in keys:
                 fa, fb = env.get(a.expr_id, Attr()), env.get(b.expr_id, Attr())
-                if left.consumer and any(s.column_class != PRIVATE for s in fa.sens) \
-                        and not fb.consumer and not left_padded:
+                if left.consumer and any(s.column_class != PRIVATE for s in fa.sens) and not fb.consumer:
                     linked_right = True
                     one_right = one_right or fb.unique_link or fb.member_key
-                if right.consumer and any(s.column_class != PRIVATE for s in fb.sens) \
-                        and not fa.consumer and not right_padded:
+                if right.consumer and any(s.column_class != PRIVATE for s in fb.sens) and not fa.consumer:
                     linked_left = True
                     one_left = one_left or fa.unique_link or fa.member_key
         # A join may repeat each side's rows: uniqueness facts do not survive it, except a
@@ -753,7 +757,7 @@ class Flow:
                    below: bool) -> Rel:
         groups = node.exprs.get("groupingExpressions", [])
         per_unit = any(_bare(g) is not None and (
-            env.get(_bare(g).expr_id, Attr()).entity
+            env.get(_bare(g).expr_id, Attr()).unit
             # a member key joined to one consumer on a unique link stands for that consumer
             or (env.get(_bare(g).expr_id, Attr()).linked and env.get(_bare(g).expr_id, Attr()).member_key
                 and env.get(_bare(g).expr_id, Attr()).one_group))
@@ -781,8 +785,8 @@ class Flow:
         # consumer): then every output is a single value per consumer.
         single = per_unit and all(
             (f := (env.get(_bare(g).expr_id) if _bare(g) is not None else None)) is not None
-            and (f.entity or f.one_group) for g in groups)
-        if per_unit and not any(_bare(g) is not None and env.get(_bare(g).expr_id, Attr()).entity
+            and (f.unit or f.one_group) for g in groups)
+        if per_unit and not any(_bare(g) is not None and env.get(_bare(g).expr_id, Attr()).unit
                                 for g in groups):
             # Grouped by a linked member key: the rows are that member's consumer's, and the
             # key stands for the consumer above (P4 joins, segment members).
@@ -872,7 +876,7 @@ class Flow:
             return
         if name == "Count" and distinct:
             if len(args) == 1 and args[0].cls == "AttributeReference" and \
-                    env.get(args[0].expr_id, Attr()).entity and not filtered:
+                    env.get(args[0].expr_id, Attr()).unit and not filtered:
                 self.result.dp_aggregates.append(DpAggregate(index, "count_units", None, output.name))
                 return
             self.deny("P2", output.name, (), *unsupported,
@@ -916,7 +920,7 @@ class Flow:
 
     def _window(self, node: Node, child: Rel, env: dict[int, Attr], below: bool) -> Rel:
         partition = node.exprs.get("partitionSpec", [])
-        by_entity = any(_bare(p) is not None and env.get(_bare(p).expr_id, Attr()).entity
+        by_entity = any(_bare(p) is not None and env.get(_bare(p).expr_id, Attr()).unit
                         for p in partition)
         for p in partition:
             bare = _bare(p)
