@@ -4,7 +4,7 @@ that reads the bars out."""
 
 from __future__ import annotations
 
-from jobs.templates.charts import MAX_BARS, result_charts, result_shape
+from web.charts import MAX_BARS, result_charts, result_shape
 
 ROWS = [{"city": "杭州", "n": 70, "spend": 1234.5}, {"city": "Jinan", "n": 58, "spend": None},
         {"city": None, "n": 3, "spend": 10.0}]

@@ -78,6 +78,8 @@ def create_app(config: Config | None = None) -> Flask:
         pages,
         platform_datasets,
         provider,
+        segment_review,
+        templates_api,
         templates_views,
         uploads,
     )
@@ -121,7 +123,9 @@ def create_app(config: Config | None = None) -> Flask:
     for blueprint in (auth.bp, pages.bp, provider.bp, merchant.bp, auditor.bp, admin.bp, api.bp,
                       ops.bp):
         app.register_blueprint(blueprint)
-    app.register_blueprint(templates_views.bp)  # templates, segments
+    app.register_blueprint(templates_views.bp)  # template pages, segment summaries
+    app.register_blueprint(segment_review.bp)  # the platform's review of segments
+    app.register_blueprint(templates_api.bp)  # /api/v1 templates and segments
     app.register_blueprint(uploads.bp)
     app.register_blueprint(platform_datasets.bp)  # the admin's platform-dataset API
     csrf.exempt(platform_datasets.bp)  # bearer tokens only

@@ -129,9 +129,9 @@ CHART_ITEMS_READ = 12  # bars named one by one in a chart's text alternative
 
 
 def chart_views(columns: list[str], rows: list[dict], accuracy: dict | None = None) -> list[dict]:
-    """Bar charts of a plain result (:func:`jobs.templates.charts.result_charts`), each with
+    """Bar charts of a plain result (:func:`web.charts.result_charts`), each with
     a caption and a text alternative in the reader's language that reads out the bars."""
-    from jobs.templates.charts import result_charts
+    from web.charts import result_charts
 
     def number(value: float) -> str:
         return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.2f}"

@@ -1,11 +1,11 @@
-"""Trusted job templates in the web app, segment summaries, and the platform's segment review.
+"""Trusted job templates' pages: the menu, a parameter form per template, and a result page
+with a Vega-Lite chart beside the table (the spec comes from a JSON endpoint; vega-embed
+draws it, no inline script), plus the segment summary shown in other pages.
 
-Pages: the template menu, a parameter form per template, and a result page with a
-Vega-Lite chart beside the table (the spec comes from a JSON endpoint; vega-embed draws it,
-no inline script). Admins switch platform review of segments on or off and review segment
-outputs. The same capabilities for programs are under ``/api/v1/templates`` and
-``/api/v1/segment-review``. Everything goes through ``jobs.templates.registry`` and
-``jobs.segments``, which go through ``jobs.service``: same policy, queue and approvals.
+The platform's review of segments is in :mod:`web.segment_review`; the same capabilities
+for programs in :mod:`web.templates_api`. Everything goes through
+``jobs.templates.registry`` and ``jobs.segments``, which go through ``jobs.service``: same
+policy, queue and approvals.
 """
 
 from __future__ import annotations
@@ -28,11 +28,8 @@ from jobs import quarantine, segments, service
 from jobs.errors import InvalidRequest, JobError
 from jobs.templates.base import Template
 from jobs.templates.registry import get_template, submit_template, templates
-from web import idempotency
 from web.auth import (
-    api_user_required,
     app_config,
-    current_api_user,
     db,
     page_user,
     request_origin,
@@ -40,7 +37,6 @@ from web.auth import (
 )
 from web.common import (
     JOB_ROLES,
-    MAX_JSON_BYTES,
     Refusal,
     acting_merchants,
     may_resubmit,
@@ -48,9 +44,9 @@ from web.common import (
     service_refusal,
     table_rows,
 )
-from web.errors import ApiError
-from web.extensions import csrf, select_locale
+from web.extensions import select_locale
 from web.labels import label, translate_chart
+from web.template_charts import template_chart
 from yushan import access
 from yushan.models import Job, JobKind, JobState, Role
 
@@ -223,7 +219,7 @@ def chart(job_id: int):
         sizes = segments.segment_summary(session, app_config(), job)
         if sizes is None:
             abort(409)
-        spec = template.chart(["segment", "members"], sizes)
+        spec = template_chart(template, ["segment", "members"], sizes)
     else:
         try:
             table = quarantine.read_result(session, app_config(), user, job, origin=request_origin())
@@ -232,157 +228,6 @@ def chart(job_id: int):
             session.rollback()
             abort(refusal.status)
         columns, rows = table_rows(table)
-        spec = template.chart(columns, rows)
+        spec = template_chart(template, columns, rows)
     session.commit()
     return jsonify(translate_chart(spec))
-
-
-# --- the platform's review of segments (admins) ----------------------------------------------
-
-
-@bp.get("/admin/segment-review")
-@roles_required(Role.ADMIN.value)
-def review_queue():
-    session = db()
-    pending = quarantine.pending_reviews(session)
-    items = [{"job": j, "segments": segments.segment_summary(session, app_config(), j)} for j in pending]
-    mode = quarantine.review_mode(session)
-    session.commit()  # summaries computed now are kept
-    return render_template("tmpl_review.html", items=items, mode=mode.value,
-                           modes=[m.value for m in quarantine.ReviewMode])
-
-
-@bp.post("/admin/segment-review/mode")
-@roles_required(Role.ADMIN.value)
-def set_mode():
-    session = db()
-    try:
-        quarantine.set_review_mode(session, page_user(), request.form.get("mode", ""), origin=request_origin())
-    except Exception as exc:
-        refusal = refusal_for(exc)
-        session.rollback()
-        abort(refusal.status)
-    session.commit()
-    flash(gettext("Setting saved."), "info")
-    return redirect(url_for("templates.review_queue"))
-
-
-@bp.post("/admin/segment-review/<int:job_id>/<decision>")
-@roles_required(Role.ADMIN.value)
-def review(job_id: int, decision: str):
-    session = db()
-    job = service.find_job(session, job_id)
-    if job is None:
-        abort(404)
-    try:
-        quarantine.platform_review(session, app_config(), page_user(), job, decision, origin=request_origin())
-    except Exception as exc:
-        refusal = refusal_for(exc)
-        session.rollback()
-        abort(refusal.status)
-    session.commit()
-    flash(gettext("Review recorded."), "info")
-    return redirect(url_for("templates.review_queue"))
-
-
-# --- JSON API ---------------------------------------------------------------------------------
-
-
-def api_call(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except Exception as exc:
-        refusal = refusal_for(exc)
-        db().rollback()
-        raise ApiError(refusal.status, refusal.code, refusal.message, refusal.headers) from None
-
-
-def api_body() -> dict[str, Any]:
-    if (request.content_length or 0) > MAX_JSON_BYTES:
-        raise ApiError(413, "too_large", "The body is too large.")
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, "bad_request", "The body must be a JSON object.")
-    return body
-
-
-@bp.get("/api/v1/templates")
-@api_user_required(Role.MERCHANT, Role.PROVIDER)
-def api_templates():
-    return jsonify({"templates": [template_json(t) for t in templates().values()]})
-
-
-@bp.post("/api/v1/templates/<name>/jobs")
-@api_user_required(Role.MERCHANT, Role.PROVIDER)
-def api_submit(name: str):
-    """``{merchant, params: {...}, name?}`` -> 201 ``{"id", "state", "template"}``; with an
-    ``Idempotency-Key`` a retry answers the same and queues nothing (web.idempotency)."""
-    body = api_body()
-    merchant, params, job_name = body.get("merchant"), body.get("params") or {}, body.get("name")
-    if not isinstance(merchant, str) or not isinstance(params, dict) or not isinstance(job_name, str | None):
-        raise ApiError(400, "bad_request", "'merchant' must be a string and 'params' an object.")
-    session = db()
-    user = current_api_user()
-    api_call(require_acting_merchant, session, user, merchant)
-    attempt, answer = idempotency.begin(session, user, body)
-    if answer is not None:
-        return answer
-    job = api_call(submit_template, session, app_config(), user, merchant, name, params,
-                   job_name=job_name, origin=request_origin(),
-                   idempotency_key=attempt.key if attempt else None)
-    response = jsonify({"id": job.id, "state": job.state, "template": job.template})
-    response.status_code = 201
-    response.headers["Location"] = f"/api/v1/jobs/{job.id}"
-    return idempotency.commit(session, attempt, response)
-
-
-@bp.get("/api/v1/jobs/<int:job_id>/segments")
-@api_user_required()
-def api_segments(job_id: int):
-    """A segment job's summary: ``{"segments": [{"segment", "members"}], "review": {...}}``."""
-    session = db()
-    user = current_api_user()
-    job = service.find_job(session, job_id)
-    if job is None or not segments.may_see_summary(session, user, job):
-        raise ApiError(404)
-    sizes = api_call(segments.segment_summary, session, app_config(), job)
-    if sizes is None:
-        raise ApiError(409, "no_output", "This job has no segment output.")
-    review = quarantine.review_status(session, job)
-    session.commit()
-    return jsonify({"segments": sizes, "review": review})
-
-
-@bp.put("/api/v1/segment-review")
-@api_user_required(Role.ADMIN)
-def api_set_mode():
-    """``{"mode": "required" | "not_required"}``: platform review of segment outputs."""
-    session = db()
-    mode = api_call(quarantine.set_review_mode, session, current_api_user(), api_body().get("mode", ""),
-                    origin=request_origin())
-    session.commit()
-    return jsonify({"mode": mode.value})
-
-
-@bp.post("/api/v1/jobs/<int:job_id>/platform-review")
-@api_user_required(Role.ADMIN)
-def api_review(job_id: int):
-    """``{"decision": "approve" | "reject"}`` by a platform admin."""
-    session = db()
-    job = service.find_job(session, job_id)
-    if job is None:
-        raise ApiError(404)
-    decision = api_body().get("decision", "")
-    api_call(quarantine.platform_review, session, app_config(), current_api_user(), job, decision,
-             origin=request_origin())
-    session.commit()
-    return jsonify(service.job_json(job, current_api_user()))
-
-
-def _exempt_api_views() -> None:
-    """The API views take bearer tokens (no cookies): CSRF tokens do not apply there."""
-    for view in (api_templates, api_submit, api_segments, api_set_mode, api_review):
-        csrf.exempt(view)
-
-
-_exempt_api_views()

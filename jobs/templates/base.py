@@ -84,7 +84,8 @@ PERIOD_PARAMS: tuple[Param, ...] = (
 
 @dataclass(frozen=True)
 class Template:
-    """A trusted job: its form, the SQL it renders and the chart of its result."""
+    """A trusted job: its form and the SQL it renders (its chart is drawn by the web app:
+    web/template_charts.py)."""
 
     name: str
     title: Mapping[str, str]
@@ -93,9 +94,6 @@ class Template:
     params: tuple[Param, ...]
     # (validated params, merchant slug) -> Spark SQL; the merchant slug is checked first.
     build: Callable[[dict[str, Any], str], str]
-    # (column names, rows as dicts) -> a Vega-Lite spec (dict) for the result page. For
-    # segment templates the rows are the segment summary: {"segment", "members"}.
-    chart: Callable[[list[str], list[dict[str, Any]]], dict[str, Any]]
     # The merchant datasets it reads (short names), e.g. ("members",).
     needs: tuple[str, ...] = ()
     preparation: Preparation | None = None

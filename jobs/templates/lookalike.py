@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.templates import charts
 from jobs.templates.base import (
     Param,
     ParamType,
@@ -109,7 +108,6 @@ TEMPLATE = Template(
               minimum=50, maximum=1_000_000),
     ),
     build=build,
-    chart=lambda columns, rows: charts.segment_sizes(rows),
     needs=("members",),
     preparation=preparation,
 )

@@ -10,9 +10,6 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-import altair as alt
-
-from jobs.templates import charts
 from jobs.templates.base import Param, ParamType, Template, sql_date, table_prefix
 from yushan.models import JobKind
 
@@ -37,23 +34,6 @@ ORDER BY tier, store
 """.strip()
 
 
-def chart(columns: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Points expiring per store, one bar group per horizon, faceted by tier colour."""
-    long = [
-        {"store": r["store"], "tier": r["tier"], "horizon": f"{days} days",
-         "points": r.get(f"expiring_{days}d") or 0}
-        for r in rows for days in HORIZONS
-    ]
-    return charts.spec(
-        alt.Chart(charts.data(long)).mark_bar().encode(
-            x=alt.X("store:N", title="store"),
-            y=alt.Y("sum(points):Q", title="points expiring"),
-            color=alt.Color("horizon:N", title="within", sort=[f"{d} days" for d in HORIZONS]),
-            xOffset=alt.XOffset("horizon:N", sort=[f"{d} days" for d in HORIZONS]),
-            tooltip=["store:N", "horizon:N", "sum(points):Q"],
-        )
-    )
-
 
 TEMPLATE = Template(
     name="membership_health",
@@ -68,6 +48,5 @@ TEMPLATE = Template(
         Param("as_of", ParamType.DATE, {"en": "Reference date", "zh": "参考日期"}, date.today),
     ),
     build=build,
-    chart=chart,
     needs=("members",),
 )

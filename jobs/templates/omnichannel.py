@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import altair as alt
-
-from jobs.templates import charts
 from jobs.templates.base import PERIOD_PARAMS, Template, sql_date, table_prefix
 from yushan.models import JobKind
 
@@ -55,20 +52,6 @@ ORDER BY x.tier
 """.strip()
 
 
-def chart(columns: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Online and offline spend side by side for each tier."""
-    return charts.spec(
-        alt.Chart(charts.data(rows))
-        .transform_fold(["online_spend", "offline_spend"], as_=["channel", "spend"])
-        .mark_bar().encode(
-            x=alt.X("tier:N", title="tier"),
-            y=alt.Y("spend:Q", title="spend"),
-            color=alt.Color("channel:N", title="channel"),
-            xOffset=alt.XOffset("channel:N"),
-            tooltip=["tier:N", "channel:N", "spend:Q"],
-        )
-    )
-
 
 TEMPLATE = Template(
     name="omnichannel",
@@ -81,6 +64,5 @@ TEMPLATE = Template(
     kind=JobKind.AGGREGATE,
     params=PERIOD_PARAMS,
     build=build,
-    chart=chart,
     needs=("members", "store_sales"),
 )

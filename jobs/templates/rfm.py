@@ -13,7 +13,6 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from jobs.templates import charts
 from jobs.templates.base import (
     Param,
     ParamType,
@@ -82,6 +81,5 @@ TEMPLATE = Template(
               3000.0, minimum=0, maximum=1e12),
     ),
     build=build,
-    chart=lambda columns, rows: charts.segment_sizes(rows),
     needs=("members",),
 )

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import altair as alt
-
-from jobs.templates import charts
 from jobs.templates.base import PERIOD_PARAMS, Template, sql_date, table_prefix
 from yushan.models import JobKind
 
@@ -39,17 +36,6 @@ ORDER BY store_a, store_b
 """.strip()
 
 
-def chart(columns: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """A heat map: the share of store a's members who also bought at store b."""
-    return charts.spec(
-        alt.Chart(charts.data(rows)).mark_rect().encode(
-            x=alt.X("store_b:N", title="also bought at"),
-            y=alt.Y("store_a:N", title="members of"),
-            color=alt.Color("share_of_a:Q", title="share", scale=alt.Scale(scheme="blues")),
-            tooltip=["store_a:N", "store_b:N", "shared_members:Q", "share_of_a:Q"],
-        )
-    )
-
 
 TEMPLATE = Template(
     name="store_overlap",
@@ -62,6 +48,5 @@ TEMPLATE = Template(
     kind=JobKind.AGGREGATE,
     params=PERIOD_PARAMS,
     build=build,
-    chart=chart,
     needs=("store_sales",),
 )

@@ -1,4 +1,6 @@
-"""Vega-Lite specs for template results, built with Altair (rendered by vega-embed)."""
+"""Vega-Lite specs of results, built with Altair (rendered by vega-embed): the web app's
+charts. Templates are definitions (jobs/templates); how their results are drawn lives here
+(:mod:`web.template_charts`)."""
 
 from __future__ import annotations
 
