@@ -23,6 +23,7 @@ from jobs.errors import (
     QueryTooLarge,
     require,
 )
+from jobs.quota import check_quota
 from jobs.ratelimit import check_rate
 from jobs.sql_limits import sql_shape_problem
 from sandbox.crypto import KeyStore
@@ -115,7 +116,8 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
            name: str | None = None, *, origin: str | None = None,
            template: str | None = None, params: dict[str, Any] | None = None) -> Job:
     """Queue a job (audited ``job.submit``); the caller's commit wakes idle workers.
-    Over the merchant's submission limit it raises :class:`jobs.ratelimit.RateLimited`.
+    Over the merchant's submission limit it raises :class:`jobs.ratelimit.RateLimited`;
+    with the merchant's queue quota full, :class:`jobs.quota.QueueFull`.
 
     No policy check happens here: the executor checks every job on its own catalog before
     anything runs, and a denied job then becomes ``blocked`` with its violations. Clients
@@ -125,6 +127,7 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
     merchant = _acting_merchant(session, user, merchant_slug)
     actor = actor_for(user, origin)
     check_rate(session, config, merchant, actor)  # RateLimited: 429 with Retry-After (P8)
+    check_quota(session, config, merchant, actor)  # QueueFull: 429 queue_full with Retry-After
     return lifecycle.create(
         session,
         merchant_id=merchant.id,
