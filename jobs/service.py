@@ -62,17 +62,14 @@ def _validate(kind: str, sql: str) -> str:
 
 
 def evaluate(config: Config, sql: str, kind: str, merchant: str, datasets: dict[str, DatasetInfo]) -> dict[str, Any]:
-    """The policy decision for a query, on this process's own SparkSession."""
+    """The policy decision for a query, on one of this process's check sessions (checks
+    for several merchants run side by side: :mod:`sandbox.check_sessions`)."""
     # Late on purpose: a web process loads pyspark only when it first checks a query.
     import policies
-    from policies.segment import register_segment_token
-    from sandbox.catalog import CATALOG_LOCK, install_catalog
-    from sandbox.spark import get_spark
+    from sandbox.check_sessions import check_sessions
 
-    spark = get_spark(config, "yushan-web")
-    with CATALOG_LOCK:
-        install_catalog(spark, datasets)
-        register_segment_token(spark, KeyStore(config.master_key_path).segment_token_key(merchant), merchant)
+    token_key = KeyStore(config.master_key_path).segment_token_key(merchant)
+    with check_sessions(config).session(merchant, datasets, token_key) as spark:
         return policies.check(spark, sql, kind=kind, merchant=merchant, datasets=datasets).to_dict()
 
 
