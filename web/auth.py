@@ -48,7 +48,7 @@ from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
 from web.errors import ApiError
-from yushan.accounts import verify_password
+from yushan.accounts import upgrade_hash, verify_password
 from yushan.config import Config
 from yushan.models import ApiToken, Role, User
 
@@ -204,7 +204,9 @@ class LoginRefused(Exception):
 def authenticate(session: Session, username: str, password: str, *, channel: str) -> User:
     """Check credentials with throttling; audit the outcome; commit. Raise LoginRefused.
 
-    ``channel`` ("web" or "api") goes into the audit details.
+    ``channel`` ("web" or "api") goes into the audit details. A password stored with older
+    hashing parameters is stored again with today's (audited ``auth.password_rehash``) in
+    the caller's transaction, which commits it with the log-in.
     """
     username = (username or "").strip()
     user = session.scalar(
@@ -227,6 +229,9 @@ def authenticate(session: Session, username: str, password: str, *, channel: str
         raise LoginRefused(401)
     user.failed_logins = 0
     user.locked_until = None
+    if upgrade_hash(user, password):  # stored with older parameters: today's from now on
+        audit_record(session, "auth.password_rehash", actor_for(user), objects={"user": user.username},
+                     details={"channel": channel, "algorithm": "argon2id"})
     return user
 
 
