@@ -30,6 +30,7 @@ from sandbox.crypto import KeyStore
 from yushan import access
 from yushan.catalog import DatasetInfo, readable_datasets
 from yushan.config import Config
+from yushan.db import end_transaction
 from yushan.models import Job, JobKind, JobState, User
 
 KINDS = tuple(k.value for k in JobKind)
@@ -82,10 +83,15 @@ def _acting_merchant(session: Session, user: User, merchant_slug: str):
 def check(session: Session, config: Config, user: User, merchant_slug: str, kind: str, sql: str,
           *, origin: str | None = None) -> dict[str, Any]:
     """Dry run: the policy decision, audited, nothing queued. Reads no data and costs no
-    budget; for a dp job it says the job's cost, the budget left and the expected accuracy."""
+    budget; for a dp job it says the job's cost, the budget left and the expected accuracy.
+
+    Commits the caller's transaction before the analysis (``yushan.db.end_transaction``); the
+    audit entry is written in the next one, which the caller commits."""
     sql = _validate(kind, sql)
     merchant = _acting_merchant(session, user, merchant_slug)
-    decision = evaluate(config, sql, kind, merchant.slug, readable_datasets(session, config, merchant.slug))
+    datasets = readable_datasets(session, config, merchant.slug)
+    end_transaction(session)  # the analysis reads nothing from the database
+    decision = evaluate(config, sql, kind, merchant.slug, datasets)
     decision = _with_release(session, config, merchant, decision)
     record(
         session, "job.check", actor=actor_for(user, origin),

@@ -50,6 +50,7 @@ from wtforms.validators import DataRequired, Length
 from web.errors import ApiError
 from yushan.accounts import upgrade_hash, verify_password
 from yushan.config import Config
+from yushan.db import end_transaction
 from yushan.models import ApiToken, Role, User
 
 bp = Blueprint("auth", __name__)
@@ -220,7 +221,13 @@ def authenticate(session: Session, username: str, password: str, *, channel: str
                      details={"channel": channel, "reason": "throttled"})
         session.commit()
         raise LoginRefused(429, wait)
-    if not verify_password(user, password or "", app_config().demo_mode):
+    # Hashing takes tens of milliseconds and reads nothing: outside the transaction, which
+    # on SQLite holds the write lock from its start (log-ins would hash one at a time).
+    end_transaction(session)
+    verified = verify_password(user, password or "", app_config().demo_mode)
+    if user is not None:
+        session.refresh(user)  # the counters as they are now, in the new transaction
+    if not verified:
         _note_failure(user)
         audit_record(session, "auth.login_failed", actor_for(user, username),
                      objects={"user": username[:64]},
