@@ -9,9 +9,10 @@ catalog (hundreds of milliseconds of DDL).
 Here a small pool of sessions (``YUSHAN_CHECK_SESSIONS``) share the process's JVM and
 SparkContext, each with a catalog of its own (:func:`sandbox.spark.isolated_session`), and
 each used by one check at a time. A check takes, in this order: a free session already
-holding its merchant's catalog; a session not made yet; a free session holding a catalog
-nobody is waiting for, when no session holds its own (or it has waited
-:data:`STEAL_AFTER_SECONDS`); else it waits. Checks for the same few merchants therefore
+holding its merchant's catalog (checks wanting the same catalog in the order they came); a
+session not made yet; and, when it is the oldest check waiting, a free session holding a
+catalog no waiting check wants, if no session holds its own or it has waited
+:data:`STEAL_AFTER_SECONDS`; else it waits. Checks for the same few merchants therefore
 run side by side on catalogs installed once, and an idle session goes to whoever needs one.
 
 The decision is the one a single session gives: the same catalog (``install_catalog``),
@@ -22,11 +23,11 @@ function and settings, and the parser made to use this session on the thread tha
 from __future__ import annotations
 
 import atexit
+import itertools
 import shutil
 import tempfile
 import threading
 import time
-from collections import Counter
 from collections.abc import Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -47,6 +48,13 @@ STEAL_AFTER_SECONDS = 0.25
 
 
 @dataclass(eq=False)
+class _Waiter:
+    ticket: int
+    key: Hashable
+    since: float
+
+
+@dataclass(eq=False)
 class _Slot:
     spark: SparkSession
     key: Hashable | None = None  # (merchant, catalog state) it holds; None: unknown
@@ -62,7 +70,8 @@ class CheckSessions:
         self.size = max(1, size)
         self._slots: list[_Slot] = []
         self._cond = threading.Condition()
-        self._waiting: Counter = Counter()  # keys the waiting checks want
+        self._waiters: list[_Waiter] = []  # checks waiting for a session, oldest first
+        self._tickets = itertools.count()
         warehouse = Path(base.conf.get("spark.sql.warehouse.dir").removeprefix("file:"))
         warehouse.mkdir(parents=True, exist_ok=True)
         # Per process: a dropped database deletes its directory under the warehouse.
@@ -93,35 +102,47 @@ class CheckSessions:
             self._release(slot)
 
     def _acquire(self, key: Hashable) -> _Slot:
-        started = time.monotonic()
         with self._cond:
-            self._waiting[key] += 1
+            me = _Waiter(next(self._tickets), key, time.monotonic())
+            self._waiters.append(me)
             try:
                 while True:
-                    slot = self._choose(key, time.monotonic() - started)
+                    slot = self._choose(me)
                     if slot is not None:
                         slot.busy = True
                         return slot
                     self._cond.wait(timeout=STEAL_AFTER_SECONDS)
             finally:
-                self._waiting[key] -= 1
-                if not self._waiting[key]:
-                    del self._waiting[key]
+                self._waiters.remove(me)
 
-    def _choose(self, key: Hashable, waited: float) -> _Slot | None:
+    def _choose(self, me: _Waiter) -> _Slot | None:
+        """The session ``me`` may take now, or None. Checks wanting the same catalog go in
+        the order they came; a session changes catalog for the oldest check only, and once
+        that one has waited STEAL_AFTER_SECONDS it picks before anyone else."""
+        now = time.monotonic()
+        oldest = self._waiters[0]
+        if oldest is not me and now - oldest.since >= STEAL_AFTER_SECONDS:
+            return None  # the oldest check has waited long enough: it picks first
+        if any(w.key == me.key and w.ticket < me.ticket for w in self._waiters):
+            return None  # an older check wants the same catalog: it goes first
         free = [s for s in self._slots if not s.busy]
         for slot in free:
-            if slot.key == key:
+            if slot.key == me.key:
                 return slot
         if len(self._slots) < self.size:
             # Made under the pool's lock: once per session, a few JVM calls.
             slot = _Slot(isolated_session(self.base, self._warehouse / str(len(self._slots))))
             self._slots.append(slot)
             return slot
-        unwanted = sorted((s for s in free if not self._waiting.get(s.key)), key=lambda s: s.used)
-        held = any(s.key == key for s in self._slots)
-        if unwanted and (not held or waited >= STEAL_AFTER_SECONDS):
-            return unwanted[0]
+        if oldest is not me or not free:
+            return None
+        free.sort(key=lambda s: s.used)
+        wanted = {w.key for w in self._waiters if w is not me}
+        unwanted = [s for s in free if s.key not in wanted]
+        if unwanted and not any(s.key == me.key for s in self._slots):
+            return unwanted[0]  # no session holds this catalog: take an idle one
+        if now - me.since >= STEAL_AFTER_SECONDS:
+            return (unwanted or free)[0]
         return None
 
     def _release(self, slot: _Slot) -> None:
