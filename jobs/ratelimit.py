@@ -12,21 +12,22 @@ few may pass at once at the edge; SQLite serialises them.
 
 Refusals are not audited one by one (a client hammering the API would flood the trail):
 the first refusal of a merchant in each clock hour is audited (``job.rate_limit``), and
-carries how many refusals this process counted since the one audited before it.
+carries how many refusals this process counted since the one audited before it
+(:mod:`jobs.refusals`).
 """
 
 from __future__ import annotations
 
 import math
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from audit import Actor, record
+from audit import Actor
 from jobs.errors import JobError
+from jobs.refusals import RefusalLog
 from yushan.config import Config
 from yushan.models import Job, Tenant
 
@@ -46,24 +47,12 @@ class RateLimited(JobError):
         self.limit = limit
 
 
-class _Tally:
-    """Refusals of one merchant counted by this process."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self.since_audit = 0
-        self.audited_hour: int | None = None
-
-
-_lock = threading.Lock()
-_tallies: dict[tuple[str, str], _Tally] = {}  # by (installation's database, merchant)
+_refusals = RefusalLog("job.rate_limit")
 
 
 def refusals(config: Config, merchant: str) -> int:
     """How many submissions for ``merchant`` this process refused for the limit."""
-    with _lock:
-        tally = _tallies.get((config.database_url, merchant))
-        return tally.total if tally else 0
+    return _refusals.total(config.database_url, merchant)
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -88,21 +77,12 @@ def check_rate(session: Session, config: Config, merchant: Tenant, actor: Actor)
     freeing = session.scalar(recent.order_by(Job.created_at).offset(count - limit).limit(1))
     wait = (_as_utc(freeing) + WINDOW - now).total_seconds() if freeing is not None else 1.0
     retry_after = max(1, math.ceil(wait))
-    _count_refusal(session, (config.database_url, merchant.slug), actor, limit, retry_after)
+    _count_refusal(session, config, merchant.slug, actor, limit, retry_after)
     raise RateLimited(retry_after, limit)
 
 
-def _count_refusal(session: Session, key: tuple[str, str], actor: Actor, limit: int, retry_after: int) -> None:
-    hour = int(time.time() // 3600)
-    with _lock:
-        tally = _tallies.setdefault(key, _Tally())
-        tally.total += 1
-        if tally.audited_hour == hour:
-            tally.since_audit += 1
-            return
-        tally.audited_hour = hour
-        unaudited, tally.since_audit = tally.since_audit, 0
-    record(session, "job.rate_limit", actor=actor, objects={"merchant": key[1]},
-           details={"limit": limit, "window_seconds": int(WINDOW.total_seconds()),
-                    "retry_after": retry_after, "refused_since_last_entry": unaudited})
-    session.commit()
+def _count_refusal(session: Session, config: Config, merchant: str, actor: Actor, limit: int,
+                   retry_after: int) -> None:
+    _refusals.refused(session, config.database_url, merchant, actor, period=int(time.time() // 3600),
+                      details={"limit": limit, "window_seconds": int(WINDOW.total_seconds()),
+                               "retry_after": retry_after})

@@ -27,12 +27,14 @@ from jobs.errors import (
     QueryTooLarge,
     require,
 )
+from jobs.quota import check_quota
 from jobs.ratelimit import check_rate
 from jobs.sql_limits import sql_shape_problem
 from sandbox.crypto import KeyStore
 from yushan import access, metrics
 from yushan.catalog import DatasetInfo, readable_datasets
 from yushan.config import Config
+from yushan.db import end_transaction
 from yushan.models import Job, JobKind, JobState, Tenant, User
 
 KINDS = tuple(k.value for k in JobKind)
@@ -65,18 +67,15 @@ def _validate(kind: str, sql: str) -> str:
 
 
 def evaluate(config: Config, sql: str, kind: str, merchant: str, datasets: dict[str, DatasetInfo]) -> dict[str, Any]:
-    """The policy decision for a query, on this process's own SparkSession."""
+    """The policy decision for a query, on one of this process's check sessions (checks
+    for several merchants run side by side: :mod:`sandbox.check_sessions`)."""
     # Late on purpose: a web process loads pyspark only when it first checks a query.
     import policies
-    from policies.segment import register_segment_token
-    from sandbox.catalog import CATALOG_LOCK, install_catalog
-    from sandbox.spark import get_spark
+    from sandbox.check_sessions import check_sessions
 
-    spark = get_spark(config, "yushan-web")
-    with CATALOG_LOCK:
-        install_catalog(spark, datasets)
+    token_key = KeyStore(config.master_key_path).segment_token_key(merchant)
+    with check_sessions(config).session(merchant, datasets, token_key) as spark:
         started = time.perf_counter()  # the check itself, as the executor's "check" lap
-        register_segment_token(spark, KeyStore(config.master_key_path).segment_token_key(merchant), merchant)
         decision = policies.check(spark, sql, kind=kind, merchant=merchant, datasets=datasets).to_dict()
         metrics.policy_check("dry_run", time.perf_counter() - started)
         return decision
@@ -91,10 +90,15 @@ def _acting_merchant(session: Session, user: User, merchant_slug: str):
 def check(session: Session, config: Config, user: User, merchant_slug: str, kind: str, sql: str,
           *, origin: str | None = None) -> dict[str, Any]:
     """Dry run: the policy decision, audited, nothing queued. Reads no data and costs no
-    budget; for a dp job it says the job's cost, the budget left and the expected accuracy."""
+    budget; for a dp job it says the job's cost, the budget left and the expected accuracy.
+
+    Commits the caller's transaction before the analysis (``yushan.db.end_transaction``); the
+    audit entry is written in the next one, which the caller commits."""
     sql = _validate(kind, sql)
     merchant = _acting_merchant(session, user, merchant_slug)
-    decision = evaluate(config, sql, kind, merchant.slug, readable_datasets(session, config, merchant.slug))
+    datasets = readable_datasets(session, config, merchant.slug)
+    end_transaction(session)  # the analysis reads nothing from the database
+    decision = evaluate(config, sql, kind, merchant.slug, datasets)
     decision = _with_release(session, config, merchant, decision)
     record(
         session, "job.check", actor=actor_for(user, origin),
@@ -170,7 +174,8 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
            idempotency_key: str | None = None) -> Job:
     """Queue a job (audited ``job.submit``, noting the API request's ``idempotency_key``);
     the caller's commit wakes idle workers. Over the merchant's submission limit it raises
-    :class:`jobs.ratelimit.RateLimited`.
+    :class:`jobs.ratelimit.RateLimited`; with the merchant's queue quota full,
+    :class:`jobs.quota.QueueFull`.
 
     No policy check happens here: the executor checks every job on its own catalog before
     anything runs, and a denied job then becomes ``blocked`` with its violations. Clients
@@ -180,6 +185,7 @@ def submit(session: Session, config: Config, user: User, merchant_slug: str, kin
     merchant = _acting_merchant(session, user, merchant_slug)
     actor = actor_for(user, origin)
     check_rate(session, config, merchant, actor)  # RateLimited: 429 with Retry-After (P8)
+    check_quota(session, config, merchant, actor)  # QueueFull: 429 queue_full with Retry-After
     return lifecycle.create(
         session,
         merchant_id=merchant.id,

@@ -3,13 +3,16 @@
 The session uses Spark's in-memory catalog (see ``sandbox.spark``). Before each job the
 catalog is made to hold only the job's readable datasets, so that anything else fails to
 resolve exactly like a table that does not exist. One job at a time per session: callers
-hold :data:`CATALOG_LOCK` from install to the end of the job's Spark work.
+hold :data:`CATALOG_LOCK` from install to the end of the job's Spark work (the web
+process's checks use sessions of their own, one check at a time each:
+:mod:`sandbox.check_sessions`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+import weakref
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -18,11 +21,12 @@ from yushan.catalog import DatasetInfo
 
 CATALOG_LOCK = threading.RLock()
 
-# The last complete installation: (session, what it holds). Every catalog change goes
-# through install_catalog (jobs cannot run DDL: the policy's gate refuses it), so
+# Each session's last complete installation (what its catalog holds). Every catalog change
+# goes through install_catalog (jobs cannot run DDL: the policy's gate refuses it), so
 # installing the same datasets again into the same session is skipped; about 40 JVM
-# round trips per job. Temporary views are still looked for on every call.
-_installed: tuple[SparkSession, frozenset] | None = None
+# round trips per job. Temporary views are still looked for on every call. Sessions that
+# share a catalog (spark.newSession()) must not both be installed into.
+_installed: weakref.WeakKeyDictionary[SparkSession, frozenset] = weakref.WeakKeyDictionary()
 
 
 def _quote(name: str) -> str:
@@ -44,6 +48,25 @@ def install_catalog(
     in a job workspace). A dataset with no readable location is installed over an empty
     directory: enough to analyse a query, never to read data.
     """
+    wanted = _wanted(datasets, locations)
+    jcat = spark._jsparkSession.sessionState().catalog()
+    state = _state(wanted)
+    if _installed.get(spark) == state and jcat.getTempViewNames().isEmpty():
+        return
+    _installed.pop(spark, None)  # until this installation is complete
+    _install(spark, jcat, wanted)
+    _installed[spark] = state
+
+
+def catalog_state(datasets: Mapping[str, DatasetInfo],
+                  locations: Mapping[str, Path] | None = None) -> Hashable:
+    """What :func:`install_catalog` would make a catalog hold: equal for two calls exactly
+    when the second one would find the catalog installed already."""
+    return _state(_wanted(datasets, locations))
+
+
+def _wanted(datasets: Mapping[str, DatasetInfo],
+            locations: Mapping[str, Path] | None) -> dict[tuple[str, str], tuple[DatasetInfo, str]]:
     locations = {k.lower(): v for k, v in (locations or {}).items()}
     wanted: dict[tuple[str, str], tuple[DatasetInfo, str]] = {}
     for full_name, ds in datasets.items():
@@ -53,16 +76,11 @@ def install_catalog(
         else:
             location = locations.get(full_name.lower(), ds.storage_path)
         wanted[(database, table)] = (ds, str(location) if location else "")
+    return wanted
 
-    global _installed
-    jcat = spark._jsparkSession.sessionState().catalog()
-    state = frozenset((name, location, _ddl_columns(ds)) for name, (ds, location) in wanted.items())
-    if (_installed is not None and _installed[0] is spark and _installed[1] == state
-            and jcat.getTempViewNames().isEmpty()):
-        return
-    _installed = None  # until this installation is complete
-    _install(spark, jcat, wanted)
-    _installed = (spark, state)
+
+def _state(wanted: dict[tuple[str, str], tuple[DatasetInfo, str]]) -> frozenset:
+    return frozenset((name, location, _ddl_columns(ds)) for name, (ds, location) in wanted.items())
 
 
 def _install(spark: SparkSession, jcat, wanted: dict[tuple[str, str], tuple[DatasetInfo, str]]) -> None:

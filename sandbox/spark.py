@@ -14,10 +14,11 @@ import os
 import socket
 import threading
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from policies.functions import FORBIDDEN_FUNCTION_NAMES, FORBIDDEN_TABLE_FUNCTION_NAMES
-from policies.jvm import forget_jvm
+from policies.jvm import forget_jvm, jvm_constant
 from yushan.config import Config, ConfigError, require_java
 from yushan.spark_settings import HARDENED_CONF, operator_refusal
 
@@ -183,6 +184,32 @@ def get_spark(config: Config, app_name: str = "yushan", extra: dict[str, str] | 
         log.info("SparkSession started (master %s)", config.spark_master)
         _announce_driver_address(config, _session)
         return _session
+
+
+def isolated_session(spark: SparkSession, warehouse_dir: Path) -> SparkSession:
+    """A new session on ``spark``'s SparkContext (same JVM) with a catalog of its own.
+
+    ``spark.newSession()`` would isolate settings, temporary views and functions but share
+    the catalog of databases and tables (Spark's SharedState); this session has its own
+    SharedState, built by the constructor PySpark itself uses for a first session, so that
+    installing one job's catalog in it (sandbox.catalog) leaves every other session's alone.
+    Its settings are ``spark``'s (the hardened ones among them), but for its warehouse,
+    ``warehouse_dir`` (dropping a database deletes its directory there); its removed
+    functions are removed again (the registry is per session). The active session of a thread does not change: ``policies.sparkplan`` makes
+    the session it parses with active on the thread it parses on.
+    """
+    from pyspark.sql import SparkSession
+
+    options = spark._jvm.java.util.HashMap()
+    for key, value in spark.conf.getAll.items():
+        options.put(key, value)
+    options.put("spark.sql.warehouse.dir", str(warehouse_dir))
+    session_class = jvm_constant(spark, "classic.SparkSession",
+                                 lambda jvm: jvm.org.apache.spark.sql.classic.SparkSession)
+    jsession = session_class(spark.sparkContext._jsc.sc(), options)
+    session = SparkSession(spark.sparkContext, jsession)
+    harden_session(session)
+    return session
 
 
 def _announce_driver_address(config: Config, spark: SparkSession) -> None:

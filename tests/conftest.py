@@ -18,6 +18,13 @@ from yushan.config import Config, set_config
 
 DEMO_SCALE = float(os.environ.get("YUSHAN_TEST_SCALE", "0.01"))
 
+# The suite logs in, checks and submits far faster than people do: the request rate limits
+# (web/limits.py) are raised for every app and server it starts, subprocesses included.
+# tests/test_web_limits.py sets low limits of its own.
+TEST_RATE_LIMIT = "100000/minute"
+for _setting in ("YUSHAN_RATE_LIMIT_CHECK", "YUSHAN_RATE_LIMIT_SUBMIT", "YUSHAN_RATE_LIMIT_LOGIN"):
+    os.environ.setdefault(_setting, TEST_RATE_LIMIT)
+
 
 def _make_config(home: Path, database_url: str | None = None, **overrides) -> Config:
     return Config.from_env(

@@ -103,3 +103,53 @@ def test_duplicates_are_refused(home):
         create_tenant(session, "tea_house", "Again", TenantKind.MERCHANT)
     with session_scope(home) as session, pytest.raises(AccountError, match="exists already"):
         create_user(session, "tea_owner", PASSWORD, Role.MERCHANT, "tea_house")
+
+
+# ---------------------------------------------------------------- password hashing
+
+
+def test_passwords_are_stored_with_argon2id_at_owasps_minimum(home):
+    from argon2 import extract_parameters
+
+    from yushan.accounts import needs_rehash, verify_password
+
+    with session_scope(home) as session:
+        create_tenant(session, "tea_house", "Tea House", TenantKind.MERCHANT)
+        user = create_user(session, "tea_owner", PASSWORD, Role.MERCHANT, "tea_house")
+        stored = user.password_hash
+        assert PASSWORD not in stored
+        params = extract_parameters(stored)  # OWASP: argon2id, m=19 MiB, t=2, p=1
+        assert stored.startswith("$argon2id$")
+        assert (params.memory_cost, params.time_cost, params.parallelism) == (19 * 1024, 2, 1)
+        assert verify_password(user, PASSWORD, demo_mode=False)
+        assert not verify_password(user, PASSWORD + "x", demo_mode=False)
+        assert not needs_rehash(stored)
+        # the same password twice: two salts
+        other = create_user(session, "tea_clerk", PASSWORD, Role.MERCHANT, "tea_house")
+        assert other.password_hash != stored
+
+
+@pytest.mark.parametrize("older", [
+    "scrypt",  # what the platform wrote before (werkzeug, N=2^15)
+    "pbkdf2:sha256:600000",
+    "argon2id-weaker",  # argon2id below today's parameters
+])
+def test_older_hashes_still_verify_and_are_upgraded_after_a_right_password(home, older):
+    from argon2 import PasswordHasher
+    from werkzeug.security import generate_password_hash
+
+    from yushan.accounts import needs_rehash, upgrade_hash, verify_password
+
+    stored = (PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(PASSWORD)
+              if older == "argon2id-weaker" else generate_password_hash(PASSWORD, method=older))
+    with session_scope(home) as session:
+        create_tenant(session, "tea_house", "Tea House", TenantKind.MERCHANT)
+        user = create_user(session, "tea_owner", "placeholder-password", Role.MERCHANT, "tea_house")
+        user.password_hash = stored
+        assert needs_rehash(stored)
+        assert not verify_password(user, "wrong password!", demo_mode=False)
+        assert verify_password(user, PASSWORD, demo_mode=False)
+        assert upgrade_hash(user, PASSWORD)
+        assert user.password_hash.startswith("$argon2id$v=19$m=19456,t=2,p=1$")
+        assert verify_password(user, PASSWORD, demo_mode=False)
+        assert not upgrade_hash(user, PASSWORD)  # today's parameters: left alone

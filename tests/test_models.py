@@ -72,8 +72,45 @@ def test_passwords_are_hashed_and_demo_accounts_need_demo_mode(any_db_config):
         shop = ensure_tenant(s, "shop", "Shop", TenantKind.MERCHANT)
         user = ensure_user(s, "demo_user", "secret-pw", Role.MERCHANT, shop, is_demo=True)
         assert "secret-pw" not in user.password_hash
-        assert user.password_hash.startswith("scrypt:")
+        assert user.password_hash.startswith("$argon2id$")
         assert verify_password(user, "secret-pw", demo_mode=True)
         assert not verify_password(user, "wrong", demo_mode=True)
         assert not verify_password(user, "secret-pw", demo_mode=False)
         assert not verify_password(None, "secret-pw", demo_mode=True)
+
+
+def test_sqlite_transactions_of_one_process_take_turns(make_config):
+    """Every SQLite transaction holds the write lock from its start; a second one in the
+    same process waits for the first to end (on a lock, not SQLite's polling), and a
+    transaction that ends any way, commit, rollback or close, hands the turn on."""
+    import threading
+
+    from sqlalchemy import text
+
+    from yushan.cli import initialise
+    from yushan.db import session_factory
+
+    config = make_config()
+    initialise(config)
+    first = session_factory(config)()
+    first.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: the turn is this transaction's
+    done = threading.Event()
+
+    def second() -> None:
+        with session_scope(config) as session:
+            session.execute(text("SELECT count(*) FROM users"))
+        done.set()
+
+    waiting = threading.Thread(target=second)
+    waiting.start()
+    assert not done.wait(0.5)  # the first transaction still holds the turn
+    first.commit()
+    assert done.wait(30)
+    waiting.join()
+    for end in ("rollback", "close"):
+        session = session_factory(config)()
+        session.execute(text("SELECT 1"))
+        getattr(session, end)()
+        with session_scope(config) as other:  # the turn came back: no wait
+            other.execute(text("SELECT 1"))
+    first.close()

@@ -171,3 +171,34 @@ def test_open_redirect_after_login_is_refused(world):
     response = client.post("/login?next=https://evil.example/x",
                            data={"username": "admin", "password": PASSWORD, "csrf_token": token})
     assert response.headers["Location"].endswith("/dashboard")
+
+
+def test_a_password_stored_with_older_parameters_is_rehashed_at_log_in(world):
+    """The hash is replaced in the log-in's transaction and audited; a wrong password leaves
+    it alone."""
+    from werkzeug.security import generate_password_hash
+
+    from yushan.db import session_scope
+    from yushan.models import User
+
+    config, app = world
+    older = generate_password_hash(PASSWORD, method="scrypt")  # the platform's hash before
+    with session_scope(config) as session:
+        session.scalar(select(User).where(User.username == "tea_owner")).password_hash = older
+    client = app.test_client()
+    wrong = client.post("/api/v1/token", json={"username": "tea_owner", "password": "not it at all"})
+    assert wrong.status_code == 401
+    with session_scope(config) as session:
+        assert session.scalar(select(User.password_hash).where(User.username == "tea_owner")) == older
+    assert [e["action"] for e in audit_actions(config, action="auth.password_rehash")] == []
+    token = api_token(client, "tea_owner")
+    with session_scope(config) as session:
+        stored = session.scalar(select(User.password_hash).where(User.username == "tea_owner"))
+    assert stored.startswith("$argon2id$") and stored != older
+    entries = audit_actions(config, action="auth.password_rehash")
+    assert len(entries) == 1 and entries[0]["objects"] == {"user": "tea_owner"}
+    assert entries[0]["details"] == {"channel": "api", "algorithm": "argon2id"}
+    assert client.get("/api/v1/me", headers=bearer(token)).status_code == 200
+    api_token(client, "tea_owner")  # the next log-in verifies against the new hash, no rehash
+    assert page_login(app.test_client(), "tea_owner").status_code == 302
+    assert len(audit_actions(config, action="auth.password_rehash")) == 1

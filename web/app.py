@@ -73,6 +73,7 @@ def create_app(config: Config | None = None) -> Flask:
         auditor,
         auth,
         edges,
+        limits,
         merchant,
         ops,
         pages,
@@ -133,6 +134,9 @@ def create_app(config: Config | None = None) -> Flask:
     for rule in app.url_map.iter_rules():
         if rule.endpoint.startswith(uploads.bp.name + ".") and rule.rule.startswith("/api/"):
             csrf.exempt(app.view_functions[rule.endpoint])
+    # Per-user check and submission limits, per-address log-in limits (after every view
+    # is registered: the limited views are wrapped in place).
+    limits.install(app, config)
 
     @app.after_request
     def _security_headers(response):

@@ -48,8 +48,9 @@ from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired, Length
 
 from web.errors import ApiError
-from yushan.accounts import verify_password
+from yushan.accounts import upgrade_hash, verify_password
 from yushan.config import Config
+from yushan.db import end_transaction
 from yushan.models import ApiToken, Role, User
 
 bp = Blueprint("auth", __name__)
@@ -204,7 +205,9 @@ class LoginRefused(Exception):
 def authenticate(session: Session, username: str, password: str, *, channel: str) -> User:
     """Check credentials with throttling; audit the outcome; commit. Raise LoginRefused.
 
-    ``channel`` ("web" or "api") goes into the audit details.
+    ``channel`` ("web" or "api") goes into the audit details. A password stored with older
+    hashing parameters is stored again with today's (audited ``auth.password_rehash``) in
+    the caller's transaction, which commits it with the log-in.
     """
     username = (username or "").strip()
     user = session.scalar(
@@ -218,7 +221,13 @@ def authenticate(session: Session, username: str, password: str, *, channel: str
                      details={"channel": channel, "reason": "throttled"})
         session.commit()
         raise LoginRefused(429, wait)
-    if not verify_password(user, password or "", app_config().demo_mode):
+    # Hashing takes tens of milliseconds and reads nothing: outside the transaction, which
+    # on SQLite holds the write lock from its start (log-ins would hash one at a time).
+    end_transaction(session)
+    verified = verify_password(user, password or "", app_config().demo_mode)
+    if user is not None:
+        session.refresh(user)  # the counters as they are now, in the new transaction
+    if not verified:
         _note_failure(user)
         audit_record(session, "auth.login_failed", actor_for(user, username),
                      objects={"user": username[:64]},
@@ -227,6 +236,9 @@ def authenticate(session: Session, username: str, password: str, *, channel: str
         raise LoginRefused(401)
     user.failed_logins = 0
     user.locked_until = None
+    if upgrade_hash(user, password):  # stored with older parameters: today's from now on
+        audit_record(session, "auth.password_rehash", actor_for(user), objects={"user": user.username},
+                     details={"channel": channel, "algorithm": "argon2id"})
     return user
 
 

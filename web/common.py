@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
 from jobs.errors import JobError
+from jobs.quota import QueueFull
 from jobs.ratelimit import RateLimited
 from jobs.results import RESULT_FORMATS, plain_value, render_result, table_rows  # noqa: F401 - re-exported
 from jobs.results import result_filename as _result_filename
@@ -164,6 +165,11 @@ def service_refusal(exc: Exception) -> Refusal | None:
         return Refusal(exc.status, exc.code,
                        f"Too many job submissions for this merchant in the last hour (at most "
                        f"{exc.limit}); try again in {exc.retry_after} s.",
+                       {"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, QueueFull):
+        return Refusal(exc.status, exc.code,
+                       f"This merchant has {exc.quota} jobs queued or running, the most it may "
+                       f"have; try again in {exc.retry_after} s.",
                        {"Retry-After": str(exc.retry_after)})
     if isinstance(exc, JobError):
         return Refusal(exc.status, exc.code, GENERIC_MESSAGES.get(exc.status, "Refused."))

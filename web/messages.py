@@ -138,6 +138,14 @@ PATTERNS: list[tuple[re.Pattern[str], Callable[..., str]]] = [
      lambda **f: gettext("There is no user named %(name)s.", **f)),
     (re.compile(r"^The password must be at least (?P<n>\d+) characters\.$"),
      lambda **f: gettext("The password must be at least %(n)s characters.", **f)),
+    (re.compile(r"^Too many job submissions for this merchant in the last hour \(at most (?P<n>\d+)\); "
+                r"try again in (?P<s>\d+) s\.$"),
+     lambda **f: gettext("Too many job submissions for this merchant in the last hour (at most "
+                         "%(n)s); try again in %(s)s s.", **f)),
+    (re.compile(r"^This merchant has (?P<n>\d+) jobs queued or running, the most it may have; "
+                r"try again in (?P<s>\d+) s\.$"),
+     lambda **f: gettext("This merchant has %(n)s jobs queued or running, the most it may have; "
+                         "try again in %(s)s s.", **f)),
     (re.compile(r"^A (?P<role>\w+) account belongs to a (?P<kind>\w+) tenant; (?P<name>\w+) is a (?P<actual>\w+)\.$"),
      lambda **f: gettext("A %(role)s account belongs to a %(kind)s organisation; %(name)s is a %(actual)s.", **f)),
 ]

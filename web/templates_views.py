@@ -122,10 +122,11 @@ def menu():
     return render_template("tmpl_list.html", templates=[template_json(t, loc) for t in templates().values()])
 
 
-def form_page(template: Template, values: dict[str, str], error: str = "", status: int = 200):
+def form_page(template: Template, values: dict[str, str], error: str = "", status: int = 200,
+              headers: dict[str, str] | None = None):
     merchants = acting_merchants(db(), page_user())
     return render_template("tmpl_form.html", template=template_json(template, locale()),
-                           merchants=merchants, values=values, error=error), status
+                           merchants=merchants, values=values, error=error), status, headers or {}
 
 
 @bp.get("/templates/<name>")
@@ -162,7 +163,8 @@ def submit(name: str):
     except Exception as exc:
         refusal = refusal_for(exc)
         session.rollback()
-        return form_page(template, values, refusal.message, refusal.status)
+        return form_page(template, values, refusal.message, refusal.status,
+                         refusal.headers)
     session.commit()
     if job.state == JobState.BLOCKED.value:
         flash(gettext("The policy blocked this job; see the explanations below."), "error")

@@ -1,26 +1,62 @@
 """Tenants, users and authorisations: creation and password checks (one place for both).
-Who may act for whom is :mod:`yushan.access`'s answer."""
+Who may act for whom is :mod:`yushan.access`'s answer.
+
+Passwords are hashed with argon2id at OWASP's minimum for it (Password Storage Cheat Sheet:
+m = 19 MiB, t = 2, p = 1): about 30-60 ms of one core, so that 20 people logging in at
+once on two cores still get in within a second, while each guess costs an attacker
+19 MiB of memory as well as the time. Hashes of older parameters or algorithms
+(werkzeug's scrypt, N = 2^15, before) still verify, and are replaced with today's on the
+next successful log-in (:func:`upgrade_hash`). docs/operations.md says why these values.
+"""
 
 from __future__ import annotations
 
 import re
 
+from argon2 import PasswordHasher, Type
+from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from werkzeug.security import check_password_hash, generate_password_hash
+from werkzeug.security import check_password_hash
 
 from yushan.access import active_authorization
 from yushan.models import Authorization, Role, Tenant, TenantKind, User
 
 PLATFORM = "platform"
 
+# argon2id, OWASP's first configuration: 19 MiB, 2 passes, 1 lane; 16-byte salt, 32-byte tag.
+PASSWORD_HASHER = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1,
+                                 hash_len=32, salt_len=16, type=Type.ID)
+_ARGON2 = "$argon2"
+
 # A valid hash of a random password: verifying against it costs the same as a real check,
 # so that a missing user cannot be told from a wrong password by timing.
-_DUMMY_HASH = generate_password_hash("yushan-no-such-user", method="scrypt")
+_DUMMY_HASH = PASSWORD_HASHER.hash("yushan-no-such-user")
 
 
 def hash_password(password: str) -> str:
-    return generate_password_hash(password, method="scrypt")
+    return PASSWORD_HASHER.hash(password)
+
+
+def _matches(stored: str, password: str) -> bool:
+    if stored.startswith(_ARGON2):
+        try:
+            return PASSWORD_HASHER.verify(stored, password)
+        except (VerificationError, InvalidHashError):
+            return False
+    # Hashes from before argon2id (werkzeug's "scrypt:..." and "pbkdf2:..." formats).
+    return check_password_hash(stored, password)
+
+
+def needs_rehash(stored: str) -> bool:
+    """Whether ``stored`` is of another algorithm or other parameters than
+    :func:`hash_password` writes today (reading the hash's header: no hashing)."""
+    if not stored.startswith(_ARGON2):
+        return True
+    try:
+        return PASSWORD_HASHER.check_needs_rehash(stored)
+    except InvalidHashError:
+        return True
 
 
 def verify_password(user: User | None, password: str, demo_mode: bool) -> bool:
@@ -29,14 +65,24 @@ def verify_password(user: User | None, password: str, demo_mode: bool) -> bool:
     Demo accounts are refused unless demo mode is on.
     """
     if user is None:
-        check_password_hash(_DUMMY_HASH, password)
+        _matches(_DUMMY_HASH, password)
         return False
-    ok = check_password_hash(user.password_hash, password)
+    ok = _matches(user.password_hash, password)
     if not user.active:
         return False
     if user.is_demo and not demo_mode:
         return False
     return ok
+
+
+def upgrade_hash(user: User, password: str) -> bool:
+    """After ``password`` was verified: store it again with today's parameters when the
+    stored hash is older (True when it did). The caller's transaction keeps it; the
+    person's page sessions elsewhere end with it, as after a password change."""
+    if not needs_rehash(user.password_hash):
+        return False
+    user.password_hash = hash_password(password)
+    return True
 
 
 SLUG = re.compile(r"^[a-z][a-z0-9_]{1,63}$")

@@ -136,12 +136,12 @@ def serve(workers: int | None) -> None:
     app = create_app(config)
     count = config.workers if workers is None else workers
     supervisor = WorkerSupervisor(count)
-    supervisor.start()
     # Each route's body cap applies as the headers are parsed (web.edges); this is the
-    # largest, an upload's.
+    # largest, an upload's. Bound before the workers start: a port in use leaves none behind.
     server = create_server(app, config, host=config.host, port=config.port, threads=8,
                            ident="yushan", **waitress_proxy_settings(config),
                            max_request_body_size=config.max_upload_bytes + 1024 * 1024)
+    supervisor.start()
 
     def stop(_signum, _frame):
         supervisor.stop()

@@ -60,6 +60,51 @@ def _env_float(name: str, default: float, *, below: float | None = None) -> floa
     if below is not None and value >= below:
         raise ConfigError(f"{name}={raw!r} must be below {below:g}")
     return value
+
+RATE_LIMITS_OFF = ("", "0", "off", "none")
+
+
+def _env_rate_limit(name: str, default: str) -> str:
+    """A request rate limit in Flask-Limiter's notation (``60/minute``, ``10 per second;
+    300/hour``), or ``off``; returned in the form given ("" = no limit)."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    if raw.strip().lower() in RATE_LIMITS_OFF:
+        return ""
+    from limits import parse_many
+
+    try:
+        items = parse_many(raw.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a rate limit; write e.g. 60/minute, 10 per second, or "
+            "several separated by ';' (10/second;300/hour), or off"
+        ) from None
+    if any(item.amount < 1 for item in items):
+        raise ConfigError(f"{name}={raw!r}: each limit allows at least 1 request (or write off)")
+    return raw.strip()
+
+
+_STORAGE_SCHEMES = ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "memcached",
+                    "mongodb", "mongodb+srv", "valkey", "valkeys", "valkey+sentinel", "valkey+cluster")
+
+
+def _env_limit_storage(name: str) -> str:
+    """Where request counts are kept: ``memory://`` (this process) or a shared store's URI."""
+    raw = (os.environ.get(name) or "").strip()
+    if not raw:
+        return "memory://"
+    scheme, sep, _ = raw.partition("://")
+    if not sep or scheme.lower() not in _STORAGE_SCHEMES:
+        raise ConfigError(
+            f"{name}: the value is not a storage URI the rate limiter knows; write memory:// "
+            "(each process counts alone) or a store shared by every web process, e.g. "
+            "redis://host:6379 or memcached://host:11211"
+        )  # the value itself is not quoted: a URI may hold a password
+    return raw
+
+
 def _env_optional_bool(name: str) -> bool | None:
     """A boolean, or None when unset (the code then decides)."""
     if (os.environ.get(name) or "").strip() == "":
@@ -214,6 +259,19 @@ class Config:
     # Policy P8 limits jobs that read consumer data; what a job reads is only known once it
     # is checked, so every submission counts (stricter than the contract; docs/outcomes.md).
     job_rate_limit: int = 240
+    # Jobs a merchant may have queued or running at once (YUSHAN_QUEUE_QUOTA; 0 = no quota):
+    # one more submission is refused with 429 queue_full (jobs/quota.py).
+    queue_quota: int = 100
+    # Requests per user (its API token or page log-in) to checks and submissions, and
+    # log-in attempts per client address (web/limits.py), in Flask-Limiter's notation;
+    # "" = no limit. Counted in rate_limit_storage: memory:// counts in this process only.
+    rate_limit_check: str = "60/minute"
+    rate_limit_submit: str = "60/minute"
+    rate_limit_login: str = "30/minute"
+    rate_limit_storage: str = field(default="memory://", repr=False)
+    # Spark sessions for dry-run checks in this process, each with its own catalog
+    # (sandbox/check_sessions.py): as many checks run at once.
+    check_sessions: int = 4
     network_isolation: bool = True
     # The privacy budget (epsilon, delta) per calendar month of a merchant that has none of
     # its own yet (policy D5); the admin raises or lowers a merchant's budget.
@@ -341,6 +399,12 @@ class Config:
                 "YUSHAN_EXECUTOR_MEMORY_BYTES", 6 * 1024**3, minimum=256 * 1024**2
             ),
             job_rate_limit=_env_int("YUSHAN_JOB_RATE_LIMIT", 240, minimum=0),
+            queue_quota=_env_int("YUSHAN_QUEUE_QUOTA", 100, minimum=0),
+            rate_limit_check=_env_rate_limit("YUSHAN_RATE_LIMIT_CHECK", "60/minute"),
+            rate_limit_submit=_env_rate_limit("YUSHAN_RATE_LIMIT_SUBMIT", "60/minute"),
+            rate_limit_login=_env_rate_limit("YUSHAN_RATE_LIMIT_LOGIN", "30/minute"),
+            rate_limit_storage=_env_limit_storage("YUSHAN_RATE_LIMIT_STORAGE"),
+            check_sessions=_env_int("YUSHAN_CHECK_SESSIONS", 4, minimum=1),
             network_isolation=_env_bool("YUSHAN_NETWORK_ISOLATION", True),
             dp_default_epsilon=_env_float("YUSHAN_DP_EPSILON", 10.0),
             dp_default_delta=_env_float("YUSHAN_DP_DELTA", 1e-6, below=1.0),

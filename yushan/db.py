@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -26,10 +28,80 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+SQLITE_BUSY_SECONDS = 30
+
+
 def _sqlite_begin(conn) -> None:
     # pysqlite's implicit transactions start lazily, which lets two writers both read the
     # audit head before either writes. BEGIN IMMEDIATE takes the write lock up front.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    dbapi_connection = conn.connection.dbapi_connection
+    turn = getattr(dbapi_connection, "take_turn", None)
+    if turn is not None:
+        turn()
+    try:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    except BaseException:
+        if turn is not None:
+            dbapi_connection.end_turn()
+        raise
+
+
+class _WriteTurns:
+    """This process's threads take turns at a SQLite database's write lock.
+
+    Every transaction holds that lock from its start (BEGIN IMMEDIATE). Left to SQLite, a
+    thread that finds it taken polls, sleeping up to 100 ms between tries, so under a dozen
+    concurrent requests some waited seconds while others got in at once; here the threads
+    of one process queue on a lock that hands over as soon as a transaction ends, and only
+    other processes (workers) are left to SQLite's polling.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        if not self._lock.acquire(timeout=SQLITE_BUSY_SECONDS):
+            raise sqlite3.OperationalError("database is locked")
+
+    def give_back(self) -> None:
+        self._lock.release()
+
+
+def _turn_taking_connection(turns: _WriteTurns) -> type[sqlite3.Connection]:
+    """A sqlite3 connection class whose transactions take turns (``connect_args``
+    ``factory``): its turn is taken at BEGIN and given back when the transaction ends."""
+
+    class TurnTakingConnection(sqlite3.Connection):
+        holds_turn = False
+
+        def take_turn(self) -> None:
+            turns.take()
+            self.holds_turn = True
+
+        def end_turn(self) -> None:
+            if self.holds_turn:
+                self.holds_turn = False
+                turns.give_back()
+
+        def commit(self) -> None:
+            try:
+                super().commit()
+            finally:
+                self.end_turn()
+
+        def rollback(self) -> None:
+            try:
+                super().rollback()
+            finally:
+                self.end_turn()
+
+        def close(self) -> None:
+            try:
+                super().close()
+            finally:
+                self.end_turn()
+
+    return TurnTakingConnection
 
 
 @lru_cache(maxsize=8)
@@ -37,7 +109,8 @@ def _engine_for(url: str) -> Engine:
     try:
         if url.startswith("sqlite"):
             engine = create_engine(
-                url, connect_args={"timeout": 30, "check_same_thread": False}
+                url, connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False,
+                                   "factory": _turn_taking_connection(_WriteTurns())}
             )
             event.listen(engine, "connect", _sqlite_pragmas)
             engine.dialect._yushan_sqlite = True  # type: ignore[attr-defined]
@@ -102,6 +175,16 @@ def session_factory(config: Config) -> sessionmaker[Session]:
             engine, expire_on_commit=False, info={"yushan_config": config}
         )
     return _engine_sessionmakers[engine]
+
+
+def end_transaction(session: Session) -> None:
+    """Commit the session's transaction, if one is open, before work that takes a while and
+    needs no database (a query's analysis, a password hash): on SQLite every transaction
+    holds the write lock from its first statement (``BEGIN IMMEDIATE``), so such work done
+    inside one made every other request wait for it. Loaded objects stay usable (sessions
+    do not expire them on commit)."""
+    if session.in_transaction():
+        session.commit()
 
 
 @contextmanager
