@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-PASSWORD = "demo-password"
+PASSWORD = "demo-password"  # noqa: S105 - the demo world's published password (spec/demo-data.md)
 # (user, merchant): the checking clients take these in turn.
 ACTORS = [("hanfu_owner", "hanfu_house"), ("tea_owner", "tea_garden"),
           ("insight_isv", "hanfu_house"), ("other_isv", "tea_garden")]

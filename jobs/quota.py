@@ -98,7 +98,8 @@ def _seconds_to_a_place(session: Session, merchant: Tenant) -> int:
         .order_by(Job.finished_at.desc())
         .limit(RECENT_RUNS)
     ).all()
-    runs = [(_as_utc(end) - _as_utc(start)).total_seconds() for start, end in recent]
+    runs = [(_as_utc(end) - _as_utc(start)).total_seconds() for start, end in recent
+            if start is not None and end is not None]
     typical = statistics.median(runs) if runs else DEFAULT_RUN_SECONDS
     oldest_start = session.scalar(
         select(func.min(Job.started_at)).where(Job.merchant_id == merchant.id,

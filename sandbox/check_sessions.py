@@ -72,7 +72,8 @@ class CheckSessions:
         self._cond = threading.Condition()
         self._waiters: list[_Waiter] = []  # checks waiting for a session, oldest first
         self._tickets = itertools.count()
-        warehouse = Path(base.conf.get("spark.sql.warehouse.dir").removeprefix("file:"))
+        warehouse = Path(str(base.conf.get("spark.sql.warehouse.dir") or "spark-warehouse")
+                         .removeprefix("file:"))
         warehouse.mkdir(parents=True, exist_ok=True)
         # Per process: a dropped database deletes its directory under the warehouse.
         self._warehouse = Path(tempfile.mkdtemp(prefix=f"{app_name}-", dir=warehouse))

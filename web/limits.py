@@ -83,7 +83,7 @@ def install(app: Flask, config: Config) -> Limiter:
             continue
         shared = limiter.shared_limit(limit, scope, key_func=key, methods=["POST"])
         for endpoint in endpoints:
-            app.view_functions[endpoint] = shared(app.view_functions[endpoint])
+            app.view_functions[endpoint] = shared(app.view_functions[endpoint])  # type: ignore[assignment]
     app.extensions[EXTENSION] = limiter
     app.register_error_handler(RateLimitExceeded, _refused)
     app.after_request(_allowance_headers)
