@@ -41,7 +41,7 @@ from yushan.config import Config
 
 # (setting, scope, endpoints): endpoints of one scope share each user's allowance.
 CHECK_ENDPOINTS = ("api.check_job", "provider.check")
-SUBMIT_ENDPOINTS = ("api.submit_job", "provider.submit_job", "templates.submit", "templates.api_submit")
+SUBMIT_ENDPOINTS = ("api.submit_job", "provider.submit_job", "templates.submit", "templates_api.api_submit")
 LOGIN_ENDPOINTS = ("api.token", "auth.login")
 # Answered in JSON although not under /api/: the editor's Check button reads JSON.
 JSON_ENDPOINTS = frozenset({"provider.check"})
