@@ -3,8 +3,9 @@
 The web app (waitress threads), the job workers and the command line are separate
 processes, so the counters and histograms use ``prometheus-client``'s multiprocess mode:
 each process writes its samples to memory-mapped files in one directory
-(``PROMETHEUS_MULTIPROC_DIR``, by default ``YUSHAN_HOME/run/metrics``; ``yushan serve``
-empties it at start-up) and ``GET /metrics`` adds them up. The state of the queue (jobs by
+(``PROMETHEUS_MULTIPROC_DIR``, by default ``yushan-metrics-<id of the home>`` in the
+system's temporary directory, outside ``YUSHAN_HOME``, whose only database is the metadata
+database; ``yushan serve`` empties it at start-up) and ``GET /metrics`` adds them up. The state of the queue (jobs by
 state, depth, oldest queued job, live workers) is read from the database at scrape time,
 so it is right whoever changed it.
 
@@ -17,8 +18,10 @@ transaction commits, never for one rolled back (:func:`on_commit`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import stat
 import tempfile
 import threading
 from collections.abc import Callable
@@ -46,8 +49,11 @@ _lock = threading.Lock()
 
 def metrics_dir(config: Config) -> Path:
     """Where this installation's processes keep their samples (unless the environment
-    names another directory)."""
-    return config.home / "run" / "metrics"
+    names another directory): run-time state, outside the home (prometheus-client names
+    its files ``*.db``; the home holds one database, the metadata's), one per home."""
+    home = str(Path(config.home).resolve())
+    digest = hashlib.sha256(home.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"yushan-metrics-{os.getuid()}-{digest}"
 
 
 def setup(config: Config | None) -> Path | None:
@@ -61,8 +67,13 @@ def setup(config: Config | None) -> Path | None:
     path = metrics_dir(config)
     try:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:  # a read-only home: metrics stay in this process's own directory
+        info = path.lstat()
+    except OSError as exc:  # metrics stay in this process's own memory
         log.warning("metrics directory %s cannot be created (%s)", path, exc.strerror)
+        return None
+    # In a shared temporary directory: only a directory of our own, closed to others.
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        log.warning("metrics directory %s is not this user's private directory: not used", path)
         return None
     os.environ[ENV] = str(path)
     return path
