@@ -133,6 +133,25 @@ def claim(config: Config, worker_id: str) -> Claimed | None:
     return None
 
 
+def unclaim(config: Config, job: Claimed, worker_id: str, reason: str) -> None:
+    """Give a job back to the queue before anything of it ran (its executor was found dead
+    right after the claim): the attempt is not counted, so it is not a retry."""
+    with session_scope(config) as session:
+        row = session.get(Job, job.id)
+        if row is None:
+            return
+        try:
+            transition(
+                session, row, JobState.QUEUED, actor=worker_actor(), lease_owner=worker_id,
+                where=(Job.attempts == job.attempt,),
+                details={"reason": reason, "attempt": job.attempt, "started": False},
+                values={"attempts": Job.attempts - 1, "progress": 0.0, "heartbeat_at": None,
+                        "started_at": None},
+            )
+        except StateConflict:
+            pass  # cancelled or taken over meanwhile
+
+
 def heartbeat(config: Config, job_id: int, worker_id: str, progress: float | None = None,
               attempt: int | None = None) -> LeaseStatus:
     """Renew the lease (and store progress); say whether the worker still holds the job

@@ -29,6 +29,7 @@ from jobs.queue import (
     give_back,
     heartbeat,
     reap_expired,
+    unclaim,
     worker_actor,
     worker_identity,
 )
@@ -172,6 +173,15 @@ class Worker:
                     self.stopping.set()
                     return
                 self._idle()
+                continue
+            if not executor.ping():
+                # Its JVM died between the pool's check and this claim (killed while the
+                # slot waited for work): the job goes back untouched, not as a retry.
+                log.warning("job %s: executor %s lost its engine before the job started; "
+                            "the job goes back to the queue", job.id, executor.pid)
+                unclaim(self.config, job, self.identity, "ExecutorLostBeforeStart")
+                self.pool.note_fault()
+                self.pool.release(executor, faulted=True)
                 continue
             self._mark_busy()
             # Every log line about this job names it and the request that submitted it.

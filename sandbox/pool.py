@@ -424,10 +424,15 @@ class ExecutorPool:
         if not executor.healthy() or not executor.ping():
             log.warning("executor %s died, lost or hung its JVM while idle; replacing it",
                         executor.pid)
-            self.faults += 1
+            self.note_fault()
             self.release(executor, faulted=True)
             return None
         return executor
+
+    def note_fault(self) -> None:
+        """Count an executor found dead or hung outside a job (for /readyz)."""
+        with self._lock:
+            self.faults += 1
 
     def health(self) -> dict[str, int]:
         """Executors started, live, idle, and faults seen (for /readyz via the worker)."""

@@ -14,7 +14,16 @@ from sqlalchemy import update
 
 from jobs import lifecycle, service
 from jobs.errors import InvalidState, NotAllowed, StateConflict
-from jobs.queue import HOST, MAX_ATTEMPTS, LeaseStatus, claim, heartbeat, reap_expired, worker_actor
+from jobs.queue import (
+    HOST,
+    MAX_ATTEMPTS,
+    LeaseStatus,
+    claim,
+    heartbeat,
+    reap_expired,
+    unclaim,
+    worker_actor,
+)
 from yushan.db import dispose_engines, session_scope
 from yushan.models import Job, JobOutput, JobState
 
@@ -101,6 +110,23 @@ def test_a_job_whose_worker_died_is_retried_once_then_fails_clearly(world):
     assert "retried once" in job.error["message"]
     assert audit_actions(world, job_id) == [
         "job.submit", "job.decision", "job.start", "job.retry", "job.start", "job.fail"
+    ]
+
+
+def test_a_job_given_back_before_it_started_keeps_both_its_attempts(world):
+    (job_id,) = queue_jobs(world, 1)
+    job = claim(world, "elsewhere:1:a")
+    unclaim(world, job, "elsewhere:2:b", "ExecutorLostBeforeStart")  # not the lease holder
+    assert job_state(world, job_id).state == JobState.RUNNING.value
+    unclaim(world, job, "elsewhere:1:a", "ExecutorLostBeforeStart")
+    row = job_state(world, job_id)
+    assert row.state == JobState.QUEUED.value and row.attempts == 0
+    assert row.lease_owner is None and row.started_at is None
+    # Both attempts are still there: lost once more during a run, it is retried, not failed.
+    again = claim(world, "elsewhere:1:a")
+    assert again.attempt == 1
+    assert audit_actions(world, job_id) == [
+        "job.submit", "job.decision", "job.start", "job.retry", "job.start"
     ]
 
 
