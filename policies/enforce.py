@@ -30,6 +30,7 @@ from policies.carry import output_ids
 from policies.engine import MAX_SEGMENT_LABELS, Decision, decide
 from policies.implied import NON_ZERO, NOT_NULL, argument_column, facts_about
 from policies.jvm import jvm_class, jvm_constant, jvm_regex_groups
+from policies.planjson import plan_json
 from policies.segment import platform_token_matcher
 from policies.sparkplan import AnalyzedQuery
 from policies.tree import parse_plan_json
@@ -466,7 +467,7 @@ def recheck(spark: SparkSession, decision: Decision, plan, analyzed=None) -> Non
     """Safety net: the rewritten plan must pass the same policy."""
     if analyzed is None:
         analyzed = _Jvm(spark).dataset(plan).queryExecution().analyzed()
-    tree = parse_plan_json(analyzed.toJSON())
+    tree = parse_plan_json(plan_json(spark, analyzed))
     again = decide(AnalyzedQuery(analyzed, tree), decision.kind, decision.merchant,
                    _datasets_of(decision), platform_token_matcher(spark, decision.merchant),
                    regex_groups=jvm_regex_groups(spark))

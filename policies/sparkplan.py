@@ -17,6 +17,7 @@ from pyspark.sql import SparkSession
 from policies.functions import FORBIDDEN_FUNCTION_NAMES
 from policies.jvm import jvm_constant
 from policies.model import Violation
+from policies.planjson import plan_json
 from policies.tree import Node, parse_plan_json
 
 # Parsed (unresolved) plan nodes a plain query is made of. Commands, DDL/DML, scripts,
@@ -153,7 +154,7 @@ def _may_name_forbidden(text: str) -> bool:
     return False
 
 
-def _check_parsed(jplan: Any) -> None:
+def _check_parsed(jplan: Any, spark: SparkSession | None = None) -> None:
     text = str(jplan.treeString())
     for name in _parsed_node_names(text, jplan):
         if name in PARSED_QUERY_NODES:
@@ -173,7 +174,7 @@ def _check_parsed(jplan: Any) -> None:
             statement=name,
         )
     if _may_name_forbidden(text):
-        _check_parsed_names(jplan)
+        _check_parsed_names(jplan, spark)
 
 
 # Short names of Spark's file data sources: `SELECT * FROM parquet.`/path`` reads a file.
@@ -193,7 +194,7 @@ def _parts(value: Any) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _check_parsed_names(jplan: Any) -> None:
+def _check_parsed_names(jplan: Any, spark: SparkSession | None = None) -> None:
     """Refuse, by name, the functions the platform removed and queries on files (P7).
 
     The hardened session has no such functions and reads no files, so Spark would only
@@ -202,7 +203,7 @@ def _check_parsed_names(jplan: Any) -> None:
     import json
 
     try:
-        document = json.loads(jplan.toJSON())
+        document = json.loads(plan_json(spark, jplan) if spark is not None else jplan.toJSON())
     except Exception:  # noqa: BLE001 - a parsed plan Spark cannot write: nothing to name
         return
     stack: list[Any] = [document]
@@ -307,7 +308,7 @@ def parse_query(spark: SparkSession, sql: str) -> Any:
                 "Submit exactly one SELECT statement (no trailing statements).",
             ) from None
         raise error from None
-    _check_parsed(parsed)
+    _check_parsed(parsed, spark)
     return parsed
 
 
@@ -322,7 +323,7 @@ def analyze(spark: SparkSession, sql: str) -> AnalyzedQuery:
                         lambda jvm: jvm.org.apache.spark.sql.execution.CommandExecutionMode.SKIP())
     try:
         analyzed = state.executePlan(parsed, skip).analyzed()
-        text = analyzed.toJSON()  # one reply, however large (sandbox.spark._QuickAckSocket)
+        text = plan_json(spark, analyzed)  # one reply, however large (sandbox.spark._QuickAckSocket)
     except (PySparkException, Py4JError) as exc:
         # Unknown and unreadable tables read exactly alike: Spark's own message.
         raise _query_error(exc, "ANALYSIS_ERROR") from None

@@ -14,6 +14,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from policies.planjson import plan_json
 from sandbox.spark import get_spark, stop_spark
 from yushan.config import Config
 
@@ -113,7 +114,7 @@ def train_class_archive(target: Path) -> None:
         warm_up = WarmUp(spark, Path(scratch))
         warm_up._rounds()
         frame = spark.read.parquet(str(warm_up.path)).groupBy("city").count()
-        frame._jdf.queryExecution().analyzed().toJSON()
+        plan_json(spark, frame._jdf.queryExecution().analyzed())  # Janino's classes too
         proc = SparkContext._gateway.proc
         stop_spark()
         # The JVM exits when its standard input closes; the archive is written then.
