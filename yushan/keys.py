@@ -376,6 +376,9 @@ def _resolve(config: Config) -> Rotation | None:
 
 def startup_check(config: Config) -> Rotation | None:
     """Called by ``yushan init`` (and so by ``serve`` and ``demo``) after migrating."""
+    from audit.rotation import resolve_pending as resolve_audit_pending
+
+    resolve_audit_pending(config)
     try:
         ensure_token_keys(config)
         return resolve_pending(config)
