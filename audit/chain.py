@@ -112,15 +112,62 @@ def sign_point(private_key: Ed25519PrivateKey, kind: str, seq: int, head_hash: s
     return base64.b64encode(private_key.sign(_signed_message(kind, seq, head_hash))).decode()
 
 
+def sign_point_tagged(private_key: Ed25519PrivateKey, kind: str, seq: int,
+                      head_hash: str) -> str:
+    """``<key id>:<signature>``: a stored checkpoint names the key that signed it, so that
+    a trail signed by several keys (after a rotation) verifies point by point."""
+    return f"{key_id(private_key.public_key())}:{sign_point(private_key, kind, seq, head_hash)}"
+
+
+def signature_key_id(signature: str) -> str | None:
+    """The key id a tagged signature names; None for an untagged (older) one."""
+    tag, sep, _ = signature.partition(":")
+    return tag if sep else None
+
+
 def check_point(
     public_key: Ed25519PublicKey, kind: str, seq: int, head_hash: str, signature: str
 ) -> bool:
+    tag, sep, bare = signature.partition(":")
+    if sep and tag != key_id(public_key):
+        return False
     try:
-        public_key.verify(base64.b64decode(signature, validate=True),
+        public_key.verify(base64.b64decode(bare if sep else signature, validate=True),
                           _signed_message(kind, seq, head_hash))
     except (InvalidSignature, ValueError):
         return False
     return True
+
+
+def check_point_any(keyring: Mapping[str, Ed25519PublicKey], kind: str, seq: int,
+                    head_hash: str, signature: str, named: str | None = None) -> str | None:
+    """The id of the keyring's key that signed this point, or None when none did.
+
+    A point naming its key (a tagged signature, or a head's ``key_id``) is checked with
+    that key only; an untagged one (signed before keys were named) with each key.
+    """
+    wanted = signature_key_id(signature) or named
+    candidates = [wanted] if wanted else list(keyring)
+    for kid in candidates:
+        key = keyring.get(kid) if kid else None
+        if key is not None and check_point(key, kind, seq, head_hash, signature):
+            return kid
+    return None
+
+
+def keyring_from_pems(pems: Mapping[str, str] | list) -> dict[str, Ed25519PublicKey]:
+    """Public keys by id from ``{"<id>": "<PEM>"}`` (or a list of PEMs); a PEM whose id is
+    not the one it is filed under is left out."""
+    found: dict[str, Ed25519PublicKey] = {}
+    items = pems.items() if isinstance(pems, Mapping) else [(None, pem) for pem in pems]
+    for kid, pem in items:
+        try:
+            key = load_public_key_pem(pem.encode("ascii"))
+        except (ValueError, AttributeError, UnicodeEncodeError):
+            continue
+        if kid is None or kid == key_id(key):
+            found[key_id(key)] = key
+    return found
 
 
 def sign_bytes(private_key: Ed25519PrivateKey, data: bytes) -> str:

@@ -38,7 +38,10 @@ def verify_command(as_json: bool) -> None:
         click.echo(json.dumps(result.to_dict()))
     elif result.ok:
         fingerprint = key_id(public_key) if public_key else "none"
-        click.echo(f"audit trail intact: {result.entries} entries (signing key {fingerprint})")
+        others = [k for k in result.key_ids if k != fingerprint]
+        earlier = f"; earlier keys {', '.join(others)}" if others else ""
+        click.echo(f"audit trail intact: {result.entries} entries (signing key {fingerprint}"
+                   f"{earlier})")
     else:
         where = f"first bad entry: {result.first_bad}; " if result.first_bad else ""
         click.echo(f"audit trail NOT intact: {where}{result.reason}", err=False)

@@ -27,6 +27,7 @@ from audit.chain import (
     HEAD_KIND,
     check_point,
     key_id,
+    keyring_from_pems,
     load_public_key_pem,
     public_key_pem,
     sign_point,
@@ -98,7 +99,9 @@ def init_keys(config: Config) -> str:
 
 
 _key_cache: dict[str, tuple[int, Ed25519PrivateKey]] = {}
-_key_ids: dict[int, str] = {}
+# Keyed by the key object itself (not id(): after a rotation the old object is freed and a
+# new one could reuse its id, naming the wrong key in the head file).
+_key_ids: dict[Ed25519PrivateKey, str] = {}
 
 
 def load_signing_key(config: Config) -> Ed25519PrivateKey:
@@ -125,6 +128,52 @@ def load_public_key(config: Config) -> Ed25519PublicKey | None:
         return load_public_key_pem(public_key_path(config).read_bytes())
     except FileNotFoundError:
         return None
+
+
+KEYRING_KIND = "yushan-audit-keyring"
+
+
+def keyring_path(config: Config) -> Path:
+    """Every audit signing key's public half ever used here (``yushan keys rotate-audit``)."""
+    return config.keys_dir / "audit-keyring.json"
+
+
+def read_keyring_file(config: Config) -> list[dict]:
+    try:
+        doc = json.loads(keyring_path(config).read_bytes())
+    except FileNotFoundError:
+        return []
+    if not isinstance(doc, dict) or doc.get("kind") != KEYRING_KIND:
+        raise ValueError(f"{keyring_path(config)} is not an audit keyring")
+    return [entry for entry in doc.get("keys", []) if isinstance(entry, dict)]
+
+
+def write_keyring_file(config: Config, entries: list[dict]) -> None:
+    """Replace the keyring file whole (temporary file, then rename)."""
+    path = keyring_path(config)
+    data = (json.dumps({"kind": KEYRING_KIND, "version": 1, "keys": entries}, indent=1,
+                       sort_keys=True) + "\n").encode()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o644)  # public keys: auditors may read them
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_keyring(config: Config) -> dict[str, Ed25519PublicKey]:
+    """The verification keys by id: every key in the keyring, and the current one."""
+    keyring = keyring_from_pems({str(e.get("key_id")): str(e.get("public_key"))
+                                 for e in read_keyring_file(config)})
+    current = load_public_key(config)
+    if current is not None:
+        keyring[key_id(current)] = current
+    return keyring
 
 
 @dataclass(frozen=True)
@@ -235,13 +284,13 @@ def advance_head(config: Config, seq: int, head_hash: str) -> bool:
         except FileNotFoundError:
             init_keys(config)
             private = load_signing_key(config)
-        if id(private) not in _key_ids:
-            _key_ids[id(private)] = key_id(private.public_key())
+        if private not in _key_ids:
+            _key_ids[private] = key_id(private.public_key())
         head = SignedHead(
             seq=seq,
             hash=head_hash,
             ts=datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z"),
-            key_id=_key_ids[id(private)],
+            key_id=_key_ids[private],
             signature=sign_point(private, HEAD_KIND, seq, head_hash),
         )
         line = json.dumps(head.to_dict(), sort_keys=True).encode("utf-8")

@@ -23,9 +23,10 @@ from audit.chain import (
     HEAD_KIND,
     canonical_json,
     check_bytes,
-    check_point,
+    check_point_any,
     entry_hash,
     key_id,
+    keyring_from_pems,
     load_public_key_pem,
 )
 
@@ -35,6 +36,8 @@ class BundleReport:
     ok: bool = True
     entries: int = 0
     key_id: str = ""
+    # Keys whose signatures were checked (checkpoints, head), besides the bundle's own.
+    key_ids: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     first_seq: int | None = None
     last_seq: int | None = None
@@ -100,16 +103,24 @@ def verify_bundle(path: str, expect_key: str | None = None) -> BundleReport:
 
     if report.entries != manifest.get("entries"):
         report.fail("entry count differs from the manifest")
+    # Older bundles hold one key; newer ones every key of the installation's keyring.
+    keyring = keyring_from_pems(json.loads(files["keyring.json"])) if "keyring.json" in files else {}
+    keyring[report.key_id] = public_key
+
+    def signed(kind: str, point: dict, named: str | None = None) -> bool:
+        signer = check_point_any(keyring, kind, point["seq"], point["hash"],
+                                 point["signature"], named=named)
+        if signer is not None and signer not in report.key_ids:
+            report.key_ids.append(signer)
+        return signer is not None
+
     for point in checkpoints:
-        if not check_point(public_key, CHECKPOINT_KIND, point["seq"], point["hash"],
-                           point["signature"]):
+        if not signed(CHECKPOINT_KIND, point):
             report.fail(f"checkpoint {point['seq']} has a bad signature")
         elif point["seq"] in hashes and hashes[point["seq"]] != point["hash"]:
             report.fail(f"entry {point['seq']} differs from its signed checkpoint")
     if head is not None:
-        if head.get("kind") != HEAD_KIND or not check_point(
-            public_key, HEAD_KIND, head["seq"], head["hash"], head["signature"]
-        ):
+        if head.get("kind") != HEAD_KIND or not signed(HEAD_KIND, head, head.get("key_id") or None):
             report.fail("signed head has a bad signature")
         elif head["seq"] in hashes and hashes[head["seq"]] != head["hash"]:
             report.fail(f"entry {head['seq']} differs from the signed head")
@@ -187,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         status = "VERIFIED" if report.ok else "NOT VERIFIED"
         span = (f"entries {report.first_seq}..{report.last_seq}"
                 if report.first_seq is not None else "no entries")
+        others = [k for k in report.key_ids if k != report.key_id]
         print(f"{status}: {report.entries} entries ({span}), key {report.key_id}"
+              + (f" (earlier keys {', '.join(others)})" if others else "")
               + (", complete from the first entry" if report.contiguous_from_genesis else ""))
         for problem in report.problems:
             print(f"  - {problem}")

@@ -19,7 +19,7 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from audit.chain import BUNDLE_KIND, canonical_json, key_id, public_key_pem, sign_bytes
-from audit.keys import init_keys, load_signing_key, read_head
+from audit.keys import init_keys, load_keyring, load_signing_key, read_head
 from yushan.config import Config
 from yushan.models import AuditCheckpoint, AuditEntry
 
@@ -240,6 +240,11 @@ def export_bundle(
             "checkpoints.json": canonical_json(checkpoints).encode(),
             "head.json": canonical_json(head.to_dict() if head else None).encode(),
             "public_key.pem": public_key_pem(public),
+            # Every verification key (after a rotation the older checkpoints and heads
+            # name older keys); vouched for by the manifest's signature with the current key.
+            "keyring.json": canonical_json({
+                kid: public_key_pem(pub).decode("ascii")
+                for kid, pub in sorted(load_keyring(config).items())}).encode(),
         }
         digests = {name: hashlib.sha256(data).hexdigest() for name, data in files.items()}
         digests["entries.jsonl"] = entries_digest.hexdigest()

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, select
 from sqlalchemy.exc import DBAPIError
 
-from audit.chain import CHECKPOINT_KIND, GENESIS, check_point, entry_hash
-from audit.keys import HeadFileError, load_public_key, read_head, register_config
+from audit.chain import CHECKPOINT_KIND, GENESIS, HEAD_KIND, check_point_any, entry_hash
+from audit.keys import HeadFileError, load_keyring, read_head, register_config
 from audit.writer import HEAD_ROW_ID
 from yushan.config import Config
 from yushan.db import get_engine, sqlite_snapshot_engine
@@ -36,6 +37,8 @@ class VerifyResult:
     entries: int
     first_bad: int | None
     reason: str
+    # The signing keys whose signatures were checked (checkpoints, head), oldest first.
+    key_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,26 +67,39 @@ def verify(config: Config) -> VerifyResult:
     entries than the signed head names). Reads a consistent snapshot; writers go on.
     """
     register_config(config)
-    public_key = load_public_key(config)
+    try:
+        keyring = load_keyring(config)
+    except ValueError as exc:
+        return VerifyResult(False, 0, None, f"audit keyring is damaged ({exc})")
     try:
         # Read before the snapshot: the head file never runs ahead of committed entries.
         head = read_head(config)
     except HeadFileError as exc:
         return VerifyResult(False, 0, None, f"signed head file is damaged ({exc})")
+    head_key = None
     if head is not None:
-        if public_key is None:
+        if not keyring:
             return VerifyResult(False, 0, None, "no audit verification key to check the head")
-        if not head.valid_for(public_key):
+        head_key = check_point_any(keyring, HEAD_KIND, head.seq, head.hash, head.signature,
+                                   named=head.key_id or None)
+        if head_key is None:
             return VerifyResult(False, 0, None, "signed head file: signature does not verify")
     try:
         with snapshot(config) as conn:
-            return _verify_snapshot(conn, public_key, head)
+            result = _verify_snapshot(conn, keyring, head, head_key)
+            if head_key is not None and head_key not in result.key_ids:
+                result = replace(result, key_ids=(*result.key_ids, head_key))
+            return result
     except DBAPIError as exc:
         origin = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
         return VerifyResult(False, 0, None, f"audit tables unreadable: {origin}")
 
 
-def _verify_snapshot(conn: Connection, public_key, head) -> VerifyResult:
+ROTATE_ACTION = "audit.signing_key_rotate"
+
+
+def _verify_snapshot(conn: Connection, keyring, head, head_key: str | None = None
+                     ) -> VerifyResult:
     checkpoints = {
         seq: (digest, signature)
         for seq, digest, signature in conn.execute(
@@ -98,6 +114,10 @@ def _verify_snapshot(conn: Connection, public_key, head) -> VerifyResult:
     prev = GENESIS
     hash_at_head = None
     first_unanchored: tuple[int, str] | None = None
+    used: list[str] = []
+    # Once the signing key has been rotated, every signature must come from a key that a
+    # rotation entry (itself in the chain, signed over by the keys before it) names.
+    named: set[str] | None = None
     for (row_id, seq, ts, actor, role, tenant, origin, action, objects, details,
          prev_hash, stored_hash) in rows:
         if seq != expected:
@@ -110,12 +130,18 @@ def _verify_snapshot(conn: Connection, public_key, head) -> VerifyResult:
                   "origin": origin, "action": action, "objects": objects, "details": details}
         if entry_hash(prev, fields) != stored_hash:
             return _bad(seq, seq - 1, f"entry {seq} has been altered")
+        if action == ROTATE_ACTION:
+            named = _rotation_keys(named, objects, details)
         if seq in checkpoints:
             digest, signature = checkpoints.pop(seq)
-            if public_key is None or not check_point(
-                public_key, CHECKPOINT_KIND, seq, digest, signature
-            ):
+            signer = check_point_any(keyring, CHECKPOINT_KIND, seq, digest, signature)
+            if signer is None:
                 return _bad(seq, seq - 1, f"checkpoint at entry {seq} has a bad signature")
+            if named is not None and signer not in named:
+                return _bad(seq, seq - 1, f"checkpoint at entry {seq} is signed by key {signer}, "
+                                          "which no key rotation entry names")
+            if signer not in used:
+                used.append(signer)
             if digest != stored_hash:
                 return _bad(seq, seq - 1, f"entry {seq} differs from its signed checkpoint")
         if head is not None and seq == head.seq:
@@ -138,6 +164,9 @@ def _verify_snapshot(conn: Connection, public_key, head) -> VerifyResult:
                                     "the chain was rewritten")
     if last > 0 and head is None:
         return VerifyResult(False, last, None, "signed head file is missing")
+    if head_key is not None and named is not None and head_key not in named:
+        return _bad(head.seq, last, f"the signed head is signed by key {head_key}, which no "
+                                    "key rotation entry names")
     if first_unanchored is not None and not _recent(first_unanchored[1]):
         seq = first_unanchored[0]
         return _bad(seq, seq - 1, f"entries from {seq} on were never anchored by a signed "
@@ -148,7 +177,17 @@ def _verify_snapshot(conn: Connection, public_key, head) -> VerifyResult:
     if last > 0 and (stored_head is None or tuple(stored_head) != (last, prev)):
         return _bad(last + 1, last, "the chain head row does not match the last entry")
     pending = f", {last - head.seq} just committed" if head and last > head.seq else ""
-    return VerifyResult(True, last, None, f"intact: {last} entries{pending}")
+    return VerifyResult(True, last, None, f"intact: {last} entries{pending}", tuple(used))
+
+
+def _rotation_keys(named: set[str] | None, objects: str, details: str) -> set[str]:
+    found = set(named or ())
+    try:
+        found.add(str(json.loads(objects)["signing_key"]))
+        found.add(str(json.loads(details)["previous_key_id"]))
+    except (ValueError, KeyError, TypeError):
+        pass
+    return found
 
 
 def _recent(ts: str) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import bindparam, event, select
 from sqlalchemy.orm import Session
 
-from audit.chain import CHECKPOINT_KIND, GENESIS, canonical_json, entry_hash, sign_point
+from audit.chain import CHECKPOINT_KIND, GENESIS, canonical_json, entry_hash, sign_point_tagged
 from audit.keys import (
     advance_head,
     configs_by_url,
@@ -211,7 +211,7 @@ def _add_checkpoint(session: Session, seq: int, digest: str) -> None:
         return
     if not config.audit_signing_key_path.exists():
         init_keys(config)
-    signature = sign_point(load_signing_key(config), CHECKPOINT_KIND, seq, digest)
+    signature = sign_point_tagged(load_signing_key(config), CHECKPOINT_KIND, seq, digest)
     session.execute(
         AuditCheckpoint.__table__.insert(),
         {"seq": seq, "head_hash": digest, "signature": signature,

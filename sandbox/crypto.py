@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import struct
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -39,6 +41,43 @@ def write_secret_file(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or link in directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish_secret(path: Path, data: bytes, *, replace: bool = False) -> bool:
+    """Put ``data`` at ``path`` (0600) whole or not at all, durably.
+
+    Written to a temporary file in the same directory, synced, then hard-linked into
+    place (``replace=False``: False when ``path`` exists, which is kept) or renamed over
+    it. A crash leaves either no file or the complete one, never a torn key.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+        fsync_dir(path.parent)
+        return True
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def load_or_create_key(path: Path) -> bytes:
@@ -158,22 +197,68 @@ def decrypt_bytes(key: bytes, src_path: Path) -> bytes:
         return b"".join(decrypt_chunks(key, src))
 
 
+def master_key_id(master: bytes) -> str:
+    """A public fingerprint of a master key (reveals nothing of it): which key wraps the
+    database's data keys is stored as this id (``yushan keys``)."""
+    return hmac.new(master, b"yushan-master-key-id", hashlib.sha256).hexdigest()[:16]
+
+
+def pending_master_path(master_key_path: Path) -> Path:
+    """Where ``yushan keys rotate-master`` puts the next master key until it is in use."""
+    return master_key_path.with_name(master_key_path.name + ".new")
+
+
+def segment_token_keys_path(master_key_path: Path) -> Path:
+    """The segment-token secrets, apart from the master key so that rotating it keeps
+    every merchant's tokens (``yushan.keys.ensure_token_keys`` writes the file)."""
+    return master_key_path.with_name("segment-token.keys")
+
+
 class KeyStore:
-    """The platform master key and what is derived from it."""
+    """The platform master key and what is derived from it.
+
+    The master key file is re-read when it changes (a rotation replaced it). A data key
+    that does not open with it is tried with the pending key (``master.key.new``) too: a
+    rotation interrupted after its database commit leaves the rows wrapped under the new
+    key while ``master.key`` is still the old one, and both must read until it finishes.
+    """
 
     def __init__(self, master_key_path: Path):
         self.path = master_key_path
         self._master: bytes | None = None
+        self._stamp: tuple[int, int] | None = None
+        self._tokens: tuple[tuple[int, int], dict] | None = None
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns)
 
     @property
     def master(self) -> bytes:
-        if self._master is None:
-            if not self.path.exists():
+        stamp = self._file_stamp()
+        if self._master is None or stamp != self._stamp:
+            if stamp is None:
                 raise DecryptionError(
                     f"master key {self.path} is missing; run `yushan init` on this YUSHAN_HOME"
                 )
             self._master = load_or_create_key(self.path)
+            self._stamp = stamp
         return self._master
+
+    def candidates(self) -> list[bytes]:
+        """The master key, then the pending one of an unfinished rotation (if any)."""
+        keys = [self.master]
+        pending = pending_master_path(self.path)
+        try:
+            data = pending.read_bytes()
+        except FileNotFoundError:
+            return keys
+        if len(data) == KEY_BYTES and data not in keys:
+            keys.append(data)
+        return keys
 
     def new_wrapped_key(self, context: str) -> tuple[bytes, bytes]:
         """Return ``(data_key, wrapped_data_key)`` for a new object."""
@@ -181,8 +266,62 @@ class KeyStore:
         return key, wrap_key(self.master, key, context)
 
     def unwrap(self, wrapped: bytes, context: str) -> bytes:
-        return unwrap_key(self.master, wrapped, context)
+        try:
+            return unwrap_key(self.master, wrapped, context)
+        except DecryptionError:
+            for other in self.candidates()[1:]:
+                try:
+                    return unwrap_key(other, wrapped, context)
+                except DecryptionError:
+                    continue
+            raise
+
+    def _token_keys(self) -> dict | None:
+        path = segment_token_keys_path(self.path)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        stamp = (stat.st_ino, stat.st_mtime_ns)
+        if self._tokens is None or self._tokens[0] != stamp:
+            self._tokens = (stamp, parse_token_keys(path.read_bytes()))
+        return self._tokens[1]
 
     def segment_token_key(self, merchant: str) -> bytes:
-        """Per-merchant HMAC key for ``segment_token``; never leaves the platform."""
-        return derive_key(self.master, f"segment-token:{merchant}")
+        """Per-merchant HMAC key for ``segment_token``; never leaves the platform.
+
+        From ``segment-token.keys`` when it exists: the merchant's own key kept there (the
+        one derived from the master key when the file was made, so that tokens merchants
+        already hold stay the same), else one derived from its random root. Without the
+        file (a home not yet initialised by this version), derived from the master key.
+        """
+        tokens = self._token_keys()
+        if tokens is None:
+            return derive_key(self.master, f"segment-token:{merchant}")
+        kept = tokens["merchants"].get(merchant)
+        if kept is not None:
+            return kept
+        return derive_key(tokens["root"], f"segment-token:{merchant}")
+
+
+TOKEN_KEYS_KIND = "yushan-segment-token-keys"  # noqa: S105 - a document kind, not a secret
+
+
+def token_keys_document(root: bytes, merchants: dict[str, bytes]) -> bytes:
+    doc = {"kind": TOKEN_KEYS_KIND, "version": 1, "root": root.hex(),
+           "merchants": {slug: key.hex() for slug, key in sorted(merchants.items())}}
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+
+def parse_token_keys(raw: bytes) -> dict:
+    try:
+        doc = json.loads(raw)
+        if doc.get("kind") != TOKEN_KEYS_KIND:
+            raise ValueError("kind")
+        root = bytes.fromhex(doc["root"])
+        merchants = {str(k): bytes.fromhex(v) for k, v in doc["merchants"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise DecryptionError("segment-token.keys is damaged") from None
+    if len(root) != KEY_BYTES or any(len(v) != KEY_BYTES for v in merchants.values()):
+        raise DecryptionError("segment-token.keys is damaged")
+    return {"root": root, "merchants": merchants}

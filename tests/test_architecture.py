@@ -29,7 +29,8 @@ WEB = 5
 ENTRY = 6
 
 # ``yushan.backup`` copies what every part keeps and signs the copy's audit head.
-TOP_MODULES = {"yushan.cli", "yushan.__main__", "yushan.demo", "yushan.backup"}
+# ``yushan.keys`` re-wraps what every part keeps (datasets, outputs) under a new master key.
+TOP_MODULES = {"yushan.cli", "yushan.__main__", "yushan.demo", "yushan.backup", "yushan.keys"}
 SIBLINGS = {("jobs", "onboarding"), ("onboarding", "jobs")}
 
 # (importer, imported) -> why it is allowed. Keep this short.

@@ -380,7 +380,8 @@ def audit_verify():
 
     result = audit.verify(app_config())
     return jsonify({"ok": bool(result.ok), "entries": int(result.entries),
-                    "first_bad": result.first_bad, "reason": result.reason or ""})
+                    "first_bad": result.first_bad, "reason": result.reason or "",
+                    "key_ids": list(result.key_ids)})
 
 
 # ---------------------------------------------------------------- OpenAPI

@@ -66,6 +66,7 @@ def initialise(config: Config) -> None:
     from sandbox.crypto import load_or_create_key
     from yushan.accounts import ensure_platform
     from yushan.db import migrate, session_scope
+    from yushan.keys import startup_check
 
     config.check_home_writable()
     os.chmod(config.home, 0o700)
@@ -77,6 +78,11 @@ def initialise(config: Config) -> None:
     load_or_create_key(config.master_key_path)
     audit.init_keys(config)
     migrate(config)
+    # A master key rotation interrupted by a crash is finished or undone before anything
+    # runs; the segment-token secrets are made once (yushan/keys.py).
+    finish = startup_check(config)
+    if finish is not None:
+        log.warning("finished an interrupted master key rotation (now key %s)", finish.new_key_id)
     with session_scope(config) as session:
         created: list = []
         ensure_platform(session, created)
@@ -251,6 +257,72 @@ def backup(directory: Path, verify_only: bool) -> None:
                    "(withdrawn or shredded meanwhile)", err=True)
     click.echo(f"backed up {config.home} into {result.target}: {result.files} files, "
                f"{result.bytes:,} bytes, audit entries up to {head.get('seq', 0)}")
+
+
+# -- keys --------------------------------------------------------------------------------
+
+
+@main.group("keys")
+def keys_cli() -> None:
+    """Key status and rotation (docs/operations.md, "Keys and their rotation")."""
+
+
+@keys_cli.command("status")
+def keys_status() -> None:
+    """Which master key is in use, and whether every data key opens with it."""
+    from yushan.keys import status
+
+    config = get_config()
+    found = status(config)
+    click.echo(f"master.key:          {found.master_key_id or 'missing'}")
+    click.echo(f"database uses:       {found.database_key_id or '(never rotated: master.key)'}")
+    click.echo(f"pending rotation:    {'yes (master.key.new)' if found.pending else 'no'}")
+    click.echo(f"retired keys:        {', '.join(found.retired) or 'none'}")
+    click.echo(f"segment-token.keys:  {'present' if found.token_keys else 'not yet made'}")
+    click.echo(f"wrapped data keys:   {found.wrapped}, "
+               f"{len(found.unreadable)} not opening with master.key")
+    for context in found.unreadable[:20]:
+        click.echo(f"  does not open: {context}")
+    if found.unreadable or found.pending:
+        sys.exit(1)
+
+
+@keys_cli.command("rotate-master")
+@click.option("--delete-old", is_flag=True,
+              help="Delete the old key once the new one is in place (default: kept as "
+                   "keys/master.key.retired-<time>).")
+@click.option("--force", is_flag=True, help="Rotate even while job workers are running.")
+def keys_rotate_master(delete_old: bool, force: bool) -> None:
+    """Make a new master key and re-wrap every data key under it (files unchanged)."""
+    from yushan.keys import KeyRotationError, rotate_master
+
+    config = get_config()
+    try:
+        done = rotate_master(config, delete_old=delete_old, force=force)
+    except KeyRotationError as exc:
+        raise click.ClickException(str(exc)) from None
+    for note in done.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"master key rotated: {done.old_key_id} -> {done.new_key_id} "
+               f"({done.datasets} dataset and {done.outputs} output keys re-wrapped"
+               + (f", {done.late} written meanwhile" if done.late else "") + ")")
+    if done.retired is not None:
+        click.echo(f"old key kept as {done.retired} (delete it once no backup made before "
+                   "this rotation needs restoring with it, or keep it offline)")
+
+
+@keys_cli.command("rotate-audit")
+def keys_rotate_audit() -> None:
+    """Make a new audit signing key; the old public key stays in the keyring."""
+    from audit.rotation import AuditKeyError, rotate_signing_key
+
+    config = get_config()
+    try:
+        old_id, new_id = rotate_signing_key(config)
+    except AuditKeyError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"audit signing key rotated: {old_id} -> {new_id} "
+               "(publish the new key id to auditors; `yushan audit verify` lists both)")
 
 
 # -- accounts ----------------------------------------------------------------------------
