@@ -37,6 +37,11 @@ MAY_FAIL = frozenset({
     "MakeTimestamp", "NextDay", "StringLocate",
     "SubstringIndex", "ArrayJoin", "StringReplace",
     "StringTranslate", "Levenshtein", "FormatNumber", "Round", "BRound", "WidthBucket",
+    # third attack: timestamps from numbers and interval arithmetic overflow on some values
+    "SecondsToTimestamp", "MillisToTimestamp", "MicrosToTimestamp", "SubtractTimestamps",
+    "SubtractDates", "MultiplyYMInterval", "MultiplyDTInterval", "DivideYMInterval",
+    "DivideDTInterval", "MultiplyInterval", "DivideInterval", "TimestampAddYMInterval",
+    "DatetimeSub", "TimestampAddInterval",
 })
 # ... unless the argument that can make them fail is a literal (the pattern, the format).
 LITERAL_SAFE = {
@@ -50,7 +55,8 @@ LITERAL_SAFE = {
     "Like": "rest", "ILike": "rest", "SplitPart": (1, 2), "FromUTCTimestamp": (1,),
     "ToUTCTimestamp": (1,), "ConvertTimezone": (0, 1), "TimestampAdd": (0,),
     "AddMonths": (1,), "DateAdd": (1,), "DateSub": (1,), "DateAddInterval": (1,),
-    "TimeAdd": (1,), "TruncTimestamp": (0,), "TruncDate": (1,), "NextDay": (1,),
+    "TimeAdd": (1,), "TimestampAddYMInterval": (1,), "TimestampAddInterval": (1,),
+    "DatetimeSub": (1,), "TruncTimestamp": (0,), "TruncDate": (1,), "NextDay": (1,),
     "MakeTimestamp": "rest",
     "SubstringIndex": (1, 2),
     "ArrayJoin": (1, 2),
@@ -67,6 +73,70 @@ _DATE_LETTERS = set("GyMLdDQqEahHkKmsSnNVzOXxZ")  # Spark's datetime patterns, m
 _CHARSETS = {"utf-8", "utf8", "us-ascii", "iso-8859-1", "utf-16", "utf-16be", "utf-16le",
              "utf-32", "gbk", "gb18030", "gb2312", "big5"}
 _OFFSET = re.compile(r"^(UTC|GMT)?[+-]\d{1,2}(:?\d{2})?$|^(UTC|GMT|Z)$")
+
+
+# Interval values over consumer rows: arithmetic on them, and casts to or from them, fail on
+# overflow or on a string that is not an interval, even with ANSI off (and Spark leaves a
+# failing constant in a CASE branch to run time).
+INTERVAL_MAKERS = frozenset({
+    "MakeInterval", "MakeDTInterval", "MakeYMInterval", "SubtractTimestamps", "SubtractDates",
+    "MultiplyYMInterval", "MultiplyDTInterval", "DivideYMInterval", "DivideDTInterval",
+    "MultiplyInterval", "DivideInterval",
+})
+INTERVAL_ARITHMETIC = frozenset({"Add", "Subtract", "UnaryMinus", "Abs", "Multiply", "Divide",
+                                 "Remainder", "Pmod", "UnaryPositive"})
+# Functions whose result grows with their arguments: inside a lambda their sizes multiply
+# (sequence(1, 999) per element of sequence(1, 999) ...), whatever each literal says.
+SIZED = frozenset({"Sequence", "ArrayRepeat", "StringRepeat", "StringLPad", "StringRPad",
+                   "StringSpace"})
+MAX_INTERVAL_MICROS = MAX_DAYS * 86_400_000_000
+MAX_INTERVAL_MONTHS = MAX_DAYS // 30
+
+
+def is_interval_type(data_type: object) -> bool:
+    return isinstance(data_type, str) and data_type.startswith("interval")
+
+
+def interval_valued(node: Node) -> bool:
+    """Whether ``node`` (as far as its own fields tell) computes an interval."""
+    if node.cls in ("Literal", "Cast"):
+        return is_interval_type(node.fields.get("dataType"))
+    return node.cls in INTERVAL_MAKERS
+
+
+def small_interval(node: Node) -> bool:
+    """An interval literal (possibly negated) of at most MAX_DAYS days (or as many months)."""
+    while node.cls in ("UnaryMinus", "UnaryPositive") and len(node.children) == 1:
+        node = node.children[0]
+    if node.cls != "Literal" or not is_interval_type(node.fields.get("dataType")):
+        return False
+    value = _int(None if node.fields.get("value") is None else str(node.fields.get("value")))
+    if value is None:
+        return node.fields.get("value") is None  # NULL: nothing to overflow
+    months = any(w in str(node.fields.get("dataType")) for w in ("year", "month"))
+    return abs(value) <= (MAX_INTERVAL_MONTHS if months else MAX_INTERVAL_MICROS)
+
+
+def why_unsafe_shape(node: Node, in_lambda: bool) -> str | None:
+    """P8 for what is not one function's arguments: casts and arithmetic on intervals, and
+    sized functions inside lambdas. None when ``node`` cannot fail that way."""
+    cls = node.cls
+    if cls == "Cast" and node.children:
+        child = node.children[0]
+        if is_interval_type(node.fields.get("dataType")):
+            ok, value = literal(child)
+            number = _int(value) if ok else None
+            if not (ok and number is not None and abs(number) <= MAX_DAYS and child.cls == "Literal"):
+                return "it casts a value that is not a small whole-number literal to an interval"
+        elif interval_valued(child) and node.fields.get("dataType") != "string":
+            return "it casts an interval to a type it may not fit"
+    if cls in INTERVAL_ARITHMETIC and any(interval_valued(c) for c in node.children):
+        if cls in ("UnaryMinus", "UnaryPositive", "Abs") and small_interval(node.children[0]):
+            return None
+        return "it computes with intervals, which overflow on some values"
+    if cls in SIZED and in_lambda:
+        return "it builds a value inside a lambda, where its size multiplies"
+    return None
 
 
 def literal(node: Node) -> tuple[bool, str | None]:
@@ -214,7 +284,13 @@ def why_unsafe(cls: str, args: list[Node], regex_groups: RegexGroups) -> str | N
         chars = [lit(i)[1] for i in range(1, min(len(args), 5))]
         return None if need(*range(1, min(len(args), 5))) and all(
             c is None or len(c) <= 1 for c in chars) else "its replacement characters are not single literals"
-    if cls in ("Conv", "Elt", "TimestampAdd", "DateAddInterval", "TimeAdd", "TruncTimestamp",
+    if cls in ("TimeAdd", "TimestampAddYMInterval", "TimestampAddInterval", "DatetimeSub",
+               "DateAddInterval"):
+        # The interval must be a literal of reasonable size: a huge one overflows the
+        # timestamp (an error even with ANSI off).
+        return None if len(args) > 1 and small_interval(args[1]) else \
+            "its interval is not a literal of reasonable size"
+    if cls in ("Conv", "Elt", "TimestampAdd", "TruncTimestamp",
                "TruncDate", "NextDay", "SubstringIndex", "ArrayJoin", "Levenshtein",
                "FormatNumber", "Round", "BRound", "WidthBucket"):
         declared = LITERAL_SAFE.get(cls, ())

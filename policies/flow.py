@@ -26,7 +26,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
-from policies.failures import MAY_FAIL, RegexGroups, python_regex_groups, why_unsafe
+from policies.failures import (
+    MAY_FAIL,
+    RegexGroups,
+    python_regex_groups,
+    why_unsafe,
+    why_unsafe_shape,
+)
 from policies.lineage import _int_list
 from policies.model import PRIVATE, SENSITIVE, Source, Violation, sorted_sources
 from policies.tree import Node
@@ -58,6 +64,9 @@ class Attr:
     # value still joins like the entity (NULL meets nothing) but may not group, partition
     # or count consumers (every unmatched row would share one NULL "consumer")
     padded: bool = False
+    # a value of rows joined or generated onto consumer rows, several per consumer: a
+    # condition comparing it with consumer data decides how many rows a consumer weighs
+    multiplied: bool = False
 
     @property
     def unit(self) -> bool:
@@ -279,6 +288,7 @@ class Flow:
         self._dp_signatures: dict[tuple, int] = {}
         self._token_position = False  # inside segment_token(...) AS x of a SELECT list
         self._consumer_ctx = False  # the node being judged reads consumer data
+        self._lambda_depth = 0  # inside how many lambda bodies the expression being judged is
         self.regex_groups = regex_groups or python_regex_groups
 
     # -- bookkeeping ----------------------------------------------------------------------
@@ -412,6 +422,29 @@ class Flow:
         if cls == "CommonExpressionRef" and self._common:
             yield e, self._common[-1]
             return
+        shape = why_unsafe_shape(e, self._lambda_depth > 0)
+        if shape is not None and (self._consumer_ctx or any(
+                fact.consumer for c in e.children for _, fact in self._refs_quiet(c, env))):
+            self.deny(
+                "P8", where, (),
+                "The expression {function} can fail at run time here ({reason}); over "
+                "consumer data a failure would reveal something about a consumer.",
+                "Compare dates and timestamps directly or with datediff, add interval "
+                "literals of reasonable size, and build arrays and strings outside lambdas.",
+                function=cls, reason=shape,
+            )
+        if cls == "LambdaFunction":
+            self._lambda_depth += 1
+            try:
+                for child in e.children:
+                    yield from self._refs(child, env, where)
+                for key, exprs in e.exprs.items():
+                    if key != "inputs":
+                        for x in exprs:
+                            yield from self._refs(x, env, where)
+            finally:
+                self._lambda_depth -= 1
+            return
         if cls in MAY_FAIL:
             # Over consumer rows a failure would tell whether some row reached the call (a
             # WHERE or CASE on one consumer decides that): the arguments that can make it
@@ -532,6 +565,8 @@ class Flow:
         if cls == "Filter":
             for e in node.exprs.get("condition", []):
                 self.use(e, env, "WHERE/HAVING", "a WHERE or HAVING condition")
+                if below or self._subquery_depth > 0:
+                    self._multiplied_filter(e, env)
             return children[0]
         if cls == "Sort":
             for e in node.exprs.get("order", []):
@@ -590,7 +625,7 @@ class Flow:
             # generated rows repeat their row: nothing identifies one row any more
             kept = [(i, n, replace(f, unique_link=False, member_key=False))
                     for k, (i, n, f) in enumerate(rel.attrs) if k not in dropped]
-            extra = [(a.expr_id, a.name, Attr(consumer=consumer))
+            extra = [(a.expr_id, a.name, Attr(consumer=consumer, multiplied=rel.consumer))
                      for a in node.exprs.get("generatorOutput", [])]
             return Rel(kept + extra, rel.consumer, reads)
         if cls in ("Union", "Intersect", "Except"):
@@ -738,13 +773,20 @@ class Flow:
             return Rel(_unpadded(left.attrs, left_padded) if semi else
                        _unpadded(left.attrs, left_padded) + _unpadded(right.attrs, right_padded),
                        True, left.reads_consumer or right.reads_consumer)
+        # The side that is not consumer data may meet each consumer's row several times.
+        multiplied_left = right.consumer and not left.consumer and not one_left and not semi
+        multiplied_right = left.consumer and not right.consumer and not one_right
         lattrs = [(i, n, replace(f, linked=True, one_group=f.one_group or one_left,
-                                 unique_link=False, member_key=f.member_key and one_left)
-                   if linked_left else replace(f, unique_link=False, member_key=False))
+                                 unique_link=False, member_key=f.member_key and one_left,
+                                 multiplied=f.multiplied or multiplied_left)
+                   if linked_left else replace(f, unique_link=False, member_key=False,
+                                               multiplied=f.multiplied or multiplied_left))
                   for i, n, f in left.attrs]
         rattrs = [(i, n, replace(f, linked=True, one_group=f.one_group or one_right,
-                                 unique_link=False, member_key=f.member_key and one_right)
-                   if linked_right else replace(f, unique_link=False, member_key=False))
+                                 unique_link=False, member_key=f.member_key and one_right,
+                                 multiplied=f.multiplied or multiplied_right)
+                   if linked_right else replace(f, unique_link=False, member_key=False,
+                                                multiplied=f.multiplied or multiplied_right))
                   for i, n, f in right.attrs]
         # The padded side of an outer join loses its entity (see _unpadded); its other
         # facts stand: a NULL is a value of no consumer.
@@ -752,6 +794,23 @@ class Flow:
             _unpadded(lattrs, left_padded) + _unpadded(rattrs, right_padded)
         reads = left.reads_consumer or right.reads_consumer
         return Rel(attrs, left.consumer or right.consumer, reads)
+
+    def _multiplied_filter(self, condition: Node, env: dict[int, Attr]) -> None:
+        """P6 in WHERE: a condition that compares the rows joined or generated onto a
+        consumer's row with that consumer's data decides how many of them the consumer
+        keeps (the same condition in JOIN ON is refused by _join)."""
+        for part in _conjuncts(condition):
+            facts = [f for _, f in self._refs_quiet(part, env)]
+            if any(f.multiplied for f in facts) and any(f.consumer and not f.multiplied for f in facts):
+                self.deny(
+                    "P6", "WHERE", (),
+                    "A condition compares rows joined or generated onto each consumer's row "
+                    "with that consumer's data, so how many of them a consumer keeps depends "
+                    "on consumer data: one consumer could weigh as many.",
+                    "Filter consumer columns and the other rows' columns in separate "
+                    "conditions (each compared with literals), or join on equal keys only.",
+                )
+                return
 
     def _aggregate(self, node: Node, child: Rel, env: dict[int, Attr], is_final: bool,
                    below: bool) -> Rel:
@@ -807,14 +866,15 @@ class Flow:
             fact = replace(self.use(e, env, e.name, "an aggregate's argument or FILTER"),
                            one_group=single, plain=not is_final and _plain_aggregate(e, env))
             if is_final:
-                agg_index = self._release_aggregates(e, env, agg_index)
+                agg_index = self._release_aggregates(e, env, agg_index, child.consumer)
                 fact = replace(fact, entity=False)
             out.append((e.expr_id, e.name, fact))
         if is_final:
             return Rel(out, False, child.reads_consumer)
         return Rel(out, child.consumer, child.reads_consumer)
 
-    def _release_aggregates(self, output: Node, env: dict[int, Attr], index: int) -> int:
+    def _release_aggregates(self, output: Node, env: dict[int, Attr], index: int,
+                            rows_are_consumers: bool = False) -> int:
         """Mode-specific rules for the aggregates of the release step (P3 / dp)."""
         for agg in output.walk():
             if agg.cls != "AggregateExpression" or not agg.children:
@@ -823,7 +883,9 @@ class Flow:
             args = function.children
             consumer = any(f.consumer for a in args for _, f in self._refs_quiet(a, env))
             distinct = agg.fields.get("isDistinct") is True
-            if self.release == "threshold" and consumer:
+            # Over consumer rows, a computed argument weights rows even when it reads only
+            # merchant columns (CASE WHEN m.member_id = '...' THEN 1e6 END).
+            if self.release == "threshold" and (consumer or rows_are_consumers):
                 for a in args:
                     if a.cls == "Literal" or self._plain(_bare_or_cast(a), env):
                         continue

@@ -181,6 +181,14 @@ PHRASES: dict[str, Any] = {
     'its keys are not distinct literals': lazy_gettext('its keys are not distinct literals'),
     'it can fail on the values it is given': lazy_gettext('it can fail on the values it is given'),
     'it can fail for the literal arguments it is given': lazy_gettext('it can fail for the literal arguments it is given'),
+    'its interval is not a literal of reasonable size': lazy_gettext('its interval is not a literal of reasonable size'),
+    'it casts a value that is not a small whole-number literal to an interval':
+        lazy_gettext('it casts a value that is not a small whole-number literal to an interval'),
+    'it casts an interval to a type it may not fit': lazy_gettext('it casts an interval to a type it may not fit'),
+    'it computes with intervals, which overflow on some values':
+        lazy_gettext('it computes with intervals, which overflow on some values'),
+    'it builds a value inside a lambda, where its size multiplies':
+        lazy_gettext('it builds a value inside a lambda, where its size multiplies'),
 }
 
 
