@@ -258,7 +258,7 @@ def download_command(job_id: int, username: str, fmt: str, excel: bool, output: 
     CSV text cells that could run as spreadsheet formulas get a leading apostrophe)."""
     from jobs import quarantine
     from jobs.errors import JobError
-    from jobs.results import render_result
+    from jobs.results import stream_result
     from yushan.config import get_config
     from yushan.db import session_scope
 
@@ -270,16 +270,20 @@ def download_command(job_id: int, username: str, fmt: str, excel: bool, output: 
     try:
         with session_scope(config) as session:
             user = _user(session, username)
-            table = quarantine.read_result(session, config, user, _visible(session, user, job_id),
-                                           origin=CLI_ORIGIN)
+            opened = quarantine.open_result(session, config, user, _visible(session, user, job_id),
+                                            origin=CLI_ORIGIN)
     except JobError as exc:
         _job_error(exc)
-    body = render_result(table, fmt, excel=excel)
+    # Written piece by piece, as the API streams it: never the whole result in memory.
     if output:
         with open(output, "wb") as fh:
-            fh.write(body)
+            for piece in stream_result(opened, fmt, excel=excel):
+                fh.write(piece)
     else:
-        click.echo(body, nl=False)
+        stdout = click.get_binary_stream("stdout")
+        for piece in stream_result(opened, fmt, excel=excel):
+            stdout.write(piece)
+        stdout.flush()
 
 
 @click.group("budget")
