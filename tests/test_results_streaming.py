@@ -260,5 +260,10 @@ def test_an_output_that_is_not_the_jobs_is_refused_before_anything_is_sent(world
     with session_scope(config) as session:
         session.get(Job, job_id).output.content_hash = "0" * 64
     response = client.get(f"/api/v1/jobs/{job_id}/result?format=csv", headers=bearer(token))
-    assert response.status_code >= 500 or response.status_code == 409
-    assert b"HYPERLINK" not in response.get_data()
+    # Checked in one pass before the answer starts: a server error, no row, no download.
+    assert response.status_code == 500
+    assert response.get_json()["error"]["code"] == "internal_error"
+    import audit
+
+    with session_scope(config) as session:
+        assert audit.query(session, job=job_id, action="job.download") == []
