@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import click
 
+from yushan import jsondoc
 from yushan.config import Config, ConfigError, get_config
 
 
@@ -35,7 +35,7 @@ def verify_command(as_json: bool) -> None:
     result = verify(config)
     public_key = load_public_key(config)
     if as_json:
-        click.echo(json.dumps(result.to_dict()))
+        click.echo(jsondoc.dumps(result.to_dict()))
     elif result.ok:
         fingerprint = key_id(public_key) if public_key else "none"
         others = [k for k in result.key_ids if k != fingerprint]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from audit import Actor, record
 from jobs.errors import InvalidRequest, NotFound
 from policies.model import Violation
-from yushan import access, metrics
+from yushan import access, jsondoc, metrics
 from yushan.accounts import get_tenant
 from yushan.config import Config
 from yushan.models import (
@@ -241,4 +241,4 @@ def charge(session: Session, config: Config, job_id: int, attempt: int, epsilon:
 
 
 def _iso(value: datetime) -> str:
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    return jsondoc.iso_time(value) or ""

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import click
 
+from yushan import jsondoc
+
 
 @click.command("worker")
 @click.option("--once", is_flag=True, help="Run the jobs queued now, then exit.")
@@ -62,10 +64,8 @@ def _user(session, username: str):
 
 
 def _emit(doc: dict, as_json: bool) -> None:
-    import json
-
     if as_json:
-        click.echo(json.dumps(doc, ensure_ascii=False, default=str))
+        click.echo(jsondoc.dumps(doc))
         return
     click.echo(f"job {doc['id']}: {doc['state']}")
     for violation in doc.get("violations") or []:
@@ -120,7 +120,6 @@ def _explain(doc: dict) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the API's JSON document.")
 def check_command(username: str, merchant: str, kind: str, sql_file: Path, as_json: bool) -> None:
     """Dry-run the export policy on a query, as USER for MERCHANT (nothing is executed)."""
-    import json
 
     from jobs import service
     from jobs.errors import JobError
@@ -137,7 +136,7 @@ def check_command(username: str, merchant: str, kind: str, sql_file: Path, as_js
         raise click.ClickException(str(exc)) from None
     doc = {"decision": doc["decision"], "violations": doc.get("violations", []),
            **{k: v for k, v in doc.items() if k not in ("decision", "violations")}}
-    click.echo(json.dumps(doc, ensure_ascii=False, indent=2) if as_json else _explain(doc))
+    click.echo(jsondoc.dumps(doc, indent=2) if as_json else _explain(doc))
     if doc["decision"] != "allow":
         sys.exit(EXIT_DENIED)
 
@@ -198,7 +197,6 @@ def _visible(session, user, job_id: int):
               help="Print the API's JSON list ({\"jobs\": [...], \"next_cursor\": null}), every page.")
 def jobs_command(username: str, state: str | None, merchant: str | None, as_json: bool) -> None:
     """List every job USER may see, newest first (all pages, like the API's cursor)."""
-    import json
 
     from jobs import service
     from yushan.config import get_config
@@ -215,7 +213,7 @@ def jobs_command(username: str, state: str | None, merchant: str | None, as_json
                                          merchant=merchant)
         if as_json:
             docs = [service.job_json(job, user) for job in jobs]
-            click.echo(json.dumps({"jobs": docs, "next_cursor": None}, ensure_ascii=False, default=str))
+            click.echo(jsondoc.dumps({"jobs": docs, "next_cursor": None}))
             return
         for job in jobs:
             created = job.created_at.strftime("%Y-%m-%d %H:%M") if job.created_at else ""
@@ -258,7 +256,7 @@ def download_command(job_id: int, username: str, fmt: str, excel: bool, output: 
     CSV text cells that could run as spreadsheet formulas get a leading apostrophe)."""
     from jobs import quarantine
     from jobs.errors import JobError
-    from jobs.results import render_result
+    from jobs.results import stream_result
     from yushan.config import get_config
     from yushan.db import session_scope
 
@@ -270,16 +268,20 @@ def download_command(job_id: int, username: str, fmt: str, excel: bool, output: 
     try:
         with session_scope(config) as session:
             user = _user(session, username)
-            table = quarantine.read_result(session, config, user, _visible(session, user, job_id),
-                                           origin=CLI_ORIGIN)
+            opened = quarantine.open_result(session, config, user, _visible(session, user, job_id),
+                                            origin=CLI_ORIGIN)
     except JobError as exc:
         _job_error(exc)
-    body = render_result(table, fmt, excel=excel)
+    # Written piece by piece, as the API streams it: never the whole result in memory.
     if output:
         with open(output, "wb") as fh:
-            fh.write(body)
+            for piece in stream_result(opened, fmt, excel=excel):
+                fh.write(piece)
     else:
-        click.echo(body, nl=False)
+        stdout = click.get_binary_stream("stdout")
+        for piece in stream_result(opened, fmt, excel=excel):
+            stdout.write(piece)
+        stdout.flush()
 
 
 @click.group("budget")
@@ -298,10 +300,8 @@ def _budget_merchant(session, slug: str):
 
 
 def _emit_budget(doc: dict, as_json: bool) -> None:
-    import json
-
     if as_json:
-        click.echo(json.dumps(doc, ensure_ascii=False))
+        click.echo(jsondoc.dumps(doc))
         return
     click.echo(f"{doc['merchant']}: {doc['period_start']} to {doc['period_end']}")
     click.echo(f"  epsilon {doc['epsilon_spent']:.6g} spent of {doc['epsilon']:.6g}")

@@ -30,7 +30,7 @@ from jobs import lifecycle
 from jobs.errors import InvalidRequest, InvalidState, NotApproved, require
 from jobs.segments import segment_summary
 from sandbox.crypto import KeyStore
-from sandbox.output import read_output, remove_output
+from sandbox.output import OpenedOutput, open_output, read_output, remove_output
 from yushan import access
 from yushan.config import Config
 from yushan.models import Job, JobKind, JobOutput, JobState, Setting, User
@@ -93,17 +93,38 @@ def reject(session: Session, user: User, job: Job, *, origin: str | None = None,
 
 def read_result(session: Session, config: Config, user: User, job: Job, *, origin: str | None = None) -> pa.Table:
     """The approved output's rows; raises NotAllowed, or NotApproved before approval."""
+    _require_release(session, user, job)
+    table = _decrypt(config, job)
+    _record_download(session, user, job, origin, table.num_rows)
+    return table
+
+
+def open_result(session: Session, config: Config, user: User, job: Job, *,
+                origin: str | None = None) -> OpenedOutput:
+    """The approved output opened for a streamed download (:func:`jobs.results.stream_result`),
+    its content hash checked: the same refusals and audit entry as :func:`read_result`,
+    without reading the rows into memory."""
+    _require_release(session, user, job)
+    output = job.output
+    opened = open_output(config, KeyStore(config.master_key_path), job.id, output.storage_path,
+                         output.wrapped_key, output.content_hash)
+    _record_download(session, user, job, origin, opened.metadata().num_rows)
+    return opened
+
+
+def _require_release(session: Session, user: User, job: Job) -> None:
     require(access.read_results(session, user, job))
     output = job.output
     if job.state != JobState.APPROVED.value or output is None or output.wrapped_key is None:
         raise NotApproved("the output has not been approved by the merchant")
     require_platform_review(session, job)  # segment outputs, when the admin requires it
-    table = _decrypt(config, job)
+
+
+def _record_download(session: Session, user: User, job: Job, origin: str | None, rows: int) -> None:
     record(
         session, "job.download", actor=_actor(user, origin), objects=lifecycle.job_objects(job),
-        details={"rows": table.num_rows, "content_hash": output.content_hash},
+        details={"rows": rows, "content_hash": job.output.content_hash},
     )
-    return table
 
 
 def _decrypt(config: Config, job: Job) -> pa.Table:

@@ -31,7 +31,7 @@ from jobs.quota import check_quota
 from jobs.ratelimit import check_rate
 from jobs.sql_limits import sql_shape_problem
 from sandbox.crypto import KeyStore
-from yushan import access, metrics
+from yushan import access, jsondoc, metrics
 from yushan.catalog import DatasetInfo, readable_datasets
 from yushan.config import Config
 from yushan.db import end_transaction
@@ -320,4 +320,4 @@ def job_json(job: Job, viewer: User | None = None) -> dict[str, Any]:
 
 
 def _iso(value) -> str | None:
-    return value.isoformat() if value is not None else None
+    return jsondoc.iso_time(value)  # the one form of times in API and CLI documents

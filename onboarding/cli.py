@@ -5,7 +5,6 @@ Exit codes: 0 ok, 1 refused or failed (the report is printed), 2 usage.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import click
 from sqlalchemy import select
 
 from onboarding.errors import OnboardingError
+from yushan import jsondoc
 from yushan.config import get_config
 from yushan.models import User
 
@@ -32,7 +32,7 @@ def _actor(user: User):
 
 def _fail(exc: OnboardingError, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(exc.to_dict(), indent=2))
+        click.echo(jsondoc.dumps(exc.to_dict(), indent=2))
     else:
         click.echo(f"error ({exc.status} {exc.code}): {exc.message}", err=True)
         for check in (exc.report or {}).get("checks", []):
@@ -83,7 +83,7 @@ def upload_command(username: str, name: str, schema_file: Path, encoding: str, a
     finally:
         session.close()
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        click.echo(jsondoc.dumps(result.to_dict(), indent=2))
     else:
         click.echo(f"accepted: {result.dataset.full_name} ({result.dataset.row_count} rows, "
                    "encrypted at rest)")
@@ -107,7 +107,7 @@ def withdraw_command(username: str, as_json: bool, name: str) -> None:
         _fail(exc, as_json)
     finally:
         session.close()
-    click.echo(json.dumps(outcome) if as_json else f"withdrawn: {outcome['dataset']}")
+    click.echo(jsondoc.dumps(outcome) if as_json else f"withdrawn: {outcome['dataset']}")
 
 
 # ---------------------------------------------------------------- platform datasets (admin)
@@ -157,10 +157,10 @@ def _platform_call(as_json: bool, username: str | None, fn) -> None:
     finally:
         session.close()
     if as_json:
-        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
+        click.echo(jsondoc.dumps(document, indent=2))
     else:
         _print_dataset(document) if "versions" in document else click.echo(
-            json.dumps(document, ensure_ascii=False))
+            jsondoc.dumps(document))
 
 
 def _print_dataset(doc: dict) -> None:

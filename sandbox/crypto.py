@@ -12,15 +12,17 @@ reordering, dropping or truncating chunks fails authentication.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
+import io
 import json
 import os
 import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -170,6 +172,108 @@ def decrypt_chunks(key: bytes, src: BinaryIO) -> Iterator[bytes]:
                 raise DecryptionError("data after the final chunk")
             return
         index += 1
+
+
+TAG_BYTES = 16
+
+
+class DecryptedFile(io.RawIOBase):
+    """A seekable, read-only view of an encrypted file's plaintext, decrypting one chunk at
+    a time (the chunk last read is kept): Parquet readers seek to the footer and then to
+    each column chunk, and this serves them without the whole plaintext in memory.
+
+    Every chunk read is authenticated with its index and whether it is the last one, so a
+    reordered, dropped or truncated chunk fails as in :func:`decrypt_chunks`.
+    """
+
+    def __init__(self, key: bytes, path: Path):
+        super().__init__()
+        self._aes = AESGCM(key)
+        self._fh = open(path, "rb")  # noqa: SIM115 - closed by close()
+        try:
+            self._header = self._fh.read(12)
+            if len(self._header) != 12 or self._header[:4] != MAGIC:
+                raise DecryptionError("not a Yushan encrypted file")
+            self._chunks = self._index(os.fstat(self._fh.fileno()).st_size)
+        except BaseException:
+            self._fh.close()
+            raise
+        self._starts = [start for start, _offset, _size in self._chunks]
+        last_start, _offset, last_size = self._chunks[-1]
+        self._size = last_start + last_size - TAG_BYTES
+        self._pos = 0
+        self._cached: tuple[int, bytes] = (-1, b"")
+
+    def _index(self, file_size: int) -> list[tuple[int, int, int]]:
+        """(plaintext start, file offset, sealed size) of each chunk, from the length fields."""
+        chunks: list[tuple[int, int, int]] = []
+        offset, start = 12, 0
+        while offset < file_size:
+            self._fh.seek(offset)
+            raw = self._fh.read(4)
+            if len(raw) != 4:
+                raise DecryptionError("encrypted file is truncated")
+            (size,) = struct.unpack(">I", raw)
+            if size < TAG_BYTES or offset + 4 + size > file_size:
+                raise DecryptionError("encrypted file is truncated")
+            chunks.append((start, offset + 4, size))
+            start += size - TAG_BYTES
+            offset += 4 + size
+        if not chunks:
+            raise DecryptionError("encrypted file is truncated")
+        return chunks
+
+    def _chunk(self, index: int) -> bytes:
+        if self._cached[0] != index:
+            _start, offset, size = self._chunks[index]
+            self._fh.seek(offset)
+            sealed = self._fh.read(size)
+            nonce = self._header[4:] + struct.pack(">I", index)
+            last = index == len(self._chunks) - 1
+            try:
+                plain = self._aes.decrypt(nonce, sealed, _aad(self._header, index, last))
+            except InvalidTag:
+                raise DecryptionError("encrypted file does not authenticate (wrong key, altered "
+                                      "or truncated)") from None
+            self._cached = (index, plain)
+        return self._cached[1]
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def size(self) -> int:
+        return self._size
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view) and self._pos < self._size:
+            index = bisect.bisect_right(self._starts, self._pos) - 1
+            plain = self._chunk(index)
+            within = self._pos - self._starts[index]
+            part = plain[within:within + len(view) - done]
+            view[done:done + len(part)] = part
+            done += len(part)
+            self._pos += len(part)
+        return done
+
+    def close(self) -> None:
+        self._fh.close()
+        self._cached = (-1, b"")
+        super().close()
 
 
 def encrypt_file(key: bytes, src_path: Path, dst_path: Path) -> str:

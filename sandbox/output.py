@@ -2,6 +2,11 @@
 
 The key is wrapped by the master key with context ``output:<job id>``; the content hash is
 the SHA-256 of the plaintext Parquet, checked again when the output is read.
+
+Downloads never hold an output whole (:func:`open_output`): the content hash is checked in
+one streamed pass, then the Parquet file is served as stored, chunk by chunk, or its record
+batches are read through a seekable decrypting view (:class:`sandbox.crypto.DecryptedFile`;
+Parquet needs seeks, to its footer first), one chunk and one batch at a time.
 """
 
 from __future__ import annotations
@@ -9,16 +14,25 @@ from __future__ import annotations
 import base64
 import hashlib
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sandbox.crypto import DecryptionError, KeyStore, decrypt_bytes, encrypt_file
+from sandbox.crypto import (
+    DecryptedFile,
+    DecryptionError,
+    KeyStore,
+    decrypt_bytes,
+    decrypt_chunks,
+    encrypt_file,
+)
 from yushan.config import Config
 
 OUTPUT_FILE = "result.parquet.enc"
+READ_BUFFER = 256 * 1024  # bytes per read of a column chunk when an output is streamed
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,55 @@ def read_output(
     if hashlib.sha256(data).hexdigest() != content_hash:
         raise DecryptionError(f"output of job {job_id} does not match its content hash")
     return pq.read_table(pa.BufferReader(data))
+
+
+@dataclass(frozen=True)
+class OpenedOutput:
+    """An output whose content hash checked out, read without ever holding it whole."""
+
+    path: Path
+    key: bytes
+    byte_size: int  # of the plaintext Parquet file
+
+    def plaintext(self) -> Iterator[bytes]:
+        """The Parquet file as stored, one decrypted chunk (1 MiB) at a time."""
+        with open(self.path, "rb") as src:
+            yield from decrypt_chunks(self.key, src)
+
+    def metadata(self) -> pq.FileMetaData:
+        """The Parquet footer: schema and row count, without reading any rows."""
+        with DecryptedFile(self.key, self.path) as raw:
+            return pq.ParquetFile(raw).metadata
+
+    def batches(self, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """The rows as record batches of at most ``batch_rows`` rows, one at a time."""
+        # Without pre-buffering (on by default) the reader would read every row group's
+        # columns ahead, the whole file; buffered reads fetch a column chunk in pieces.
+        with DecryptedFile(self.key, self.path) as raw, \
+                pq.ParquetFile(raw, pre_buffer=False, buffer_size=READ_BUFFER) as parquet:
+            yield from parquet.iter_batches(batch_size=batch_rows, use_threads=False)
+
+    def column_names(self) -> list[str]:
+        with DecryptedFile(self.key, self.path) as raw:
+            return list(pq.ParquetFile(raw).schema_arrow.names)
+
+
+def open_output(
+    config: Config, keystore: KeyStore, job_id: int, storage_path: str, wrapped_key: bytes, content_hash: str
+) -> OpenedOutput:
+    """Check an output against its content hash in one streamed pass (nothing is released
+    from an output that is not the one the job produced), and open it for reading."""
+    key = keystore.unwrap(wrapped_key, f"output:{job_id}")
+    path = config.home / storage_path
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as src:
+        for chunk in decrypt_chunks(key, src):
+            digest.update(chunk)
+            size += len(chunk)
+    if digest.hexdigest() != content_hash:
+        raise DecryptionError(f"output of job {job_id} does not match its content hash")
+    return OpenedOutput(path, key, size)
 
 
 def remove_output(config: Config, job_id: int, attempt: int | None = None) -> None:

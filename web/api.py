@@ -36,10 +36,9 @@ from web.common import (
     RESULT_FORMATS,
     Refusal,
     dataset_json,
-    excel_requested,
+    download_response,
     may_decide,
     parse_job_request,
-    render_result,
     require_acting_merchant,
     result_filename,
     service_refusal,
@@ -297,17 +296,11 @@ def job_result(job_id: int):
     if fmt not in RESULT_FORMATS:
         raise ApiError(422, "invalid_format", "'format' must be one of: json, csv, parquet.")
     job = visible_job(job_id)
-    # read_result refuses (403, 409) and audits the download in this transaction.
-    table = call_service(quarantine.read_result, session, app_config(), user, job,
-                         origin=request_origin())
-    body = render_result(table, fmt, excel=excel_requested())
+    # open_result refuses (403, 409) and audits the download in this transaction.
+    output = call_service(quarantine.open_result, session, app_config(), user, job,
+                          origin=request_origin())
     session.commit()
-    response = Response(body, mimetype=RESULT_FORMATS[fmt][1].split(";")[0])
-    response.headers["Content-Type"] = RESULT_FORMATS[fmt][1]
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="{result_filename(job, fmt)}"'
-    )
-    return response
+    return download_response(output, fmt, f'attachment; filename="{result_filename(job, fmt)}"')
 
 
 # ---------------------------------------------------------------- audit

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, selectinload
 from jobs.errors import JobError
 from jobs.quota import QueueFull
 from jobs.ratelimit import RateLimited
-from jobs.results import RESULT_FORMATS, plain_value, render_result, table_rows  # noqa: F401 - re-exported
+from jobs.results import RESULT_FORMATS, plain_value, render_result, stream_result, table_rows  # noqa: F401 - re-exported
 from jobs.results import result_filename as _result_filename
 from jobs.service import KINDS, validate_request
 from jobs.service import visible_jobs as service_visible_jobs
@@ -29,6 +29,11 @@ from yushan.models import (
     Tenant,
     User,
 )
+
+if TYPE_CHECKING:
+    from flask import Response
+
+    from sandbox.output import OpenedOutput
 
 MAX_JSON_BYTES = 1024 * 1024
 JOB_KINDS = KINDS
@@ -190,6 +195,23 @@ def excel_requested() -> bool:
     from flask import request
 
     return request.args.get("excel", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def download_response(output: OpenedOutput, fmt: str, disposition: str) -> Response:
+    """A stored output as a streamed download (:func:`jobs.results.stream_result`).
+
+    The body is produced after the view returns, so the view commits the download's audit
+    entry first. It reads only the output file with its key, never the request or the
+    database session: no ``stream_with_context`` is needed, and none is held open.
+    """
+    from flask import Response
+
+    response = Response(stream_result(output, fmt, excel=excel_requested()))
+    response.headers["Content-Type"] = RESULT_FORMATS[fmt][1]
+    response.headers["Content-Disposition"] = disposition
+    if fmt == "parquet":  # the stored file as it is: its size is known
+        response.content_length = output.byte_size
+    return response
 
 
 def named_result_filename(job: Job, fmt: str, now: datetime | None = None) -> str:

@@ -31,6 +31,7 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 
 from web.errors import EdgeRefusal
+from yushan import jsondoc
 from yushan.config import Config
 
 SMALL_BODY_BYTES = 1024 * 1024  # /token and every JSON route
@@ -117,6 +118,16 @@ class StrictJSONProvider(DefaultJSONProvider):
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         return strict_json_loads(s, **kwargs)
+
+    @staticmethod
+    def default(o: Any) -> Any:
+        """What the command line's ``--json`` writes (yushan.jsondoc): decimals as numbers,
+        times in ISO 8601 (Flask's own would write ``"12.50"`` and an HTTP date); then
+        Flask's for the rest (dataclasses, UUIDs)."""
+        try:
+            return jsondoc.json_default(o)
+        except TypeError:
+            return DefaultJSONProvider.default(o)
 
 
 # ---------------------------------------------------------------- URLs and ids

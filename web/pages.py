@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from flask import (
     Blueprint,
-    Response,
     abort,
     flash,
     jsonify,
@@ -28,11 +27,10 @@ from web.common import (
     RESULT_FORMATS,
     Refusal,
     attachment_header,
-    excel_requested,
+    download_response,
     may_decide,
     may_resubmit,
     named_result_filename,
-    render_result,
     service_refusal,
     table_rows,
     visible_datasets,
@@ -239,14 +237,10 @@ def download(job_id: int):
         abort(400)
     found = visible_job_or_404(job_id)
     try:
-        # read_result refuses (403, 409) and audits the download in this transaction.
-        table = quarantine.read_result(session, app_config(), user, found,
-                                          origin=request_origin())
+        # open_result refuses (403, 409) and audits the download in this transaction.
+        output = quarantine.open_result(session, app_config(), user, found,
+                                        origin=request_origin())
     except Exception as exc:
         abort(refusal_status(exc))
-    body = render_result(table, fmt, excel=excel_requested())
     session.commit()
-    response = Response(body)
-    response.headers["Content-Type"] = RESULT_FORMATS[fmt][1]
-    response.headers["Content-Disposition"] = attachment_header(named_result_filename(found, fmt))
-    return response
+    return download_response(output, fmt, attachment_header(named_result_filename(found, fmt)))
