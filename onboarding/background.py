@@ -317,9 +317,9 @@ def sweep_interrupted(config: Config, session: Session | None = None,
             row.workspace = None
             swept.append(row.id)
         session.commit()
-    except SQLAlchemyError:
+    except SQLAlchemyError as exc:
         session.rollback()
-        log.warning("interrupted uploads not swept", exc_info=True)
+        log.warning("interrupted uploads not swept: %s", type(exc).__name__)
     finally:
         if own:
             session.close()
