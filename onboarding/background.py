@@ -257,13 +257,13 @@ def run_upload(config: Config, upload_id: str, actor: Actor) -> None:
     except Exception:
         log.exception("upload %s failed", upload_id)
         session.rollback()
-        _mark_failed(session, upload_id, FAILED_MESSAGE)
+        mark_failed(session, upload_id, FAILED_MESSAGE)
     finally:
         session.close()
         remove_workspace(config, relative)
 
 
-def _mark_failed(session: Session, upload_id: str, message: str) -> None:
+def mark_failed(session: Session, upload_id: str, message: str) -> None:
     try:
         row = session.get(Upload, upload_id)
         if row is not None and row.state == UploadState.VALIDATING.value:

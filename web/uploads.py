@@ -40,9 +40,11 @@ from werkzeug.formparser import FormDataParser
 
 from onboarding import errors
 from onboarding.background import (
+    FAILED_MESSAGE,
     RETRY_AFTER_SECONDS,
     RUNNER,
     UploadRunner,
+    mark_failed,
     new_workspace,
     relative_workspace,
     runner_gone,
@@ -211,7 +213,11 @@ def _upload_async(user: User, status_url: Callable[[str], str], *, check_csrf: b
         answer = idempotency.commit(session, attempt, response)
         if answer is not response:
             return answer  # a concurrent request with this key won: its upload goes on
-        runner.submit(row.id, actor)
+        try:
+            runner.submit(row.id, actor)
+        except Exception:
+            mark_failed(session, row.id, FAILED_MESSAGE)  # never left validating
+            raise
         handed = True
         response.headers["Preference-Applied"] = "respond-async"
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
