@@ -258,33 +258,24 @@ def test_the_upload_page_uploads_asynchronously_and_shows_the_outcome(world):
 
 
 def test_the_client_waits_for_an_async_upload_with_progress(world, tmp_path):
-    import threading
+    from web_support import LiveServer
 
-    from web.edges import create_server
     from yushan.client import Client, Invalid
 
     config, client, t = world
-    server = create_server(client.application, config, host="127.0.0.1", port=0, threads=4)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        with Client(f"http://127.0.0.1:{server.effective_port}", t["owner_a"]) as yc:
-            path = tmp_path / "members.csv"
-            path.write_text(good_csv("x", 50))
-            seen: list[dict] = []
-            name = _name()
-            result = yc.upload(name, path, SCHEMA, wait=True, on_progress=seen.append,
-                               poll_interval=0.2)
-            assert result["dataset"] == f"shop_a.{name}" and result["rows"] == 50
-            assert seen and seen[-1]["state"] == "accepted"
-            assert [s["progress"] for s in seen] == sorted(s["progress"] for s in seen)
-            path.write_text(good_csv("x", 50) + "m1," + hexdigest() + ",x,1\n")
-            with pytest.raises(Invalid) as caught:
-                yc.upload(_name(), path, SCHEMA, wait=True, poll_interval=0.2)
-            assert caught.value.status == 422 and caught.value.code == "invalid"
-            assert [c["check"] for c in caught.value.report["checks"] if not c["passed"]] == [
-                "member_key_unique"]
-    finally:
-        server.close()
-        server.task_dispatcher.shutdown()
-        thread.join(timeout=10)
+    with LiveServer(client.application) as server, Client(server.url, t["owner_a"]) as yc:
+        path = tmp_path / "members.csv"
+        path.write_text(good_csv("x", 50))
+        seen: list[dict] = []
+        name = _name()
+        result = yc.upload(name, path, SCHEMA, wait=True, on_progress=seen.append,
+                           poll_interval=0.2)
+        assert result["dataset"] == f"shop_a.{name}" and result["rows"] == 50
+        assert seen and seen[-1]["state"] == "accepted"
+        assert [s["progress"] for s in seen] == sorted(s["progress"] for s in seen)
+        path.write_text(good_csv("x", 50) + "m1," + hexdigest() + ",x,1\n")
+        with pytest.raises(Invalid) as caught:
+            yc.upload(_name(), path, SCHEMA, wait=True, poll_interval=0.2)
+        assert caught.value.status == 422 and caught.value.code == "invalid"
+        assert [c["check"] for c in caught.value.report["checks"] if not c["passed"]] == [
+            "member_key_unique"]
