@@ -37,6 +37,7 @@ from onboarding.report import FileRejected, ValidationReport
 from onboarding.schema import UploadSchema, check_dataset_name, parse_schema
 from yushan import access, metrics
 from yushan.config import Config
+from yushan.db import end_transaction
 from yushan.models import ColumnClass, Dataset, DatasetColumn, Tenant, User
 
 if TYPE_CHECKING:
@@ -119,37 +120,74 @@ def upload_dataset(session: Session, config: Config, user: User, *, name: Any, s
                            encoding=encoding, spark=spark, progress=progress)
 
 
+@dataclass(frozen=True)
+class _Checked:
+    merchant: Tenant
+    short: str
+    schema: UploadSchema
+    filename: str
+
+
+def _check_request(session: Session, user: User, *, name: Any, schema: Any,
+                   filename: str | None, encoding: str | None) -> _Checked:
+    """The checks that need no file content: who uploads, the name (free), the schema,
+    the file's name and the encoding's name. Raises OnboardingError (not audited)."""
+    merchant = merchant_of(session, user)
+    short = check_dataset_name(name)
+    declared = schema if isinstance(schema, UploadSchema) else parse_schema(schema)
+    plain_name = check_filename(filename)
+    codec_for(encoding)  # an unknown encoding name is a 400 before any work
+    full_name = f"{merchant.slug}.{short}"
+    if active_dataset(session, full_name) is not None:
+        raise errors.conflict(f"A dataset named {short} already exists; withdraw it first "
+                              "or choose another name.")
+    return _Checked(merchant, short, declared, plain_name)
+
+
+def precheck(session: Session, user: User, *, name: Any, schema: Any, filename: str | None,
+             actor: Actor, encoding: str | None = None) -> Tenant:
+    """The checks of :func:`ingest_file` that need no file content, for an upload
+    validated later (asynchronously): a refusal is audited and raised exactly as
+    :func:`ingest_file` would. Returns the merchant. :func:`ingest_file` checks again."""
+    try:
+        return _check_request(session, user, name=name, schema=schema, filename=filename,
+                              encoding=encoding).merchant
+    except OnboardingError as exc:
+        _refuse(session, actor, exc, name, merchant_slug=user_tenant_slug(session, user))
+        raise
+
+
 def ingest_file(session: Session, config: Config, user: User, *, name: Any, schema: Any,
                 raw: Path, workspace: Path, filename: str | None, actor: Actor,
                 encoding: str | None = None, spark: SparkSession | None = None,
                 progress: Progress = _quiet, idempotency_key: str | None = None,
-                before_commit: Callable[[UploadResult], None] | None = None) -> UploadResult:
+                before_commit: Callable[[UploadResult], None] | None = None,
+                on_refuse: Callable[[OnboardingError], None] | None = None) -> UploadResult:
     """Validate the received file ``raw`` (inside ``workspace``) and register it, or refuse.
 
+    The one path of every upload, synchronous or not (``onboarding/background.py``).
     Refusals raise :class:`OnboardingError` (400/403/409/413/422) after auditing them; a
     422 carries the validation report. Commits ``session``; ``before_commit(result)`` runs
     in that transaction (the API keeps its answer for an ``idempotency_key``, which the
-    ``dataset.upload`` entry notes).
+    ``dataset.upload`` entry notes), and ``on_refuse(error)`` in the transaction that
+    audits a refusal. No transaction is held while the file is validated.
     """
     try:
-        merchant = merchant_of(session, user)
-        short = check_dataset_name(name)
-        declared = schema if isinstance(schema, UploadSchema) else parse_schema(schema)
-        plain_name = check_filename(filename)
-        codec_for(encoding)  # an unknown encoding name is a 400 before any work
-        full_name = f"{merchant.slug}.{short}"
-        if active_dataset(session, full_name) is not None:
-            raise errors.conflict(f"A dataset named {short} already exists; withdraw it first "
-                                  "or choose another name.")
-        report = _validate(config, workspace, raw, plain_name, declared, encoding, spark, progress)
+        checked = _check_request(session, user, name=name, schema=schema, filename=filename,
+                                 encoding=encoding)
+        end_transaction(session)  # SQLite: no write lock held while Spark validates
+        report = _validate(config, workspace, raw, checked.filename, checked.schema, encoding,
+                           spark, progress)
         if not report.passed:
             raise errors.rejected(report.to_dict())
     except OnboardingError as exc:
-        _refuse(session, actor, exc, name, merchant_slug=user_tenant_slug(session, user))
+        _refuse(session, actor, exc, name, merchant_slug=user_tenant_slug(session, user),
+                on_refuse=on_refuse)
         raise
     progress("store", 0.0)
-    return _register(session, config, user, merchant, short, declared, report, workspace,
-                     actor, spark, idempotency_key=idempotency_key, before_commit=before_commit)
+    return _register(session, config, user, checked.merchant, checked.short, checked.schema,
+                     report, workspace, actor, spark, idempotency_key=idempotency_key,
+                     before_commit=before_commit, on_refuse=on_refuse)
 
 
 def user_tenant_slug(session: Session, user: User) -> str | None:
@@ -204,7 +242,8 @@ def _spark(config: Config) -> SparkSession:
 def _register(session: Session, config: Config, user: User, merchant: Tenant, short: str,
               schema: UploadSchema, report: ValidationReport, workspace: Path, actor: Actor,
               spark: SparkSession | None, *, idempotency_key: str | None = None,
-              before_commit: Callable[[UploadResult], None] | None = None) -> UploadResult:
+              before_commit: Callable[[UploadResult], None] | None = None,
+              on_refuse: Callable[[OnboardingError], None] | None = None) -> UploadResult:
     from sandbox.crypto import KeyStore
     from sandbox.storage import dataset_dir, store_encrypted_parquet
 
@@ -251,7 +290,7 @@ def _register(session: Session, config: Config, user: User, merchant: Tenant, sh
         _remove(stored)
         # Two uploads raced for one name: the unique index kept the first.
         exc = errors.conflict(f"A dataset named {short} already exists.")
-        _refuse(session, actor, exc, short, merchant_slug=merchant.slug)
+        _refuse(session, actor, exc, short, merchant_slug=merchant.slug, on_refuse=on_refuse)
         raise exc from None
     except BaseException:
         session.rollback()
@@ -282,8 +321,10 @@ def _audit_record(session: Session, action: str, actor: Actor, objects: dict[str
 
 
 def _refuse(session: Session, actor: Actor, exc: OnboardingError, name: Any,
-            merchant_slug: str | None = None) -> None:
-    """Audit a refused upload (its reason and counts, never values) and commit that alone."""
+            merchant_slug: str | None = None,
+            on_refuse: Callable[[OnboardingError], None] | None = None) -> None:
+    """Audit a refused upload (its reason and counts, never values) and commit that alone
+    (with what ``on_refuse(exc)`` adds to the transaction)."""
     session.rollback()
     objects: dict[str, Any] = {}
     if isinstance(name, str) and len(name) <= 64 and name.isprintable():
@@ -307,6 +348,8 @@ def _refuse(session: Session, actor: Actor, exc: OnboardingError, name: Any,
         details["reason"] = exc.message
     _audit_record(session, "dataset.reject", actor, objects, details)
     metrics.on_commit(session, metrics.upload, exc.code)  # a closed set of refusal codes
+    if on_refuse is not None:
+        on_refuse(exc)
     session.commit()
 
 

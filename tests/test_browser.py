@@ -231,7 +231,11 @@ def test_merchant_uploads_approves_downloads_and_withdraws(browser, site, tmp_pa
     page.fill("#upload-name", "vip_gbk")
     shot(page, "05-merchant-upload-preview")
     page.click("#upload-submit")
+    # Sent with Prefer: respond-async: the bar follows the validation's phases (polled),
+    # then the upload's own page shows the outcome.
+    expect(page.locator("#upload-status")).to_be_visible()
     expect(page.locator("#upload-result")).to_be_visible(timeout=300_000)
+    assert re.search(r"/datasets/uploads/up_[0-9a-f]{24}$", page.url), page.url
     shot(page, "06-merchant-upload-accepted")
     page.goto(site + "/datasets")
     card = page.locator("#ds-hanfu_house\\.vip_gbk")

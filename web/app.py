@@ -128,6 +128,12 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(segment_review.bp)  # the platform's review of segments
     app.register_blueprint(templates_api.bp)  # /api/v1 templates and segments
     app.register_blueprint(uploads.bp)
+    # Asynchronous uploads: this process's pool; uploads a stopped process was validating
+    # become failed and their files go (onboarding.background).
+    from onboarding.background import UploadRunner, sweep_interrupted
+
+    app.extensions["yushan_uploads"] = UploadRunner(config)
+    sweep_interrupted(config)
     app.register_blueprint(platform_datasets.bp)  # the admin's platform-dataset API
     csrf.exempt(platform_datasets.bp)  # bearer tokens only
     # Upload API views take bearer tokens (no CSRF); its pages keep CSRF protection.

@@ -54,6 +54,12 @@ EXACT: dict[str, Any] = {
         lazy_gettext("The form has expired: reload the page and try again."),
     "The 'file' part is missing.": lazy_gettext("Choose a file to upload."),
     "No such dataset.": lazy_gettext("No such dataset."),
+    "No such upload.": lazy_gettext("No such upload."),
+    "The server restarted while validating; upload the file again.":
+        lazy_gettext("The server restarted while validating; upload the file again."),
+    "The upload could not be validated because of an internal error; upload the file again.":
+        lazy_gettext("The upload could not be validated because of an internal error; "
+                     "upload the file again."),
     "Only a merchant's own users may do this.": lazy_gettext("Only a merchant's own users may do this."),
     "Only a merchant's own users may upload or withdraw its data.":
         lazy_gettext("Only a merchant's own users may upload or withdraw its data."),

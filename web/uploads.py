@@ -1,9 +1,14 @@
 """Merchant data onboarding over HTTP: upload, withdrawal and download of one's own data.
 
-API (bearer tokens): ``POST /api/v1/datasets`` (multipart: file, name, schema[, encoding]),
-``DELETE /api/v1/datasets/<name>``, ``GET /api/v1/datasets/<name>/download?format=csv|parquet``.
-Pages (session log-in, CSRF-checked here): ``/datasets/upload``,
-``/datasets/<name>/withdraw``, ``/datasets/<name>/download``.
+API (bearer tokens): ``POST /api/v1/datasets`` (multipart: file, name, schema[, encoding];
+validated before it answers, or with ``Prefer: respond-async`` received, answered 202 and
+validated in the background), ``GET /api/v1/uploads/<id>`` (an asynchronous upload's
+state), ``DELETE /api/v1/datasets/<name>``,
+``GET /api/v1/datasets/<name>/download?format=csv|parquet``.
+Pages (session log-in, CSRF-checked here): ``/datasets/upload`` (its script uploads
+asynchronously and polls ``/datasets/uploads/<id>/status``; without script the form is
+answered synchronously), ``/datasets/uploads/<id>``, ``/datasets/<name>/withdraw``,
+``/datasets/<name>/download``.
 
 The multipart body is parsed here, not by Flask's default parser, so that the file streams
 straight into the upload's private workspace under ``YUSHAN_HOME/work`` (with the size
@@ -12,20 +17,43 @@ limit enforced while it streams) instead of a spooled temporary file elsewhere.
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, render_template, request, stream_with_context
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+    stream_with_context,
+    url_for,
+)
 from sqlalchemy import select
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
 from onboarding import errors
+from onboarding.background import (
+    FAILED_MESSAGE,
+    RETRY_AFTER_SECONDS,
+    RUNNER,
+    UploadRunner,
+    mark_failed,
+    new_workspace,
+    relative_workspace,
+    runner_gone,
+    status_document,
+    sweep_interrupted,
+)
 from onboarding.csv_reader import LimitedWriter
 from onboarding.errors import OnboardingError
-from onboarding.ingest import ingest_file, upload_workspace
+from onboarding.ingest import ingest_file, precheck, upload_workspace
 from onboarding.schema import SIMPLE_TYPES
 from onboarding.withdraw import export_own_dataset, find_own_dataset, withdraw
 from web import idempotency
@@ -39,7 +67,8 @@ from web.auth import (
     roles_required,
 )
 from web.extensions import csrf
-from yushan.models import Job, Role, User
+from yushan.access import see_upload
+from yushan.models import Job, Role, Upload, UploadState, User
 
 bp = Blueprint("uploads", __name__)
 
@@ -88,19 +117,7 @@ def _upload(user: User, check_csrf: bool, keep: dict[str, str] | None = None, *,
     session = db()
     actor = actor_for(user)
     with upload_workspace(config) as workspace:
-        form, file = _receive(workspace, config.max_upload_bytes)
-        if keep is not None:
-            keep.update({k: str(form.get(k) or "")[:FORM_FIELDS_BYTES]
-                         for k in ("name", "schema", "encoding")})
-        if check_csrf:
-            from flask_wtf.csrf import ValidationError, validate_csrf
-
-            try:
-                validate_csrf(form.get("csrf_token"))
-            except ValidationError:
-                raise errors.bad_request("The form has expired: reload the page and try again.") from None
-        if file is None or not (workspace / "upload.bin").exists():
-            raise errors.bad_request("The 'file' part is missing.")
+        form, file = _received(workspace, config.max_upload_bytes, check_csrf, keep)
         attempt = None
         if idempotent:
             attempt, answer = idempotency.begin(session, user, _upload_identity(form, file, workspace))
@@ -119,6 +136,117 @@ def _upload(user: User, check_csrf: bool, keep: dict[str, str] | None = None, *,
                              idempotency_key=attempt.key if attempt else None,
                              before_commit=keep_answer if attempt else None)
         return result.to_dict()
+
+
+def _received(workspace: Path, limit: int, check_csrf: bool,
+              keep: dict[str, str] | None) -> tuple[MultiDict, FileStorage]:
+    """Receive the body into ``workspace`` and check what every upload needs before its
+    file is looked at (the page's CSRF token, a file part)."""
+    form, file = _receive(workspace, limit)
+    if keep is not None:
+        keep.update({k: str(form.get(k) or "")[:FORM_FIELDS_BYTES]
+                     for k in ("name", "schema", "encoding")})
+    if check_csrf:
+        from flask_wtf.csrf import ValidationError, validate_csrf
+
+        try:
+            validate_csrf(form.get("csrf_token"))
+        except ValidationError:
+            raise errors.bad_request("The form has expired: reload the page and try again.") from None
+    if file is None or not (workspace / "upload.bin").exists():
+        raise errors.bad_request("The 'file' part is missing.")
+    return form, file
+
+
+def wants_async() -> bool:
+    """``Prefer: respond-async`` (RFC 7240) among the request's preferences."""
+    for header in request.headers.getlist("Prefer"):
+        for preference in header.split(","):
+            if preference.split(";", 1)[0].strip().lower() == "respond-async":
+                return True
+    return False
+
+
+def _runner() -> UploadRunner:
+    return current_app.extensions["yushan_uploads"]
+
+
+def _upload_async(user: User, status_url: Callable[[str], str], *, check_csrf: bool,
+                  keep: dict[str, str] | None = None,
+                  idempotent: bool = False) -> Response | None:
+    """Receive one upload for ``user`` and answer 202 while the pool validates it with the
+    synchronous path's own function (onboarding.background). None (before anything is
+    read) when the pool is full: the caller serves the request synchronously. Refusals
+    that need no file content raise OnboardingError at once, audited, like a synchronous
+    upload's."""
+    runner = _runner()
+    if not runner.reserve():
+        return None
+    config = app_config()
+    session = db()
+    actor = actor_for(user)
+    workspace = new_workspace(config)
+    handed = False
+    try:
+        form, file = _received(workspace, config.max_upload_bytes, check_csrf, keep)
+        attempt = None
+        if idempotent:
+            attempt, answer = idempotency.begin(session, user, _upload_identity(form, file, workspace))
+            if answer is not None:
+                return answer
+        encoding = form.get("encoding") or None
+        merchant = precheck(session, user, name=form.get("name"), schema=form.get("schema"),
+                            filename=file.filename, actor=actor, encoding=encoding)
+        row = Upload(tenant_id=merchant.id, created_by=user.id,
+                     name=str(form.get("name") or "")[:200],
+                     schema_text=str(form.get("schema") or ""), encoding=encoding,
+                     filename=(file.filename or "")[:255],
+                     workspace=relative_workspace(config, workspace), runner=RUNNER,
+                     idempotency_key=attempt.key if attempt else None)
+        session.add(row)
+        session.flush()
+        url = status_url(row.id)
+        response = jsonify({"id": row.id, "state": UploadState.VALIDATING.value,
+                            "status_url": url})
+        response.status_code = 202
+        response.headers["Location"] = url
+        answer = idempotency.commit(session, attempt, response)
+        if answer is not response:
+            return answer  # a concurrent request with this key won: its upload goes on
+        try:
+            runner.submit(row.id, actor)
+        except Exception:
+            mark_failed(session, row.id, FAILED_MESSAGE)  # never left validating
+            raise
+        handed = True
+        response.headers["Preference-Applied"] = "respond-async"
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+    finally:
+        if not handed:
+            runner.release()
+            shutil.rmtree(workspace, ignore_errors=True)
+
+
+def _visible_upload(user: User, upload_id: str) -> Upload:
+    """The upload if ``user`` may see it; 404 (like a missing one) otherwise. An upload
+    whose process is gone is marked failed on the way (onboarding.background)."""
+    session = db()
+    row = session.get(Upload, upload_id) if len(upload_id) <= 32 else None
+    if row is None or not see_upload(user, row):
+        # One answer for "missing" and "another merchant's" (the project's tenant rule).
+        raise OnboardingError(404, "not_found", "No such upload.")
+    if row.state == UploadState.VALIDATING.value and runner_gone(row.runner, row.heartbeat_at):
+        sweep_interrupted(app_config(), session, row.id)
+        session.refresh(row)
+    return row
+
+
+def _status_response(row: Upload, url: str) -> Response:
+    response = jsonify({**status_document(row), "status_url": url})
+    if row.state == UploadState.VALIDATING.value:
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def _upload_identity(form: MultiDict, file: FileStorage, workspace: Path) -> dict[str, Any]:
@@ -143,14 +271,33 @@ def _json_error(exc: OnboardingError) -> Response:
 # ---------------------------------------------------------------- API
 
 
+def _api_status_url(upload_id: str) -> str:
+    return url_for("uploads.api_upload_status", upload_id=upload_id)
+
+
 @bp.post("/api/v1/datasets")
 @api_user_required()
 def api_upload():
+    user = current_api_user()
     try:
-        answer = _upload(current_api_user(), check_csrf=False, idempotent=True)
+        if wants_async():
+            accepted = _upload_async(user, _api_status_url, check_csrf=False, idempotent=True)
+            if accepted is not None:
+                return accepted
+        answer = _upload(user, check_csrf=False, idempotent=True)
     except OnboardingError as exc:
         return _json_error(exc)
     return answer if isinstance(answer, Response) else (jsonify(answer), 201)
+
+
+@bp.get("/api/v1/uploads/<upload_id>")
+@api_user_required()
+def api_upload_status(upload_id: str):
+    try:
+        row = _visible_upload(current_api_user(), upload_id)
+    except OnboardingError as exc:
+        return _json_error(exc)
+    return _status_response(row, _api_status_url(row.id))
 
 
 @bp.delete("/api/v1/datasets/<path:name>")
@@ -198,8 +345,8 @@ TEMPLATE_CSV = (
 
 
 def _upload_page(result=None, error=None, values: dict[str, str] | None = None,
-                 status: int = 200):
-    return render_template("uploads/upload.html", result=result, error=error,
+                 status: int = 200, pending: dict[str, Any] | None = None):
+    return render_template("uploads/upload.html", result=result, error=error, pending=pending,
                            values=values or {}, types=SIMPLE_TYPES), status
 
 
@@ -218,18 +365,62 @@ def template_csv():
     return response
 
 
+def _page_status_url(upload_id: str) -> str:
+    return url_for("uploads.upload_status", upload_id=upload_id)
+
+
 @bp.post("/datasets/upload")
 @roles_required(Role.MERCHANT.value)
 def upload_submit():
+    """The form without JavaScript: validated in this request (the contract's synchronous
+    answer). The page's script sends ``Prefer: respond-async`` and polls the status."""
     values: dict[str, str] = {}
+    user = page_user()
     try:
-        result = _upload(page_user(), check_csrf=True, keep=values)
+        if wants_async():
+            accepted = _upload_async(user, _page_status_url, check_csrf=True, keep=values)
+            if accepted is not None:
+                doc = accepted.get_json()
+                doc["page_url"] = url_for("uploads.upload_outcome", upload_id=doc["id"])
+                accepted.set_data(json.dumps(doc))
+                return accepted
+        result = _upload(user, check_csrf=True, keep=values)
     except OnboardingError as exc:
         return _upload_page(error=exc, values=values, status=exc.status)
     return _upload_page(result=result, status=201)
 
 
 upload_submit = _page(upload_submit)
+
+
+@bp.get("/datasets/uploads/<upload_id>/status")
+@roles_required(Role.MERCHANT.value)
+def upload_status(upload_id: str):
+    """The page's view of ``GET /api/v1/uploads/<id>`` (log-in session, JSON)."""
+    try:
+        row = _visible_upload(page_user(), upload_id)
+    except OnboardingError as exc:
+        return _json_error(exc)
+    return _status_response(row, _page_status_url(row.id))
+
+
+@bp.get("/datasets/uploads/<upload_id>")
+@roles_required(Role.MERCHANT.value)
+def upload_outcome(upload_id: str):
+    """An asynchronous upload as the synchronous form's answer shows it: the accepted
+    dataset (201), the refusal with its report and the entries kept (4xx), or its progress."""
+    try:
+        row = _visible_upload(page_user(), upload_id)
+    except OnboardingError as exc:
+        return _upload_page(error=exc, status=exc.status)
+    values = {"name": row.name, "schema": row.schema_text, "encoding": row.encoding or ""}
+    if row.state == UploadState.ACCEPTED.value:
+        return _upload_page(result=row.result, status=201)
+    if row.error is not None:
+        error = OnboardingError(row.status or 500, row.error.get("code", "failed"),
+                                row.error.get("message", ""), row.error.get("report"))
+        return _upload_page(error=error, values=values, status=row.status or 500)
+    return _upload_page(pending=status_document(row), values=values, status=200)
 
 
 def _jobs_that_read(session, user: User, full_name: str, limit: int = 50) -> list[Job]:

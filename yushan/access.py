@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, select, true
 from sqlalchemy.orm import Session
 
-from yushan.models import Authorization, Job, JobState, Role, Tenant, TenantKind, User
+from yushan.models import Authorization, Job, JobState, Role, Tenant, TenantKind, Upload, User
 
 JOB_ROLES = (Role.PROVIDER.value, Role.MERCHANT.value)
 
@@ -185,6 +185,15 @@ def manage_own_data(user: User) -> Permission:
     if user.role == Role.MERCHANT.value:
         return allow("a merchant's user")
     return deny("Only a merchant's own users may upload or withdraw its data.")
+
+
+def see_upload(user: User, upload: Upload | None) -> Permission:
+    """An asynchronous upload's status: its merchant's own users; anyone else finds none."""
+    if upload is None:
+        return hide("no such upload")
+    if user.role == Role.MERCHANT.value and user.tenant_id == upload.tenant_id:
+        return allow("its merchant's user")
+    return hide("no such upload")
 
 
 def manage_authorizations(user: User) -> Permission:

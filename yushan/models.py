@@ -420,6 +420,58 @@ class IdempotencyKey(Base):
     created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow, index=True)
 
 
+class UploadState(enum.StrEnum):
+    """An asynchronous upload (``Prefer: respond-async``): validating until the same
+    validation as a synchronous upload accepts or rejects it; failed when it could not
+    finish (an unexpected error, or the web process stopped while validating)."""
+
+    VALIDATING = "validating"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+def random_upload_id() -> str:
+    """An opaque upload id: random, so that it reveals nothing about other uploads."""
+    return "up_" + secrets.token_hex(12)
+
+
+class Upload(Base):
+    """One asynchronous upload, from its receipt to its outcome (``onboarding/background.py``).
+
+    The received file waits in ``workspace`` (a private directory under the home's work
+    directory, removed with the outcome). ``result`` is the synchronous 201 body once
+    accepted; ``error`` the synchronous error body's ``error`` object once rejected or
+    failed (with ``status``, the HTTP status the synchronous upload would have answered).
+    ``runner`` names the process validating it (host:pid:boot), so that a restarted web
+    process marks the uploads it was validating as failed."""
+
+    __tablename__ = "uploads"
+    __table_args__ = (Index("ix_uploads_state", "state"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=random_upload_id)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    created_by: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    # The form's text fields as sent (a page shows them again after a rejection).
+    schema_text: Mapped[str] = mapped_column(Text, default="")
+    encoding: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    filename: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default=UploadState.VALIDATING.value)
+    phase: Mapped[str] = mapped_column(String(16), default="queued")
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    workspace: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    runner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id"), nullable=True)
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(TZDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(TZDateTime, nullable=True)
+
+
 class Setting(Base):
     """Platform-wide switches the admin sets (e.g. platform review of segments)."""
 

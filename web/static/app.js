@@ -444,8 +444,11 @@ window.Yushan = window.Yushan || {inits: [], init: function () { this.inits.forE
 /* Upload page: read the chosen CSV's header and first rows in the browser (UTF-8, else
    GB18030, which covers GBK), offer an editable schema table with a preview, and keep the
    schema JSON the upload takes in step with it. Then send the form with XMLHttpRequest so
-   the merchant sees how much of a large file has been sent, then that it is being
-   validated; the server's page replaces this one when it answers. */
+   the merchant sees how much of a large file has been sent; with "Prefer: respond-async"
+   the server answers 202 once it has the file, and its status (phase, progress) is polled
+   until the upload's page shows how it ended. A server that answers at once instead
+   (its pool full) sends the page, which replaces this one. Without script the form
+   posts normally and is answered when validated. */
 (function () {
   "use strict";
   var SAMPLE_BYTES = 256 * 1024;
@@ -663,6 +666,13 @@ window.Yushan = window.Yushan || {inits: [], init: function () { this.inits.forE
         text.textContent = form.dataset.validating;
       });
       xhr.addEventListener("load", function () {
+        if (xhr.status === 202) {  /* received: the server validates it in the background */
+          var accepted = JSON.parse(xhr.responseText);
+          bar.value = 0;
+          text.textContent = form.dataset.phaseQueued;
+          pollUpload(form, accepted.status_url, accepted.page_url, bar, text, button);
+          return;
+        }
         var doc = new DOMParser().parseFromString(xhr.responseText, "text/html");
         document.title = doc.title;
         document.body.replaceWith(doc.body);
@@ -672,8 +682,47 @@ window.Yushan = window.Yushan || {inits: [], init: function () { this.inits.forE
         button.disabled = false;
         text.textContent = form.dataset.networkError;
       });
+      xhr.setRequestHeader("Prefer", "respond-async");
       xhr.send(new FormData(form));
     });
+  }
+
+  /* Ask the upload's status until it is decided, showing its phase and progress; then
+     open its page (the accepted dataset, or the refusal with the entries kept). */
+  function pollUpload(form, statusUrl, pageUrl, bar, text, button) {
+    var phases = {queued: form.dataset.phaseQueued, reading: form.dataset.phaseReading,
+                  validating: form.dataset.phaseValidating, storing: form.dataset.phaseStoring};
+    var failures = 0;
+    function again(seconds) { window.setTimeout(ask, Math.max(0.5, Math.min(seconds, 5)) * 1000); }
+    function ask() {
+      var xhr = new XMLHttpRequest();
+      xhr.open("GET", statusUrl);
+      xhr.setRequestHeader("Accept", "application/json");
+      xhr.addEventListener("load", function () {
+        var doc = null;
+        try { doc = JSON.parse(xhr.responseText); } catch (e) { doc = null; }
+        if (xhr.status !== 200 || !doc) { fail(); return; }
+        failures = 0;
+        if (doc.state === "validating") {
+          var pct = Math.floor((doc.progress || 0) * 100);
+          bar.value = pct;
+          text.textContent = (phases[doc.phase] || form.dataset.validating) + " (" + pct + "%)";
+          again(parseFloat(xhr.getResponseHeader("Retry-After")) || 1);
+          return;
+        }
+        bar.value = 100;
+        window.location.assign(pageUrl);
+      });
+      xhr.addEventListener("error", fail);
+      xhr.send();
+    }
+    function fail() {
+      failures += 1;
+      if (failures < 5) { again(2); return; }
+      button.disabled = false;
+      text.textContent = form.dataset.statusError;
+    }
+    again(0.5);
   }
 
   window.Yushan.inits.push(setupUploadEditor, setupUploadSend);

@@ -33,6 +33,7 @@ import httpx
 
 from yushan import __version__
 from yushan.client.errors import (
+    UPLOAD_STATUS_BY_CODE,
     BadRequest,
     ClientError,
     Conflict,
@@ -46,6 +47,7 @@ from yushan.client.errors import (
     TooLarge,
     TransportError,
     Unauthorized,
+    UploadTimeout,
     error_for,
 )
 from yushan.client.models import Budget, Dataset, Decision, Job, Me, Template, Violation
@@ -58,7 +60,7 @@ __all__ = [
     "BadRequest", "Budget", "Client", "ClientError", "Conflict", "Dataset", "Decision",
     "Forbidden", "IdempotencyKeyReused", "Invalid", "Job", "JobTimeout", "Me", "NotFound",
     "RateLimited", "ServerError", "Template", "TooLarge", "TransportError", "Unauthorized",
-    "Violation",
+    "UploadTimeout", "Violation",
 ]
 
 API = "/api/v1"
@@ -134,19 +136,62 @@ class Client:
         return [Dataset.from_json(d) for d in self._pages("/datasets", "datasets", {"limit": page_size})]
 
     def upload(self, name: str, file: str | Path | BinaryIO, schema: dict[str, Any], *,
-               encoding: str | None = None, idempotency_key: str | None = None) -> dict[str, Any]:
+               encoding: str | None = None, idempotency_key: str | None = None,
+               wait: bool = False, on_progress: Callable[[dict[str, Any]], None] | None = None,
+               timeout: float = 3600.0, poll_interval: float = 1.0) -> dict[str, Any]:
         """Upload a merchant dataset (CSV or Parquet) as ``<merchant>.<name>``; validated
         before anything is kept (:class:`Invalid` with ``report`` otherwise). Sent with an
-        ``Idempotency-Key`` (a new UUID when not given): a retry answers the same."""
+        ``Idempotency-Key`` (a new UUID when not given): a retry answers the same.
+
+        ``wait=True`` sends it with ``Prefer: respond-async``: the server answers as soon
+        as it has the file (no request held while a large file is validated), and this
+        polls the upload's status (:meth:`upload_status`), calling ``on_progress(status)``
+        at every change of phase or progress, until it is decided; then it returns or
+        raises exactly what the synchronous upload would. :class:`UploadTimeout` after
+        ``timeout`` s. A server that serves it synchronously anyway is answered as usual."""
         import json
 
         data = {"name": name, "schema": json.dumps(schema), **({"encoding": encoding} if encoding else {})}
-        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4())}
+        headers = {"Idempotency-Key": idempotency_key or str(uuid.uuid4()),
+                   **({"Prefer": "respond-async"} if wait else {})}
         if isinstance(file, str | Path):
             with open(file, "rb") as handle:
-                return self._json("POST", "/datasets", data=data, headers=headers,
-                                  files={"file": (Path(file).name, handle)})
-        return self._json("POST", "/datasets", data=data, headers=headers, files={"file": ("upload.csv", file)})
+                response = self._request("POST", "/datasets", data=data, headers=headers,
+                                         files={"file": (Path(file).name, handle)})
+        else:
+            response = self._request("POST", "/datasets", data=data, headers=headers,
+                                     files={"file": ("upload.csv", file)})
+        doc = response.json() if response.content else {}
+        if response.status_code != 202:
+            return doc
+        return self._await_upload(doc["id"], timeout, poll_interval, on_progress)
+
+    def upload_status(self, upload_id: str) -> dict[str, Any]:
+        """An asynchronous upload's status: ``state`` (validating, accepted, rejected,
+        failed), ``phase``, ``progress`` (0..1), ``dataset`` once accepted, ``error`` once
+        rejected or failed (``GET /api/v1/uploads/<id>``)."""
+        return self._json("GET", f"/uploads/{upload_id}")
+
+    def _await_upload(self, upload_id: str, timeout: float, poll_interval: float,
+                      on_progress: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        seen: tuple[str, str, float] | None = None
+        while True:
+            status = self.upload_status(upload_id)
+            now = (status["state"], status["phase"], status["progress"])
+            if on_progress is not None and now != seen:
+                on_progress(status)
+            seen = now
+            if status["state"] == "accepted":
+                return status["dataset"]
+            if status["state"] != "validating":
+                error = status.get("error") or {}
+                code = str(error.get("code") or "error")
+                raise error_for(UPLOAD_STATUS_BY_CODE.get(code, 500), {"error": error})
+            if time.monotonic() >= deadline:
+                raise UploadTimeout(f"upload {upload_id} is still validating after {timeout:g} s",
+                                    status)
+            time.sleep(max(0.0, min(poll_interval, deadline - time.monotonic())))
 
     def withdraw(self, name: str) -> dict[str, Any]:
         """Withdraw one's own dataset: its data becomes unrecoverable."""

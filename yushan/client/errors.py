@@ -93,6 +93,23 @@ class JobTimeout(ClientError, TimeoutError):
         self.job = job
 
 
+class UploadTimeout(ClientError, TimeoutError):
+    """:meth:`yushan.client.Client.upload` with ``wait=True`` gave up; ``upload`` is the
+    last status seen (the server goes on validating: ask ``upload_status`` later)."""
+
+    def __init__(self, message: str, upload: Any):
+        super().__init__(message)
+        self.upload = upload
+
+
+# The HTTP status a synchronous upload answers for each refusal code (asynchronous
+# uploads report the code only).
+UPLOAD_STATUS_BY_CODE: dict[str, int] = {
+    "bad_request": 400, "forbidden": 403, "not_found": 404, "conflict": 409, "too_large": 413,
+    "invalid": 422,
+}
+
+
 _BY_STATUS: dict[int, type[ClientError]] = {
     400: BadRequest, 401: Unauthorized, 403: Forbidden, 404: NotFound, 409: Conflict,
     413: TooLarge, 422: Invalid, 429: RateLimited,
