@@ -37,6 +37,7 @@ from audit.keys import (
     write_keyring_file,
 )
 from yushan.config import Config
+from yushan.keyfiles import fsync_dir, unsafe_permissions
 from yushan.models import AuditEntry
 
 ACTION = "audit.signing_key_rotate"
@@ -68,17 +69,7 @@ def _load_pending(config: Config) -> Ed25519PrivateKey | None:
 
 
 def _check_permissions(config: Config) -> None:
-    uid = os.getuid()
-    problems = []
-    for path, mode in ((config.keys_dir, 0o700), (config.audit_signing_key_path, 0o600)):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
-        if stat.st_uid != uid:
-            problems.append(f"{path} belongs to uid {stat.st_uid}, not to this user ({uid})")
-        if stat.st_mode & 0o077:
-            problems.append(f"{path} is mode {stat.st_mode & 0o777:o} (must be {mode:o})")
+    problems = unsafe_permissions(((config.keys_dir, 0o700), (config.audit_signing_key_path, 0o600)))
     if problems:
         raise AuditKeyError("refused, key permissions are unsafe: " + "; ".join(problems))
 
@@ -117,15 +108,7 @@ def install_pending(config: Config, new: Ed25519PrivateKey) -> None:
     pub = public_key_path(config)
     pub.unlink(missing_ok=True)
     _write_exclusive(pub, public_key_pem(new.public_key()), 0o644)
-    _fsync_dir(config.keys_dir)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(config.keys_dir)
 
 
 def resolve_pending(config: Config) -> str | None:
@@ -139,7 +122,7 @@ def resolve_pending(config: Config) -> str | None:
         install_pending(config, new)
         return new_id
     pending_path(config).unlink()
-    _fsync_dir(config.keys_dir)
+    fsync_dir(config.keys_dir)
     return None
 
 

@@ -27,6 +27,8 @@ from typing import Any, BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from yushan.keyfiles import fsync_dir
+
 MAGIC = b"YSE1"
 CHUNK = 1024 * 1024
 KEY_BYTES = 32
@@ -43,15 +45,6 @@ def write_secret_file(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or link in directory ``path`` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def publish_secret(path: Path, data: bytes, *, replace: bool = False) -> bool:

@@ -41,7 +41,6 @@ from sandbox.crypto import (
     KEY_BYTES,
     DecryptionError,
     derive_key,
-    fsync_dir,
     master_key_id,
     pending_master_path,
     publish_secret,
@@ -51,6 +50,7 @@ from sandbox.crypto import (
     wrap_key,
 )
 from yushan.config import Config, ConfigError
+from yushan.keyfiles import fsync_dir, unsafe_permissions
 from yushan.models import Dataset, JobOutput, Setting, Tenant
 
 SETTING = "master_key"  # settings row: which master key wraps the data keys
@@ -111,27 +111,13 @@ def check_permissions(config: Config) -> None:
     into such a directory would leak too: fix the modes (``chmod 700 keys; chmod 600
     keys/*.key``) first.
     """
-    uid = os.getuid()
-    problems = []
     keys_dir = config.keys_dir
-    try:
-        stat = keys_dir.stat()
-    except FileNotFoundError:
-        raise KeyRotationError(f"{keys_dir} does not exist: run `yushan init`") from None
-    if stat.st_uid != uid:
-        problems.append(f"{keys_dir} belongs to uid {stat.st_uid}, not to this user ({uid})")
-    if stat.st_mode & 0o077:
-        problems.append(f"{keys_dir} is mode {stat.st_mode & 0o777:o} (must be 700)")
-    for path in (config.master_key_path, pending_master_path(config.master_key_path),
-                 segment_token_keys_path(config.master_key_path)):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
-        if stat.st_uid != uid:
-            problems.append(f"{path} belongs to uid {stat.st_uid}, not to this user ({uid})")
-        if stat.st_mode & 0o077:
-            problems.append(f"{path} is mode {stat.st_mode & 0o777:o} (must be 600)")
+    if not keys_dir.exists():
+        raise KeyRotationError(f"{keys_dir} does not exist: run `yushan init`")
+    problems = unsafe_permissions(
+        [(keys_dir, 0o700)]
+        + [(path, 0o600) for path in (config.master_key_path, pending_master_path(config.master_key_path),
+                                      segment_token_keys_path(config.master_key_path))])
     if problems:
         raise KeyRotationError("refused, key permissions are unsafe: " + "; ".join(problems))
 
