@@ -266,15 +266,17 @@ def warm_executor(base: str, tokens: dict[str, str]) -> None:
     wait_ready(base)
     hanfu = Client(base, tokens["hanfu_owner"])
     tea = Client(base, tokens["tea_owner"])
-    warm = []
+    warm: dict[int, list] = {id(hanfu): [], id(tea): []}
     for client, merchant, sql in ((hanfu, "hanfu_house", JOB_SQL), (tea, "tea_garden", OTHER_SQL),
                                   (hanfu, "hanfu_house", JOB_SQL), (tea, "tea_garden", OTHER_SQL)):
         status, doc, _ = client.call("POST", "/api/v1/jobs", {"merchant": merchant, "kind": "aggregate",
                                                               "sql": sql.format(n=next_literal() % 500)})
         if status != 201:
             raise SystemExit(f"a warm-up job answered {status}: {doc}")
-        warm.append(doc["id"])
-    wait_done(hanfu, warm, timeout=600)
+        warm[id(client)].append(doc["id"])
+    # Each tenant waits for its own jobs: another tenant's job reads as missing (404).
+    wait_done(hanfu, warm[id(hanfu)], timeout=600)
+    wait_done(tea, warm[id(tea)], timeout=600)
 
 
 def burst(base: str, tokens: dict[str, str], size: int) -> dict:
