@@ -61,6 +61,9 @@ def main() -> None:
                         help="timed runs per variant (enforcement); single runs vary by +-20%%")
     parser.add_argument("--latency-runs", type=int, default=20, help="timed checks per query")
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--compare-writers", action="store_true",
+                        help="also time checks with the fast plan writer and with Spark's own "
+                             "toJSON, alternately, in this process (policies/planjson.py)")
     parser.add_argument("--release", choices=("threshold", "dp"), default="threshold",
                         help="release mode of the consumer datasets for the enforcement runs")
     args = parser.parse_args()
@@ -116,6 +119,22 @@ def main() -> None:
         }
     }
     print(json.dumps(report, indent=1), flush=True)
+
+    if args.compare_writers:
+        import policies.planjson as planjson
+
+        fast_writer = planjson._writer
+        timed: dict[str, list[float]] = {"fast": [], "toJSON": []}
+        for _ in range(args.latency_runs):
+            for joins in range(11):
+                for name, writer in (("fast", fast_writer), ("toJSON", lambda s: planjson._UNAVAILABLE)):
+                    planjson._writer = writer
+                    start = time.perf_counter()
+                    check(spark, join_query(joins), "aggregate", "hanfu_house", datasets)
+                    timed[name].append((time.perf_counter() - start) * 1000)
+        planjson._writer = fast_writer
+        print(json.dumps({"check_p50_ms_by_plan_writer": {k: round(statistics.median(v), 1)
+                                                          for k, v in timed.items()}}), flush=True)
 
     # -- cost of enforcement ---------------------------------------------------------------
     # Two shapes of the same join + aggregate. With ``amount >= floor`` (floor > 0) the

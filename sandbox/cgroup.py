@@ -203,13 +203,10 @@ class MemoryGroup:
                 _write(path, limit)
         self.limit = int(limit_bytes)
 
-    def enter(self) -> None:
-        """Move the calling process into the group (run in the executor's child before exec)."""
-        fd = os.open(self._procs, os.O_WRONLY)
-        try:
-            os.write(fd, str(os.getpid()).encode())
-        finally:
-            os.close(fd)
+    @property
+    def procs_path(self) -> str:
+        """The file a process writes its pid to in order to join the group."""
+        return self._procs
 
     def _read(self, name: str) -> str | None:
         try:

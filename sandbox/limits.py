@@ -3,7 +3,7 @@
 The worker watches each executor's whole process tree (Python and its JVM): wall clock,
 CPU seconds and resident memory per job, sampled from /proc every 0.5 s. Memory is also a
 hard limit where the OS allows: each executor runs in its own memory cgroup
-(:mod:`sandbox.cgroup`, entered in :func:`harden_child` before the executor execs), so the
+(:mod:`sandbox.cgroup`, entered by :func:`hardened_command` before the executor execs), so the
 kernel stops an allocation spike between two samples by killing the JVM, and the worker
 reads the group's OOM-kill counter. Where the OS refuses a cgroup, the sampling is the only
 memory limit (a warning in the worker log). Output rows and bytes are checked inside the
@@ -13,7 +13,6 @@ executor before anything is written. Each limit fails the job with its own error
 from __future__ import annotations
 
 import os
-import resource
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -161,13 +160,18 @@ def pid_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def harden_child(memory_group: MemoryGroup | None = None) -> None:
-    """Run in the executor's child before exec: no core dumps (they would hold data), and
-    into its memory cgroup, if any (whatever it starts later, the JVM too, is then inside).
+def hardened_command(argv: list[str], memory_group: MemoryGroup | None = None) -> list[str]:
+    """``argv`` started by a shell that first turns core dumps off (they would hold data)
+    and moves itself into the memory cgroup, if any, then execs ``argv``: whatever it
+    starts later, the JVM too, is inside.
 
-    (Not PR_SET_PDEATHSIG: it fires when the *thread* that started the child ends, and
-    executors are started by short-lived threads. The executor watches its parent instead.)
+    A shell, not ``preexec_fn``: Python code between fork and exec is not safe in a process
+    with threads (a garbage-collected object's finaliser may wait for a lock another thread
+    held at the fork, and the child never execs), and workers have several threads.
+    (Not PR_SET_PDEATHSIG either: it fires when the *thread* that started the child ends,
+    and executors are started by short-lived threads. The executor watches its parent.)
     """
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if memory_group is not None:
-        memory_group.enter()
+    if memory_group is None:
+        return ["/bin/sh", "-c", 'ulimit -c 0 && exec "$@"', "sh", *argv]
+    return ["/bin/sh", "-c", 'ulimit -c 0 && echo $$ > "$1" && shift && exec "$@"', "sh",
+            memory_group.procs_path, *argv]

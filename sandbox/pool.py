@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 import errno
-import functools
 import logging
 import os
 import queue
@@ -27,7 +26,7 @@ from typing import Any
 
 from sandbox.cgroup import MemoryGroup, plan_memory
 from sandbox.executor import JobOutcome, config_to_message
-from sandbox.limits import Limits, harden_child, limit_message, process_tree, usage_of
+from sandbox.limits import Limits, hardened_command, limit_message, process_tree, usage_of
 from sandbox.netns import NetworkPlan, wrap_command
 from sandbox.protocol import Channel, ChannelClosed
 from sandbox.redact import limit_error
@@ -100,12 +99,11 @@ class Executor:
         self.memory_group = self._new_memory_group()
         try:
             self.proc = subprocess.Popen(  # noqa: S603 - argv built here: our executor module
-                wrap_command(self.network, argv),
+                # No core dumps, and into its memory cgroup before it execs.
+                wrap_command(self.network, hardened_command(argv, self.memory_group)),
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
                 stdout=sys.stderr.fileno(),
-                # No core dumps, and into its memory cgroup before it execs.
-                preexec_fn=functools.partial(harden_child, self.memory_group),
                 start_new_session=True,  # its own process group: one kill ends the JVM too
             )
         except (OSError, subprocess.SubprocessError) as exc:

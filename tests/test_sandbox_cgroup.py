@@ -8,7 +8,6 @@ skipped with the probe's reason.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 
 from sandbox import cgroup, pool
 from sandbox.cgroup import PREFIX, Hierarchy, MemoryGroup, MemoryMode
-from sandbox.limits import Limits, Usage, harden_child, limit_message, pid_alive, process_tree
+from sandbox.limits import Limits, Usage, hardened_command, limit_message, pid_alive, process_tree
 from sandbox.netns import NetworkMode, NetworkPlan
 from sandbox.pool import Executor, ExecutorFault
 
@@ -75,10 +74,7 @@ def _allocating_child(group: MemoryGroup, mib: int) -> subprocess.Popen:
     """A Python child that enters ``group`` before exec (as an executor does) and then
     allocates and touches ``mib`` MiB."""
     code = f"import time\nblob = b'x' * ({mib} * 2**20)\nprint('survived', flush=True)\ntime.sleep(30)"
-    return subprocess.Popen(
-        [sys.executable, "-c", code], stdout=subprocess.PIPE,
-        preexec_fn=functools.partial(harden_child, group),
-    )
+    return subprocess.Popen(hardened_command([sys.executable, "-c", code], group), stdout=subprocess.PIPE)
 
 
 @needs_cgroup
@@ -165,7 +161,12 @@ channel.send({"type": "result", "job_id": job["job_id"], "outcome": "released"})
 @pytest.fixture
 def fake_executor(monkeypatch, make_config):
     """``start()`` -> an Executor running FAKE_EXECUTOR through the real start path."""
-    monkeypatch.setattr(pool, "wrap_command", lambda plan, argv: [sys.executable, "-c", FAKE_EXECUTOR, *argv[3:]])
+    def fake(plan, argv: list[str]) -> list[str]:
+        # The hardening shell stays in front; `python -m sandbox.executor` becomes the fake.
+        at = argv.index(sys.executable)
+        return [*argv[:at], sys.executable, "-c", FAKE_EXECUTOR, *argv[at + 3:]]
+
+    monkeypatch.setattr(pool, "wrap_command", fake)
     started: list[Executor] = []
 
     def start() -> Executor:
