@@ -1,7 +1,8 @@
 """A kernel-enforced memory limit for executors: one memory cgroup per executor process.
 
-Each executor is moved into its own memory cgroup before it execs (from the ``preexec_fn``
-of its ``Popen``), so everything it starts later, its JVM included, is inside too. The
+Each executor is moved into its own memory cgroup before it execs (by the shell that
+starts it, :func:`sandbox.limits.hardened_command`), so everything it starts later, its JVM
+included, is inside too. The
 group is a child of this (the worker's) process's own memory cgroup, named
 ``yushan-executor-<worker pid>-<random>``, with the job's memory limit and no swap on top:
 an allocation beyond it makes the kernel reclaim, then kill a process of the group (the
