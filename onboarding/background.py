@@ -232,7 +232,10 @@ def run_upload(config: Config, upload_id: str, actor: Actor) -> None:
             raise RuntimeError("upload without its user or file")
         workspace = config.home / relative
 
+        # The files go before the outcome is committed: whoever sees the outcome finds
+        # nothing of the upload left in the work directory.
         def accepted(result: UploadResult) -> None:
+            remove_workspace(config, relative)
             own = session.get(Upload, upload_id)
             if own is not None:
                 _finish(own, UploadState.ACCEPTED, status=201, result=result.to_dict())
@@ -240,6 +243,7 @@ def run_upload(config: Config, upload_id: str, actor: Actor) -> None:
                 own.workspace = None
 
         def refused(exc: OnboardingError) -> None:
+            remove_workspace(config, relative)
             own = session.get(Upload, upload_id)
             if own is not None:
                 _finish(own, UploadState.REJECTED, status=exc.status, error=exc.to_dict()["error"])
