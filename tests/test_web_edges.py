@@ -201,3 +201,24 @@ def test_waitress_refuses_a_huge_body_from_its_headers(world):
         sock.close()
     finally:
         server.close()
+
+
+def test_a_body_a_little_over_the_cap_sent_whole_still_gets_its_413(world):
+    """A client that sends its whole body before reading (urllib does) reads a 413, not a
+    broken pipe: bodies up to DRAIN_BYTES are read and dropped before the answer."""
+    import socket
+
+    config, app, _, _ = world
+    server = _Server(app, config)
+    try:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        body = b"x" * (SMALL_BODY_BYTES * 2 + 17)
+        sock.sendall(b"POST /api/v1/jobs/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 413
+        assert json.loads(response.read())["error"]["code"] == "too_large"
+        sock.close()
+    finally:
+        server.close()

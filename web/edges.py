@@ -5,8 +5,10 @@
   larger declared ``Content-Length`` with 413 before touching the body, and cuts a chunked
   body off at the cap. Under ``yushan serve`` waitress itself buffers a whole body before
   the app runs, so :class:`BoundedRequestParser` applies the same cap while the headers are
-  parsed: the body is never read, the request reaches the app empty and marked, and the
-  app answers 413 in the API's error shape (then the connection is closed).
+  parsed: a body larger than :data:`DRAIN_BYTES` (or announced with ``Expect:
+  100-continue``) is never read, the request reaches the app empty and marked, and the app
+  answers 413 in the API's error shape (then the connection is closed); a smaller one is
+  read and dropped first, so that a client sending it whole still reads its 413.
 - **Strict JSON** (:func:`strict_json_loads`): UTF-8 only, no lone surrogates, nesting at
   most :data:`MAX_JSON_DEPTH` deep (a deeper document is refused before it is parsed:
   Python's parser would hit its recursion limit).
@@ -35,6 +37,9 @@ from yushan import jsondoc
 from yushan.config import Config
 
 SMALL_BODY_BYTES = 1024 * 1024  # /token and every JSON route
+# Bodies over a route's cap but at most this big are read (and dropped) before the 413, so
+# that clients which send the whole body first read the answer (see bounded_parser).
+DRAIN_BYTES = 8 * 1024 * 1024
 MAX_JSON_DEPTH = 32
 MAX_ID = 2**63 - 1  # the largest id a BIGINT column holds
 # Routes that take an upload (method, path): their cap is YUSHAN_MAX_UPLOAD_BYTES.
@@ -219,9 +224,16 @@ def bounded_parser(config: Config) -> type[HTTPRequestParser]:
     class BoundedRequestParser(HTTPRequestParser):
         def parse_header(self, header_plus: bytes) -> None:
             super().parse_header(header_plus)
+            limit = body_limit(config, self.command or "GET", self.path or "/")
+            # A body a little over the cap (up to DRAIN_BYTES) is read and dropped, then
+            # refused by the app: a client that sends its body before reading the answer
+            # gets its 413 instead of a broken pipe. A larger one, or one the client waits
+            # to send (Expect: 100-continue), is refused from the headers, unread.
+            # (A chunked body has no declared size: it is cut off at the cap itself.)
+            if not getattr(self, "expect_continue", False) and not getattr(self, "chunked", False):
+                limit = max(limit, DRAIN_BYTES)
             # +1: waitress refuses a body of exactly max_request_body_size bytes.
-            self.adj = _Adjusted(self.adj, body_limit(config, self.command or "GET",
-                                                      self.path or "/") + 1)
+            self.adj = _Adjusted(self.adj, limit + 1)
 
         def received(self, data: bytes) -> int:
             consumed = super().received(data)
