@@ -56,6 +56,22 @@ def build_world(home: Path, scale: float):
     return config
 
 
+def set_release(config, mode: str) -> None:
+    """The consumer datasets' release mode, set as the platform admin would (audited)."""
+    from sqlalchemy import select
+
+    from audit import Actor
+    from onboarding.platform_datasets import set_release_policy
+    from yushan.db import session_scope
+    from yushan.models import Dataset, User
+
+    with session_scope(config) as session:
+        admin = session.scalars(select(User).where(User.role == "admin")).first()
+        names = [d.name for d in session.scalars(select(Dataset).where(Dataset.is_consumer_data))]
+        for name in names:
+            set_release_policy(session, admin, name, release=mode, actor=Actor.for_user(admin, "cli"))
+
+
 def submit(config, sql: str) -> int:
     from jobs_support_bench import user
 
@@ -136,11 +152,16 @@ def main() -> int:
                         help="alternating job/plain pairs run first and not counted")
     parser.add_argument("--settle", type=float, default=30.0,
                         help="idle seconds after the cold job, for the executor's warm-up")
+    parser.add_argument("--release", choices=("dp", "threshold"), default=None,
+                        help="set the consumer datasets' release mode first (default: as the "
+                             "demo world has it, dp)")
     args = parser.parse_args()
     home = (args.home or Path(f"/tmp/yushan-bench-{args.scale:g}")).resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = build_world(home, args.scale)
-    results: dict[str, object] = {"scale": args.scale}
+    if args.release:
+        set_release(config, args.release)
+    results: dict[str, object] = {"scale": args.scale, "release": args.release or "as built"}
 
     # Warm the submitting process's own session (the web process keeps one warm too).
     from sandbox.spark import get_spark

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
+from sandbox import check_warmup
 from yushan.config import Config
 from yushan.db import session_scope
 from yushan.models import Job, JobState, Setting
@@ -89,5 +90,7 @@ def readiness(session: Session, config: Config) -> Readiness:
     if age > config.ready_queue_seconds:
         verdict.reasons.append(
             f"the oldest queued job has waited {age:.0f} s (limit {config.ready_queue_seconds} s)")
+    # This process's check warm-up (yushan serve): reported, never a reason to refuse work.
+    verdict.checks["check_warmup"] = check_warmup.STATE.as_text()
     verdict.ok = not verdict.reasons
     return verdict

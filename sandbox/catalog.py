@@ -51,10 +51,15 @@ def install_catalog(
     wanted = _wanted(datasets, locations)
     jcat = spark._jsparkSession.sessionState().catalog()
     state = _state(wanted)
-    if _installed.get(spark) == state and jcat.getTempViewNames().isEmpty():
+    previous = _installed.get(spark)
+    views = not jcat.getTempViewNames().isEmpty()
+    if previous == state and not views:
         return
     _installed.pop(spark, None)  # until this installation is complete
-    _install(spark, jcat, wanted)
+    if previous is None:
+        _install(spark, jcat, wanted)
+    else:
+        _install_changes(spark, jcat, wanted, previous, views)
     _installed[spark] = state
 
 
@@ -109,11 +114,43 @@ def _install(spark: SparkSession, jcat, wanted: dict[tuple[str, str], tuple[Data
         props = _table_comment(spark, ident)
         if props == key:
             continue
-        spark.sql(f"DROP TABLE IF EXISTS {ident}")
-        spark.sql(
-            f"CREATE TABLE {ident} ({_ddl_columns(ds)}) USING parquet "
-            f"LOCATION '{_escape(desired)}' COMMENT '{_escape(key)}'"
-        )
+        _create_table(spark, ident, ds, location)
+
+
+def _install_changes(spark: SparkSession, jcat, wanted: dict[tuple[str, str], tuple[DatasetInfo, str]],
+                     previous: frozenset, views: bool) -> None:
+    """Go from the complete installation ``previous`` to ``wanted`` touching only what
+    differs: a job's catalog changes by a table or two (its decrypted inputs' locations,
+    another merchant's datasets), and asking the JVM about every table (its comment, about
+    nine round trips each) cost more than the DDL itself."""
+    before = {name: (location, ddl) for name, location, ddl in previous}
+    after = {name: (location, _ddl_columns(ds)) for name, (ds, location) in wanted.items()}
+    before_dbs, after_dbs = {db for db, _ in before}, {db for db, _ in after}
+    for db in sorted(before_dbs - after_dbs):
+        spark.sql(f"DROP DATABASE IF EXISTS {_quote(db)} CASCADE")
+    if views:  # temporary views never survive between jobs
+        for ident in _scala_list(jcat.listTables("default")):
+            if ident.database().isEmpty():
+                jcat.dropTempView(ident.table())
+    for db in sorted(after_dbs - before_dbs):
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(db)}")
+    for db, table in sorted(set(before) - set(after)):
+        if db in after_dbs:
+            spark.sql(f"DROP TABLE IF EXISTS {_quote(db)}.{_quote(table)}")
+    for (db, table), (ds, location) in sorted(wanted.items(), key=lambda item: item[0]):
+        if before.get((db, table)) == after[(db, table)]:
+            continue
+        _create_table(spark, f"{_quote(db)}.{_quote(table)}", ds, location)
+
+
+def _create_table(spark: SparkSession, ident: str, ds: DatasetInfo, location: str) -> None:
+    desired = location or _empty_dir(spark)
+    key = f"yushan.location={desired};yushan.schema={_ddl_columns(ds)}"
+    spark.sql(f"DROP TABLE IF EXISTS {ident}")
+    spark.sql(
+        f"CREATE TABLE {ident} ({_ddl_columns(ds)}) USING parquet "
+        f"LOCATION '{_escape(desired)}' COMMENT '{_escape(key)}'"
+    )
 
 
 def _scala_list(seq) -> list:

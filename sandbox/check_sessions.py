@@ -157,6 +157,17 @@ _lock = threading.Lock()
 _pool: CheckSessions | None = None
 
 
+def in_use_within(seconds: float) -> bool:
+    """Whether this process's pool has a check running, or had one in the last
+    ``seconds`` (a background warm-up gives way to people's checks)."""
+    pool = _pool
+    if pool is None:
+        return False
+    with pool._cond:
+        horizon = time.monotonic() - seconds
+        return any(s.busy or s.used > horizon for s in pool._slots)
+
+
 def check_sessions(config: Config, app_name: str = "yushan-web") -> CheckSessions:
     """This process's pool (made on first use, with the process's SparkSession)."""
     global _pool

@@ -67,3 +67,56 @@ def test_reinstalling_skips_nothing_that_changed(spark, demo_config, db_session,
         assert spark.sql(members).first()[0] == 200
         install_catalog(spark, infos)
         assert spark.sql(members).first()[0] == 0
+
+
+def _catalog_contents(spark) -> dict[tuple[str, str], str]:
+    """Every table of the session's catalog with its location, as the JVM holds them."""
+    jcat = spark._jsparkSession.sessionState().catalog()
+    found = {}
+    for db in spark.sql("SHOW DATABASES").collect():
+        name = db[0]
+        if name == "default":
+            continue
+        for row in spark.sql(f"SHOW TABLES IN `{name}`").collect():
+            ident = jcat.getTableMetadata(spark._jsparkSession.sessionState().sqlParser()
+                                          .parseTableIdentifier(f"{name}.{row.tableName}"))
+            found[(name, row.tableName)] = "/" + str(ident.location()).removeprefix("file:").lstrip("/")
+    return found
+
+
+def test_changes_between_installations_leave_exactly_the_wanted_catalog(spark, demo_config, db_session,
+                                                                         tmp_path):
+    """Installations after the first change only what differs (tables, locations, whole
+    merchants); after each one of a long mixed sequence the catalog holds exactly what a
+    fresh installation would: the wanted tables at the wanted locations, nothing else."""
+    import random
+
+    from sandbox.catalog import _installed
+
+    merchants = {m: readable_datasets(db_session, demo_config, m) for m in ("hanfu_house", "tea_garden")}
+    rng = random.Random(7)  # noqa: S311 - a reproducible test sequence, not a secret
+    with CATALOG_LOCK:
+        _installed.pop(spark, None)
+        for step in range(14):
+            merchant = rng.choice(sorted(merchants))
+            infos = dict(merchants[merchant])
+            if rng.random() < 0.3:  # a dataset withdrawn or not shared any more
+                infos.pop(rng.choice(sorted(infos)))
+            own = sorted(name for name, ds in infos.items() if ds.owner == merchant)
+            locations = {}
+            for name in own:
+                if rng.random() < 0.5:
+                    where = tmp_path / f"step{step}" / name
+                    where.mkdir(parents=True)
+                    locations[name] = where
+            install_catalog(spark, infos, locations)
+            contents = _catalog_contents(spark)
+            assert set(contents) == {tuple(name.split(".", 1)) for name in infos}, step
+            for name, ds in infos.items():
+                where = contents[tuple(name.split(".", 1))]
+                if name in locations:
+                    assert where == str(locations[name]), (step, name)
+                elif ds.encrypted:
+                    assert where.endswith("_empty"), (step, name)
+                else:
+                    assert where == str(ds.storage_path), (step, name)

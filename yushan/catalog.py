@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from yushan.accounts import PLATFORM
 from yushan.config import Config
-from yushan.models import Dataset, Tenant
+from yushan.models import Dataset, DatasetColumn, Tenant
 
 IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -86,18 +86,54 @@ def readable_datasets(session: Session, config: Config, merchant: str) -> dict[s
 
     That is: active platform datasets shared with merchants, and the merchant's own active
     datasets. Anything else must look exactly like a dataset that does not exist.
+
+    Two plain queries (datasets, then their columns), no ORM objects: every dry-run check
+    asks this, and loading a dozen datasets with their columns as mapped objects cost
+    more than the rest of the request's Python work.
     """
+    d = Dataset.__table__.c
     stmt = (
-        select(Dataset)
-        .join(Tenant, Dataset.tenant_id == Tenant.id)
-        .where(Dataset.withdrawn_at.is_(None))
-        .where(
-            or_(
-                (Tenant.slug == PLATFORM) & Dataset.shared.is_(True),
-                Tenant.slug == merchant,
-            )
-        )
-        .options(selectinload(Dataset.columns), selectinload(Dataset.tenant))
-        .order_by(Dataset.full_name)
+        select(d.id, d.full_name, d.name, Tenant.slug, d.is_consumer_data, d.entity_column, d.k,
+               d.member_key, d.storage_path, d.encrypted, d.wrapped_key, d.release_mode,
+               d.max_groups, d.max_rows, d.one_row_per_unit, d.version)
+        .join(Tenant, d.tenant_id == Tenant.id)
+        .where(d.withdrawn_at.is_(None))
+        .where(or_((Tenant.slug == PLATFORM) & d.shared.is_(True), Tenant.slug == merchant))
+        .order_by(d.full_name)
     )
-    return {ds.full_name.lower(): dataset_info(config, ds) for ds in session.scalars(stmt)}
+    rows = session.execute(stmt).all()
+    if not rows:
+        return {}
+    c = DatasetColumn.__table__.c
+    columns: dict[int, list[ColumnInfo]] = {row.id: [] for row in rows}
+    for col in session.execute(
+        select(c.dataset_id, c.name, c.data_type, c.column_class, c.lower_bound, c.upper_bound)
+        .where(c.dataset_id.in_(list(columns)))
+        .order_by(c.dataset_id, c.position)
+    ):
+        columns[col.dataset_id].append(
+            ColumnInfo(col.name, col.data_type, col.column_class, col.lower_bound, col.upper_bound))
+    return {row.full_name.lower(): _info(config, row, tuple(columns[row.id])) for row in rows}
+
+
+def _info(config: Config, row, columns: tuple[ColumnInfo, ...]) -> DatasetInfo:
+    """:func:`dataset_info` from a row of :func:`readable_datasets`' query."""
+    return DatasetInfo(
+        id=row.id,
+        full_name=row.full_name,
+        owner=row.slug,
+        name=row.name,
+        columns=columns,
+        is_consumer_data=bool(row.is_consumer_data),
+        entity_column=row.entity_column,
+        k=row.k,
+        member_key=row.member_key,
+        storage_path=(config.home / row.storage_path).resolve(),
+        encrypted=bool(row.encrypted),
+        wrapped_key=row.wrapped_key,
+        release_mode=(row.release_mode or "dp") if row.is_consumer_data else None,
+        max_groups=row.max_groups,
+        max_rows=row.max_rows,
+        one_row_per_unit=bool(row.one_row_per_unit),
+        version=(row.version or 1) if row.slug == PLATFORM else None,
+    )

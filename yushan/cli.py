@@ -148,6 +148,11 @@ def serve(workers: int | None) -> None:
                            ident="yushan", **waitress_proxy_settings(config),
                            max_request_body_size=config.max_upload_bytes + 1024 * 1024)
     supervisor.start()
+    # The JVM started and its analyser compiled before the first person's check (pyspark
+    # is loaded in the warm-up's thread).
+    from sandbox.check_warmup import start_warm_checks
+
+    start_warm_checks(config, config.check_warmup)
 
     def stop(_signum, _frame):
         supervisor.stop()

@@ -272,6 +272,10 @@ class Config:
     # Spark sessions for dry-run checks in this process, each with its own catalog
     # (sandbox/check_sessions.py): as many checks run at once.
     check_sessions: int = 4
+    # Synthetic checks `yushan serve` runs in the background when it starts, so that the
+    # first users' checks find the JVM started and its analyser compiled (0 = none;
+    # sandbox/check_warmup.py).
+    check_warmup: int = 1500
     network_isolation: bool = True
     # The privacy budget (epsilon, delta) per calendar month of a merchant that has none of
     # its own yet (policy D5); the admin raises or lowers a merchant's budget.
@@ -405,6 +409,7 @@ class Config:
             rate_limit_login=_env_rate_limit("YUSHAN_RATE_LIMIT_LOGIN", "30/minute"),
             rate_limit_storage=_env_limit_storage("YUSHAN_RATE_LIMIT_STORAGE"),
             check_sessions=_env_int("YUSHAN_CHECK_SESSIONS", 4, minimum=1),
+            check_warmup=_env_int("YUSHAN_CHECK_WARMUP", 1500, minimum=0),
             network_isolation=_env_bool("YUSHAN_NETWORK_ISOLATION", True),
             dp_default_epsilon=_env_float("YUSHAN_DP_EPSILON", 10.0),
             dp_default_delta=_env_float("YUSHAN_DP_DELTA", 1e-6, below=1.0),
