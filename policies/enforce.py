@@ -22,6 +22,7 @@ import itertools
 import threading
 from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -634,9 +635,9 @@ class _Reduced:
     """Each consumer's contribution: one row per (consumer, group), clamped (D2)."""
 
     def __init__(self, frame: DataFrame, keys: list[str], parts: dict[int, dict[str, str]],
-                 key_types: list[str], aggregates: list[Any], grouping: list[Any]):
+                 aggregates: list[Any], grouping: list[Any]):
         self.frame, self.keys, self.parts = frame, keys, parts
-        self.key_types, self.aggregates, self.grouping = key_types, aggregates, grouping
+        self.aggregates, self.grouping = aggregates, grouping
 
 
 def contributions(spark: SparkSession, decision: Decision) -> DataFrame:
@@ -721,9 +722,7 @@ def _reduce(j: _Jvm, decision: Decision) -> _Reduced:
         order = F.xxhash64(F.lit(salt), *[F.col(k) for k in keys])
         rank = F.row_number().over(Window.partitionBy("__u").orderBy(order))
         reduced = reduced.withColumn("__r", rank).where(F.col("__r") <= plan.max_groups)
-    return _Reduced(reduced, keys, parts,
-                    [f.dataType.simpleString() for f in rows.schema.fields[1:1 + len(keys)]],
-                    aggregates, grouping)
+    return _Reduced(reduced, keys, parts, aggregates, grouping)
 
 
 def _execute_dp(j: _Jvm, decision: Decision) -> ExecutionResult:
@@ -746,21 +745,21 @@ def _execute_dp(j: _Jvm, decision: Decision) -> ExecutionResult:
         for name in parts[agg.index].values():  # (copies have none)
             sums.append(F.sum(F.col(name)).alias(name))
     grouped = reduced.groupBy(*keys).agg(*sums) if keys else reduced.agg(*sums)
-    exact = grouped.collect()
-    if not keys and not exact:
-        exact = []
-    released, accuracy = _noisy_rows(plan, exact, keys, parts, noise)
-    # The released rows as a relation typed like the original aggregation's outputs.
-    key_types = red.key_types
+    # As Arrow: the group keys go back to Spark exactly as they came (types, time zones),
+    # never through Python objects; only the measurements are read here.
+    exact = grouped.toArrow()
+    measured = exact.drop_columns(keys).to_pylist()
+    kept, values, accuracy = _noisy_rows(plan, measured, bool(keys), parts, noise)
+    columns = {k: exact.column(k).take(pa.array(kept, type=pa.int64())) for k in keys}
+    for i in range(len(aggregates)):
+        columns[f"__a{i}"] = pa.array([row[i] for row in values], type=pa.float64())
+    released = pa.table(columns)
+    # The released rows as a relation typed like the original aggregation's outputs, sent
+    # to the JVM as Arrow (as a list of rows they were pickled, unpickled in the JVM, and
+    # that second stage took about as long as noising itself on the perf query).
     agg_types = [str(a.dataType().simpleString()) for a in aggregates]
     agg_names = [f"__a{i}" for i in range(len(aggregates))]
-    from pyspark.sql.types import StructField, StructType, _parse_datatype_string
-
-    schema = StructType(
-        [StructField(k, _parse_datatype_string(t), True) for k, t in zip(keys, key_types, strict=True)]
-        + [StructField(n, _parse_datatype_string("double"), True) for n in agg_names]
-    )
-    table = spark.createDataFrame(released, schema)
+    table = spark.createDataFrame(released)
     table = table.select(*[F.col(k) for k in keys],
                          *[F.col(n).cast(t).alias(n) for n, t in zip(agg_names, agg_types, strict=True)])
     relation = table._jdf.queryExecution().analyzed()
@@ -774,16 +773,19 @@ def _execute_dp(j: _Jvm, decision: Decision) -> ExecutionResult:
         projected.append(j.alias(replaced, e.name(), e.exprId()))
     project = j.logical.Project(j.seq(projected), relation)
     result = ExecutionResult(j.dataframe(j.rebuild(root, (), final.path, project)),
-                             0, len(released))
+                             0, released.num_rows)
     result.accuracy = _column_accuracy(decision, accuracy)
     result.epsilon, result.delta = plan.epsilon, plan.delta
     return result
 
 
-def _noisy_rows(plan, exact, keys: list[str], parts: dict[int, dict[str, str]], noise):
-    """Noise every measurement of every group (OpenDP), select the groups to release, and
-    return the rows (keys, then one value per aggregate in policy order) with each
-    aggregate's 95% half-width (the largest over released rows, for averages)."""
+def _noisy_rows(plan, exact: list[dict], grouped: bool, parts: dict[int, dict[str, str]], noise):
+    """Noise every measurement of every group (OpenDP) and select the groups to release.
+
+    ``exact`` holds each group's exact measurements (``__units`` and the parts), in the
+    groups' order. Returns the indexes of the released groups, their values (one per
+    aggregate, in policy order) and each aggregate's 95% half-width (the largest over
+    released rows, for averages)."""
     units_m = plan.units()
     units = noise.discrete_laplace([int(r["__units"]) for r in exact], units_m.scale)
     noisy: dict[str, list[float]] = {}
@@ -798,12 +800,14 @@ def _noisy_rows(plan, exact, keys: list[str], parts: dict[int, dict[str, str]], 
             if agg.function == "avg":
                 c = plan.for_aggregate(agg.index, "count")
                 noisy[names["rows"]] = noise.discrete_laplace([int(r[names["rows"]] or 0) for r in exact], c.scale)
-    rows, widths = [], {}
+    kept: list[int] = []
+    rows: list[list[float | None]] = []
+    widths: dict[int, float] = {}
     count_of_aggregates = max((a.index for a in plan.aggregates), default=-1) + 1
     measured = [a for a in plan.aggregates if a.same_as is None]
     copies = [a for a in plan.aggregates if a.same_as is not None]
-    for i, r in enumerate(exact):
-        if keys and units[i] < plan.threshold:
+    for i in range(len(exact)):
+        if grouped and units[i] < plan.threshold:
             continue  # DP partition selection: too few consumers to release this group
         values: list[float | None] = [None] * count_of_aggregates
         for agg in measured:
@@ -833,8 +837,9 @@ def _noisy_rows(plan, exact, keys: list[str], parts: dict[int, dict[str, str]], 
             values[agg.index] = values[agg.same_as]
             if agg.same_as in widths:
                 widths[agg.index] = widths[agg.same_as]
-        rows.append(tuple(r[k] for k in keys) + tuple(values))
-    return rows, widths
+        kept.append(i)
+        rows.append(values)
+    return kept, rows, widths
 
 
 def _column_accuracy(decision: Decision, widths: dict[int, float]) -> dict[str, dict[str, float]]:

@@ -197,3 +197,29 @@ def test_keys_that_vary_within_a_consumer_are_bounded_by_max_groups(sql, hanfu_d
     consumer: such keys must not be treated as one group per consumer."""
     decision = _dp(hanfu_dp_env, spark, sql)
     assert not decision.dp.one_group and decision.dp.max_groups == 4
+
+
+@pytest.mark.parametrize("key", [
+    "c.gender",  # string
+    "trunc(c.registered_at, 'YEAR')",  # date
+    "date_trunc('YEAR', o.ordered_at)",  # timestamp (the session's time zone)
+    "CAST(c.vip_level AS DECIMAL(5,2))",  # decimal
+])
+def test_released_group_keys_keep_their_values_and_types(key, hanfu_dp_env, spark):
+    """Group keys go back to Spark after the noise as Spark computed them: each released
+    key has the exact query's type and is one of its keys (a time zone shift or a
+    rounding would make new ones)."""
+    sql = f"SELECT {key} AS k, count(DISTINCT o.user_id) AS n {J} GROUP BY {key}"
+    decision = _dp(hanfu_dp_env, spark, sql)
+    frame = decision.execute(spark).dataframe
+    exact = spark.sql(sql)
+    assert frame.schema.fields[0].dataType == exact.schema.fields[0].dataType
+    released = {r[0] for r in frame.collect()}
+    assert released, "no group was released: the test would prove nothing"
+    assert released <= {r[0] for r in exact.collect()}
+
+
+def test_a_global_aggregate_releases_one_row_even_when_nothing_matches(hanfu_dp_env, spark):
+    decision = _dp(hanfu_dp_env, spark, f"SELECT count(*) AS n, sum(o.amount) AS s {J} WHERE o.amount < -1")
+    rows = decision.execute(spark).dataframe.collect()
+    assert len(rows) == 1
