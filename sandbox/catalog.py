@@ -95,10 +95,7 @@ def _install(spark: SparkSession, jcat, wanted: dict[tuple[str, str], tuple[Data
     wanted_dbs = {db for db, _ in wanted}
     for db in existing_dbs - wanted_dbs:
         spark.sql(f"DROP DATABASE IF EXISTS {_quote(db)} CASCADE")
-    # Temporary views and functions never survive between jobs.
-    for ident in _scala_list(jcat.listTables("default")):
-        if ident.database().isEmpty():
-            jcat.dropTempView(ident.table())
+    _drop_temp_views(jcat)
     for db in wanted_dbs:
         if db not in existing_dbs:
             spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(db)}")
@@ -128,10 +125,8 @@ def _install_changes(spark: SparkSession, jcat, wanted: dict[tuple[str, str], tu
     before_dbs, after_dbs = {db for db, _ in before}, {db for db, _ in after}
     for db in sorted(before_dbs - after_dbs):
         spark.sql(f"DROP DATABASE IF EXISTS {_quote(db)} CASCADE")
-    if views:  # temporary views never survive between jobs
-        for ident in _scala_list(jcat.listTables("default")):
-            if ident.database().isEmpty():
-                jcat.dropTempView(ident.table())
+    if views:
+        _drop_temp_views(jcat)
     for db in sorted(after_dbs - before_dbs):
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {_quote(db)}")
     for db, table in sorted(set(before) - set(after)):
@@ -141,6 +136,13 @@ def _install_changes(spark: SparkSession, jcat, wanted: dict[tuple[str, str], tu
         if before.get((db, table)) == after[(db, table)]:
             continue
         _create_table(spark, f"{_quote(db)}.{_quote(table)}", ds, location)
+
+
+def _drop_temp_views(jcat) -> None:
+    """Temporary views never survive between jobs."""
+    for ident in _scala_list(jcat.listTables("default")):
+        if ident.database().isEmpty():
+            jcat.dropTempView(ident.table())
 
 
 def _create_table(spark: SparkSession, ident: str, ds: DatasetInfo, location: str) -> None:

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from yushan.catalog import ColumnInfo, DatasetInfo
@@ -136,7 +136,6 @@ class WarmUpState:
     done: int = 0
     failed: bool = False
     seconds: float | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_text(self) -> str:
         if self.target == 0:

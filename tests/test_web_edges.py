@@ -194,13 +194,18 @@ def test_waitress_refuses_a_huge_body_from_its_headers(world):
                 sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         except OSError:
             pass  # the server closed the connection once it had answered
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        assert response.status == 413
-        assert json.loads(response.read())["error"]["code"] == "too_large"
-        sock.close()
+        _assert_too_large(sock)
     finally:
         server.close()
+
+
+def _assert_too_large(sock) -> None:
+    """The answer read from ``sock`` is the contract's 413 too_large; then closes it."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    assert response.status == 413
+    assert json.loads(response.read())["error"]["code"] == "too_large"
+    sock.close()
 
 
 def test_a_body_a_little_over_the_cap_sent_whole_still_gets_its_413(world):
@@ -215,10 +220,6 @@ def test_a_body_a_little_over_the_cap_sent_whole_still_gets_its_413(world):
         body = b"x" * (SMALL_BODY_BYTES * 2 + 17)
         sock.sendall(b"POST /api/v1/jobs/check HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        assert response.status == 413
-        assert json.loads(response.read())["error"]["code"] == "too_large"
-        sock.close()
+        _assert_too_large(sock)
     finally:
         server.close()

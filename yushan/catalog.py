@@ -59,26 +59,9 @@ class DatasetInfo:
 
 
 def dataset_info(config: Config, ds: Dataset) -> DatasetInfo:
-    return DatasetInfo(
-        id=ds.id,
-        full_name=ds.full_name,
-        owner=ds.tenant.slug,
-        name=ds.name,
-        columns=tuple(ColumnInfo(c.name, c.data_type, c.column_class, c.lower_bound, c.upper_bound)
-                      for c in ds.columns),
-        is_consumer_data=ds.is_consumer_data,
-        entity_column=ds.entity_column,
-        k=ds.k,
-        member_key=ds.member_key,
-        storage_path=(config.home / ds.storage_path).resolve(),
-        encrypted=ds.encrypted,
-        wrapped_key=ds.wrapped_key,
-        release_mode=(ds.release_mode or "dp") if ds.is_consumer_data else None,
-        max_groups=ds.max_groups,
-        max_rows=ds.max_rows,
-        one_row_per_unit=bool(ds.one_row_per_unit),
-        version=(ds.version or 1) if ds.tenant.slug == PLATFORM else None,
-    )
+    columns = tuple(ColumnInfo(c.name, c.data_type, c.column_class, c.lower_bound, c.upper_bound)
+                    for c in ds.columns)
+    return _info(config, ds, ds.tenant.slug, columns)
 
 
 def readable_datasets(session: Session, config: Config, merchant: str) -> dict[str, DatasetInfo]:
@@ -113,27 +96,27 @@ def readable_datasets(session: Session, config: Config, merchant: str) -> dict[s
     ):
         columns[col.dataset_id].append(
             ColumnInfo(col.name, col.data_type, col.column_class, col.lower_bound, col.upper_bound))
-    return {row.full_name.lower(): _info(config, row, tuple(columns[row.id])) for row in rows}
+    return {row.full_name.lower(): _info(config, row, row.slug, tuple(columns[row.id])) for row in rows}
 
 
-def _info(config: Config, row, columns: tuple[ColumnInfo, ...]) -> DatasetInfo:
-    """:func:`dataset_info` from a row of :func:`readable_datasets`' query."""
+def _info(config: Config, ds, owner: str, columns: tuple[ColumnInfo, ...]) -> DatasetInfo:
+    """The record of a dataset ``ds`` (a mapped ``Dataset`` or a row with its columns)."""
     return DatasetInfo(
-        id=row.id,
-        full_name=row.full_name,
-        owner=row.slug,
-        name=row.name,
+        id=ds.id,
+        full_name=ds.full_name,
+        owner=owner,
+        name=ds.name,
         columns=columns,
-        is_consumer_data=bool(row.is_consumer_data),
-        entity_column=row.entity_column,
-        k=row.k,
-        member_key=row.member_key,
-        storage_path=(config.home / row.storage_path).resolve(),
-        encrypted=bool(row.encrypted),
-        wrapped_key=row.wrapped_key,
-        release_mode=(row.release_mode or "dp") if row.is_consumer_data else None,
-        max_groups=row.max_groups,
-        max_rows=row.max_rows,
-        one_row_per_unit=bool(row.one_row_per_unit),
-        version=(row.version or 1) if row.slug == PLATFORM else None,
+        is_consumer_data=bool(ds.is_consumer_data),
+        entity_column=ds.entity_column,
+        k=ds.k,
+        member_key=ds.member_key,
+        storage_path=(config.home / ds.storage_path).resolve(),
+        encrypted=bool(ds.encrypted),
+        wrapped_key=ds.wrapped_key,
+        release_mode=(ds.release_mode or "dp") if ds.is_consumer_data else None,
+        max_groups=ds.max_groups,
+        max_rows=ds.max_rows,
+        one_row_per_unit=bool(ds.one_row_per_unit),
+        version=(ds.version or 1) if owner == PLATFORM else None,
     )
